@@ -1,0 +1,119 @@
+"""One normalized description of a GPT-2 model, whatever config style the checkpoint used."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ExportError
+
+# Activations GPT-2 checkpoints use; the tanh approximations map to FastGelu, exact erf gelu to Gelu.
+TANH_GELUS = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
+ERF_GELUS = {"gelu"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_positions: int
+    vocab_size: int
+    n_inner: int  # MLP width; GPT-2 uses 4 * n_embd when the config leaves it out
+    layer_norm_epsilon: float = 1e-5
+    activation: str = "gelu_new"
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    eos_token_id: int = 50256  # <|endoftext|>: DialoGPT ends every turn with it
+    bos_token_id: int = 50256
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def attention_scale(self, layer: int) -> float:
+        scale = self.head_dim**-0.5 if self.scale_attn_weights else 1.0
+        if self.scale_attn_by_inverse_layer_idx:
+            scale /= float(layer + 1)
+        return scale
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A transformers GPT2Config dict (used for parity checks)."""
+        return {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "n_layer": self.n_layer,
+            "n_embd": self.n_embd,
+            "n_head": self.n_head,
+            "n_positions": self.n_positions,
+            "n_ctx": self.n_positions,
+            "vocab_size": self.vocab_size,
+            "n_inner": self.n_inner,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "activation_function": self.activation,
+            "scale_attn_weights": self.scale_attn_weights,
+            "scale_attn_by_inverse_layer_idx": self.scale_attn_by_inverse_layer_idx,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "tie_word_embeddings": True,
+        }
+
+
+_REQUIRED = ("n_layer", "n_embd", "n_head", "vocab_size")
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "config.json") -> ModelConfig:
+    """Accept new-style (model_type=gpt2) and original DialoGPT (no model_type) configs; refuse others."""
+    model_type = raw.get("model_type")
+    archs = raw.get("architectures") or []
+    if model_type is not None and model_type != "gpt2":
+        raise ExportError(
+            f"{where} describes a '{model_type}' model, not GPT-2: give a GPT-2 / DialoGPT checkpoint"
+        )
+    if archs and not any(a.startswith("GPT2") for a in archs):
+        raise ExportError(f"{where} names architectures {archs}, not GPT-2: give a GPT-2 / DialoGPT checkpoint")
+    # Old checkpoints carry no model_type: recognise GPT-2 by its own key names.
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise ExportError(
+            f"{where} lacks GPT-2 keys {missing}: give a GPT-2 / DialoGPT config (n_layer, n_embd, n_head, vocab_size)"
+        )
+    activation = raw.get("activation_function", "gelu_new")
+    if activation not in TANH_GELUS | ERF_GELUS:
+        raise ExportError(f"{where} uses activation '{activation}', which this exporter does not build: "
+                          f"use one of {sorted(TANH_GELUS | ERF_GELUS)}")
+    n_embd, n_head = int(raw["n_embd"]), int(raw["n_head"])
+    if n_embd % n_head:
+        raise ExportError(f"{where}: n_embd {n_embd} is not divisible by n_head {n_head}: fix the config")
+    n_inner = raw.get("n_inner") or 4 * n_embd
+    eos = raw.get("eos_token_id", 50256)
+    bos = raw.get("bos_token_id", eos)
+    return ModelConfig(
+        n_layer=int(raw["n_layer"]),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_positions=int(raw.get("n_positions", raw.get("n_ctx", 1024))),
+        vocab_size=int(raw["vocab_size"]),
+        n_inner=int(n_inner),
+        layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
+        activation=activation,
+        scale_attn_weights=bool(raw.get("scale_attn_weights", True)),
+        scale_attn_by_inverse_layer_idx=bool(raw.get("scale_attn_by_inverse_layer_idx", False)),
+        eos_token_id=int(eos),
+        bos_token_id=int(bos),
+    )
+
+
+def load_config(path: Path) -> ModelConfig:
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): fix or replace it") from None
+    if not isinstance(raw, dict):
+        raise ExportError(f"{path} is not a JSON object: give a GPT-2 config.json")
+    return config_from_dict(raw, where=str(path))

@@ -1,0 +1,138 @@
+"""Build the fp32 decoder graph directly from GPT-2 weights with onnxruntime contrib ops.
+
+One graph serves prefill and decode. Attention is GroupQueryAttention with the KV cache as a
+preallocated buffer that the runtime binds as both past and present (no per-step copies; the
+measured choice over MultiHeadAttention, which concatenates past and new KV into a fresh tensor each
+step). Residual adds and LayerNorms fuse into SkipLayerNormalization, the tanh GELU into FastGelu.
+Quantization is a separate pass (quantize.py): this builder never branches on precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .checkpoint import Checkpoint
+from .config import ERF_GELUS, ModelConfig
+from .onnx_ops import FLOAT, INT32, INT64, MS_DOMAIN, GraphWriter
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    """Graph input/output names: written to the manifest, the runtime reads them from there."""
+
+    input_ids: str = "input_ids"
+    position_ids: str = "position_ids"
+    seqlens_k: str = "seqlens_k"  # per row: tokens in cache after this step - 1
+    query_seqlens: str = "query_seqlens"  # per row: real (non-padding) tokens in this step
+    total_sequence_length: str = "total_sequence_length"
+    logits: str = "logits"
+    past_key: str = "past_key.{}"
+    past_value: str = "past_value.{}"
+    present_key: str = "present_key.{}"
+    present_value: str = "present_value.{}"
+
+
+IO = GraphIO()
+
+
+def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
+    """
+    input_ids ─Gather(wte)─┐
+    position_ids ─Gather(wpe)─SkipLN(ln_1) ─► [layer × n_layer] ─► SkipLN(ln_f) ─► last row ─► Gemm(wteᵀ) ─► logits
+    """
+    cfg, w = ckpt.config, ckpt.weights
+    g = GraphWriter()
+    b, s, kv = "batch", "sequence", "max_kv_length"
+    ids = g.input(IO.input_ids, INT64, [b, s])
+    pos = g.input(IO.position_ids, INT64, [b, s])
+    seqlens_k = g.input(IO.seqlens_k, INT32, [b])
+    q_lens = g.input(IO.query_seqlens, INT32, [b])
+    total = g.input(IO.total_sequence_length, INT32, [])
+    g.output(IO.logits, FLOAT, [b, s if all_logits else 1, cfg.vocab_size])
+
+    wte = g.weight("wte.weight", w["wte.weight"])
+    tok = g.op1("Gather", [wte, ids], "/model/embed_tokens/Gather")
+    pe = g.op1("Gather", [g.weight("wpe.weight", w["wpe.weight"]), pos], "/model/embed_positions/Gather")
+    # SkipLayerNorm(tok, pos) gives ln_1(x) of layer 0 and the residual stream x = tok + pos.
+    hidden, residual = _skip_layer_norm(g, cfg, w, tok, pe, "h.0.ln_1", None, "/model/layers.0/ln_1")
+
+    for i in range(cfg.n_layer):
+        mlp_out, out_bias, residual = _layer(g, cfg, w, i, hidden, residual, seqlens_k, q_lens, total)
+        nxt = f"h.{i + 1}.ln_1" if i + 1 < cfg.n_layer else "ln_f"
+        name = f"/model/layers.{i + 1}/ln_1" if i + 1 < cfg.n_layer else "/model/ln_f"
+        hidden, residual = _skip_layer_norm(g, cfg, w, mlp_out, residual, nxt, out_bias, name)
+
+    if not all_logits:
+        hidden = _last_real_position(g, hidden, q_lens, cfg.n_embd)
+    _lm_head(g, cfg, ckpt, hidden, ids, wte)
+    return g.model("dialogpt", "dialogpt-onnx")
+
+
+def _skip_layer_norm(g: GraphWriter, cfg: ModelConfig, w: dict, x: str, skip: str, ln: str,
+                     bias: str | None, name: str) -> tuple[str, str]:
+    """(normed, x + skip + bias): SkipLayerNormalization's outputs 0 and 3."""
+    gamma = g.weight(f"{ln}.weight", w[f"{ln}.weight"])
+    beta = g.weight(f"{ln}.bias", w[f"{ln}.bias"])
+    inputs = [x, skip, gamma, beta] + ([bias] if bias else [])
+    outs = g.op("SkipLayerNormalization", inputs, f"{name}/SkipLayerNorm", n_out=4, domain=MS_DOMAIN,
+                epsilon=cfg.layer_norm_epsilon)
+    return outs[0], outs[3]
+
+
+def _layer(g: GraphWriter, cfg: ModelConfig, w: dict, i: int, x: str, residual: str, seqlens_k: str,
+           q_lens: str, total: str) -> tuple[str, str, str]:
+    """
+    x ─MatMul(c_attn)+b─► GQA(KV buffer) ─MatMul(c_proj)─► SkipLN(ln_2, +residual, +c_proj.b)
+      ─MatMul(c_fc)─► FastGelu(+c_fc.b) ─MatMul(mlp.c_proj)─► (output, its bias for the next SkipLN)
+    """
+    p, n = f"h.{i}.", f"/model/layers.{i}"
+    qkv = g.op1("MatMul", [x, g.weight(p + "attn.c_attn.weight", w[p + "attn.c_attn.weight"])],
+                f"{n}/attn/qkv/MatMul")
+    qkv = g.op1("Add", [qkv, g.weight(p + "attn.c_attn.bias", w[p + "attn.c_attn.bias"])], f"{n}/attn/qkv/Add")
+    gqa_inputs = [qkv, "", "", IO.past_key.format(i), IO.past_value.format(i), seqlens_k, total] + [""] * 9
+    gqa_inputs.append(q_lens)  # input 16: right-padded rows of a ragged batch are not cached
+    for name in (IO.past_key.format(i), IO.past_value.format(i)):
+        g.input(name, FLOAT, ["batch", cfg.n_head, "max_kv_length", cfg.head_dim])
+    for name in (IO.present_key.format(i), IO.present_value.format(i)):
+        g.output(name, FLOAT, ["batch", cfg.n_head, "max_kv_length", cfg.head_dim])
+    ctx = g.op("GroupQueryAttention", gqa_inputs, f"{n}/attn/GroupQueryAttention", domain=MS_DOMAIN,
+               outputs=[f"{n}/attn/GroupQueryAttention/output_0", IO.present_key.format(i),
+                        IO.present_value.format(i)],
+               num_heads=cfg.n_head, kv_num_heads=cfg.n_head, scale=cfg.attention_scale(i))[0]
+    o = g.op1("MatMul", [ctx, g.weight(p + "attn.c_proj.weight", w[p + "attn.c_proj.weight"])],
+              f"{n}/attn/o_proj/MatMul")
+    h, residual2 = _skip_layer_norm(g, cfg, w, o, residual, p + "ln_2",
+                                    g.weight(p + "attn.c_proj.bias", w[p + "attn.c_proj.bias"]),
+                                    f"{n}/ln_2")
+    fc = g.op1("MatMul", [h, g.weight(p + "mlp.c_fc.weight", w[p + "mlp.c_fc.weight"])], f"{n}/mlp/fc/MatMul")
+    fc_b = g.weight(p + "mlp.c_fc.bias", w[p + "mlp.c_fc.bias"])
+    act = "BiasGelu" if cfg.activation in ERF_GELUS else "FastGelu"
+    gelu = g.op1(act, [fc, fc_b], f"{n}/mlp/{act}", domain=MS_DOMAIN)
+    proj = g.op1("MatMul", [gelu, g.weight(p + "mlp.c_proj.weight", w[p + "mlp.c_proj.weight"])],
+                 f"{n}/mlp/proj/MatMul")
+    # The projection's bias and the residual add fold into the next layer's SkipLayerNorm.
+    return proj, g.weight(p + "mlp.c_proj.bias", w[p + "mlp.c_proj.bias"]), residual2
+
+
+def _last_real_position(g: GraphWriter, hidden: str, q_lens: str, n_embd: int) -> str:
+    """hidden[b, query_seqlens[b] - 1, :] for each row: the last real token of a right-padded batch."""
+    n = "/model/last_position"
+    idx = g.op1("Sub", [q_lens, g.weight(f"{n}/one", np.array(1, dtype=np.int32))], f"{n}/Sub")
+    idx = g.op1("Cast", [idx], f"{n}/Cast", to=INT64)
+    idx = g.op1("Unsqueeze", [idx, g.const_i64(f"{n}/axes", [1, 2])], f"{n}/Unsqueeze")
+    idx = g.op1("Expand", [idx, g.const_i64(f"{n}/shape", [1, 1, n_embd])], f"{n}/Expand")
+    return g.op1("GatherElements", [hidden, idx], f"{n}/GatherElements", axis=1)
+
+
+def _lm_head(g: GraphWriter, cfg: ModelConfig, ckpt: Checkpoint, hidden: str, ids: str, wte: str) -> None:
+    """logits = hidden @ Wᵀ with W the tied embedding (stored once: Gemm reads it transposed)."""
+    n = "/lm_head"
+    flat = g.op1("Reshape", [hidden, g.const_i64(f"{n}/flat_shape", [-1, cfg.n_embd])], f"{n}/Flatten")
+    weight = wte if ckpt.tied else g.weight("lm_head.weight", ckpt.weights["lm_head.weight"])
+    logits = g.op1("Gemm", [flat, weight], f"{n}/Gemm", transB=1)
+    batch = g.op1("Shape", [ids], f"{n}/Shape", start=0, end=1)
+    shape = g.op1("Concat", [batch, g.const_i64(f"{n}/tail", [-1, cfg.vocab_size])], f"{n}/Concat", axis=0)
+    g.op("Reshape", [logits, shape], f"{n}/Reshape", outputs=[IO.logits])

@@ -1,0 +1,63 @@
+"""A thin graph writer: one helper call per ONNX node, node names as paths (`/model/layers.0/attn/qkv`)
+so a graph viewer reads like the model. Builders stay pure functions of (writer, weights)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MS_DOMAIN = "com.microsoft"
+
+
+class GraphWriter:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._names: set[str] = set()
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def const_i64(self, name: str, values: list[int]) -> str:
+        return self.weight(name, np.asarray(values, dtype=np.int64))
+
+    def input(self, name: str, elem: int, shape: list[Any]) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem, shape))
+        return name
+
+    def output(self, name: str, elem: int, shape: list[Any]) -> str:
+        self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], name: str, n_out: int = 1, outputs: list[str] | None = None,
+           domain: str = "", **attrs: Any) -> list[str]:
+        """Add one node; outputs default to `<name>/output_<k>`. Returns the output names."""
+        assert name not in self._names, f"duplicate node name {name}"
+        self._names.add(name)
+        outs = outputs or [f"{name}/output_{k}" for k in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
+        return outs
+
+    def op1(self, op_type: str, inputs: list[str], name: str, **kw: Any) -> str:
+        return self.op(op_type, inputs, name, **kw)[0]
+
+    def model(self, graph_name: str, producer: str) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.initializers)
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)],
+            producer_name=producer,
+        )
+        model.ir_version = 8
+        return model
+
+
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
+INT32 = TensorProto.INT32
