@@ -1,0 +1,63 @@
+"""CLI: python -m export SOURCE OUT_DIR --variant fp32|int8|int4 [--verify] [--overwrite] ..."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ExportError, ParityError
+from .parity import Thresholds
+from .pipeline import VARIANTS, ExportOptions, export_model
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    p.add_argument("source", help="checkpoint dir (HF or original DialoGPT form) or a hub id when online")
+    p.add_argument("out_dir", help="model dir to write (model.onnx, tokenizer.json, manifest.json)")
+    p.add_argument("--variant", default="int8", help=f"one of {', '.join(VARIANTS)} (default int8)")
+    p.add_argument("--verify", action="store_true", help="fail (exit 1, nothing written) below parity thresholds")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--all-logits", action="store_true", help="output logits of every position (for scoring)")
+    p.add_argument("--tokenizer", help="dir with tokenizer.json or vocab.json + merges.txt, if SOURCE has none")
+    p.add_argument("--prompts", help="parity prompts: .txt (one dialogue per line, tab-separated turns) or "
+                                     "Topical-Chat .json (default: built-in sample dialogues)")
+    p.add_argument("--n-prompts", type=int, default=4)
+    p.add_argument("--parity-tokens", type=int, default=64, help="greedy tokens compared per prompt")
+    th = Thresholds()
+    p.add_argument("--max-logit-diff", type=float, default=th.max_logit_diff, help="fp32 threshold")
+    p.add_argument("--min-top1", type=float, default=th.min_top1, help="quantized top-1 agreement threshold")
+    p.add_argument("--min-greedy", type=float, default=th.min_greedy, help="quantized greedy agreement threshold")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    opts = ExportOptions(
+        variant=a.variant, all_logits=a.all_logits, verify=a.verify, overwrite=a.overwrite,
+        tokenizer_dir=a.tokenizer, prompts=a.prompts, n_prompts=a.n_prompts, parity_tokens=a.parity_tokens,
+        thresholds=Thresholds(a.max_logit_diff, a.min_top1, a.min_greedy), threads=a.threads,
+        progress=not a.quiet,
+    )
+    try:
+        res = export_model(a.source, a.out_dir, opts)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ParityError as e:
+        print(f"parity failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing written", file=sys.stderr)
+        return 130
+    status = "passed" if not res.failures else "BELOW THRESHOLDS: " + "; ".join(res.failures)
+    print(f"wrote {res.out_dir} ({res.bytes_on_disk / 1e6:.1f} MB, {a.variant})")
+    print(f"parity vs transformers fp32 on {res.parity.prompts} prompts x {res.parity.new_tokens} tokens: "
+          f"{res.parity.summary()} [{status}]")
+    print("export seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Parity of an exported model against transformers' GPT2LMHeadModel in fp32, on dialogue prompts.
+
+For each prompt, the ONNX model decodes N greedy tokens through the runtime (prefill + KV-cache steps)
+and records every step's logits. transformers then
+- reads prompt + those tokens in one teacher-forced pass: max |Δlogit| and top-1 agreement, step by step;
+- greedy-decodes N tokens on its own: greedy agreement (shared prefix) and exact match.
+EOS does not stop either side, so every prompt yields exactly N tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime.manifest import Manifest
+from runtime.sampling import SamplingOptions
+from runtime.session import DecoderSession
+
+from .checkpoint import Checkpoint
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_logit_diff: float = 1e-3  # fp32
+    min_top1: float = 0.90  # quantized: share of steps whose argmax matches
+    min_greedy: float = 0.50  # quantized: mean share of the greedy sequence identical to fp32's
+
+
+@dataclass
+class ParityReport:
+    prompts: int
+    new_tokens: int
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    top1_agreement: float
+    greedy_agreement: float
+    greedy_identical: int  # prompts whose N greedy tokens are identical
+
+    def failures(self, variant: str, th: Thresholds) -> list[str]:
+        out = []
+        if variant == "fp32":
+            if self.max_abs_logit_diff > th.max_logit_diff:
+                out.append(f"max |Δlogit| {self.max_abs_logit_diff:.2e} > {th.max_logit_diff:.0e}")
+            if self.greedy_identical < self.prompts:
+                out.append(f"greedy tokens differ on {self.prompts - self.greedy_identical}/{self.prompts} prompts")
+        else:
+            if self.top1_agreement < th.min_top1:
+                out.append(f"top-1 agreement {self.top1_agreement:.3f} < {th.min_top1}")
+            if self.greedy_agreement < th.min_greedy:
+                out.append(f"greedy agreement {self.greedy_agreement:.3f} < {th.min_greedy}")
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (f"max |Δlogit| {self.max_abs_logit_diff:.2e}, top-1 {self.top1_agreement:.3f}, "
+                f"greedy agreement {self.greedy_agreement:.3f}, identical {self.greedy_identical}/{self.prompts}")
+
+
+def torch_model(ckpt: Checkpoint):  # -> GPT2LMHeadModel
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = ckpt.config.to_hf_dict()
+    hf["tie_word_embeddings"] = ckpt.tied
+    model = GPT2LMHeadModel(GPT2Config(**hf)).eval()
+    sd = {f"transformer.{k}": torch.from_numpy(v) for k, v in ckpt.weights.items() if k != "lm_head.weight"}
+    sd["lm_head.weight"] = torch.from_numpy(ckpt.weights.get("lm_head.weight", ckpt.weights["wte.weight"]))
+    model.load_state_dict(sd, strict=False)
+    return model
+
+
+def check_parity(ckpt: Checkpoint, model_dir: Path, manifest: Manifest, prompts: list[list[int]],
+                 new_tokens: int = 64, threads: int | None = None, progress: bool = True) -> ParityReport:
+    import torch
+
+    ref = torch_model(ckpt)
+    dec = DecoderSession(model_dir, manifest, threads=threads)
+    opts = SamplingOptions(max_new_tokens=new_tokens)
+    diffs, means, top1, greedy, identical = [], [], [], [], 0
+    from runtime.generate import generate_ids
+
+    for prompt in tqdm(prompts, desc="verify", unit="prompt", disable=not progress):
+        steps: list[np.ndarray] = []
+        ids = [int(t[0]) for t in generate_ids(dec, [prompt], opts, manifest.eos_token_id, stop_at_eos=False,
+                                               on_logits=lambda _, lg: steps.append(lg[0].copy()))]
+        onnx_logits = np.stack(steps)
+        with torch.no_grad():
+            full = torch.tensor([prompt + ids])
+            tf = ref(full).logits[0, len(prompt) - 1: len(prompt) - 1 + len(ids)].numpy()
+            gen = ref.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                               do_sample=False, pad_token_id=manifest.eos_token_id,
+                               attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+        torch_ids = gen[0, len(prompt):].tolist()
+        d = np.abs(onnx_logits - tf)
+        diffs.append(float(d.max()))
+        means.append(float(d.mean()))
+        top1.append(float(np.mean(onnx_logits.argmax(-1) == tf.argmax(-1))))
+        same = next((i for i, (a, b) in enumerate(zip(ids, torch_ids)) if a != b), len(ids))
+        greedy.append(same / len(ids))
+        identical += int(ids == torch_ids)
+    return ParityReport(len(prompts), new_tokens, max(diffs), float(np.mean(means)), float(np.mean(top1)),
+                        float(np.mean(greedy)), identical)

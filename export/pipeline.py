@@ -1,0 +1,211 @@
+"""The export pipeline: load → validate → build (fp32) → quantize → write → verify → manifest → publish.
+
+Everything is written into a temporary dir beside OUT_DIR and renamed at the end, so a failed or
+interrupted export never leaves a half-written model dir.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+
+from runtime.manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, write_manifest
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .errors import ExportError, ParityError
+from .graph import IO, build_graph
+from .parity import ParityReport, Thresholds, check_parity
+from .prompts import load_prompts
+from .quantize import QuantConfig, quantize
+from .tokenizer import build_tokenizer, write_tokenizer
+
+VARIANTS = ("fp32", "int8", "int4")
+EXTERNAL_DATA_FILE = "model.onnx.data"
+PROTOBUF_LIMIT = 2_000_000_000  # bytes: larger models keep their weights in external data
+
+
+@dataclass
+class ExportOptions:
+    variant: str = "int8"
+    all_logits: bool = False  # logits for every position (scoring, perplexity) instead of the last only
+    verify: bool = False  # fail (exit 1, no output) below the parity thresholds
+    overwrite: bool = False
+    tokenizer_dir: str | None = None
+    prompts: str | None = None  # parity prompts file (.txt / Topical-Chat .json); default built-in
+    n_prompts: int = 4
+    parity_tokens: int = 64
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    quant: QuantConfig | None = None  # default per variant, see default_quant()
+    threads: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    parity: ParityReport
+    failures: list[str]
+    seconds: dict[str, float]
+    bytes_on_disk: int
+
+
+def default_quant(variant: str) -> QuantConfig | None:
+    """Measured defaults (see README, "Export choices")."""
+    if variant == "int8":
+        return QuantConfig("int8", head_bits=8, head_block_size=32, per_channel=False)
+    if variant == "int4":
+        return QuantConfig("int4", block_size=32, head_bits=4, head_block_size=32)
+    return None
+
+
+def _check_args(out_dir: Path, opts: ExportOptions) -> None:
+    if opts.variant not in VARIANTS:
+        raise ExportError(f"unknown variant '{opts.variant}': use one of {', '.join(VARIANTS)}")
+    if out_dir.exists() and not opts.overwrite:
+        raise ExportError(f"{out_dir} already exists: pass --overwrite or choose another OUT_DIR")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a directory: choose another OUT_DIR")
+
+
+def _temp_dir_beside(out_dir: Path) -> Path:
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+    except OSError as e:
+        raise ExportError(f"cannot write to {parent} ({e.strerror}): choose a writable OUT_DIR") from None
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    big = sum(len(t.raw_data) for t in model.graph.initializer) > PROTOBUF_LIMIT
+    if big:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=EXTERNAL_DATA_FILE, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("dialogpt-onnx", "onnx", "onnxruntime", "torch", "transformers", "tokenizers", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _manifest(ckpt: Checkpoint, opts: ExportOptions, quant: QuantConfig | None) -> dict:
+    cfg = ckpt.config
+    return {
+        "variant": opts.variant,
+        "graph": "contrib",
+        "source": ckpt.source,
+        "model": {**cfg.to_dict(), "head_dim": cfg.head_dim, "tied_embeddings": ckpt.tied},
+        "io": {
+            "inputs": {k: getattr(IO, k) for k in ("input_ids", "position_ids", "seqlens_k", "query_seqlens",
+                                                   "total_sequence_length")},
+            "outputs": {"logits": IO.logits},
+            "past_key": IO.past_key, "past_value": IO.past_value,
+            "present_key": IO.present_key, "present_value": IO.present_value,
+            "kv_layout": "BNSH [batch, n_head, capacity, head_dim], float32",
+            "kv_buffer": "shared: bind the same buffer as past and present; GroupQueryAttention appends in place",
+            "max_kv_length": cfg.n_positions,
+            "logits": "all" if opts.all_logits else "last",
+        },
+        "quantization": asdict(quant) if quant else None,
+        "tools": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def export_model(source: str | Path, out_dir: str | Path, opts: ExportOptions | None = None) -> ExportResult:
+    """Export a GPT-2 / DialoGPT checkpoint (dir or hub id) to an ONNX model dir. Raises ExportError on bad
+    input and ParityError when `opts.verify` and parity falls below the thresholds."""
+    opts = opts or ExportOptions()
+    out = Path(out_dir).expanduser().resolve()
+    _check_args(out, opts)
+    quant = opts.quant or default_quant(opts.variant)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(source, opts.tokenizer_dir)
+    dialogues = load_prompts(opts.prompts, opts.n_prompts)
+    seconds["load"] = time.perf_counter() - t0
+    tok = build_tokenizer(ckpt.tokenizer_files)
+    eos = ckpt.config.eos_token_id
+    prompts = [[t for turn in d for t in tok.encode(turn, add_special_tokens=False).ids + [eos]] for d in dialogues]
+    longest = max(map(len, prompts)) + opts.parity_tokens
+    if longest > ckpt.config.n_positions:
+        raise ExportError(f"parity prompts need {longest} positions, the model has {ckpt.config.n_positions}: "
+                          "give shorter prompts or fewer --parity-tokens")
+
+    tmp = _temp_dir_beside(out)
+    try:
+        stages = ["build", "quantize", "write", "verify"] if quant else ["build", "write", "verify"]
+        bar = _stage_bar(stages, opts.progress)
+        t = time.perf_counter()
+        model = build_graph(ckpt, all_logits=opts.all_logits)
+        seconds["build"] = time.perf_counter() - t
+        bar.update(1)
+        if quant:
+            bar.set_postfix_str("quantize")
+            t = time.perf_counter()
+            model = quantize(model, quant)
+            seconds["quantize"] = time.perf_counter() - t
+            bar.update(1)
+        bar.set_postfix_str("write")
+        t = time.perf_counter()
+        save_model(model, tmp / MODEL_FILE)
+        del model
+        write_tokenizer(ckpt.tokenizer_files, tmp / TOKENIZER_FILE, eos, ckpt.config.vocab_size)
+        raw = _manifest(ckpt, opts, quant)
+        write_manifest(tmp, raw)
+        seconds["write"] = time.perf_counter() - t
+        bar.update(1)
+        bar.set_postfix_str("verify")
+        t = time.perf_counter()
+        parity = check_parity(ckpt, tmp, read_manifest(tmp), prompts, opts.parity_tokens,
+                              threads=opts.threads, progress=opts.progress)
+        seconds["verify"] = time.perf_counter() - t
+        bar.update(1)
+        bar.close()
+        failures = parity.failures(opts.variant, opts.thresholds)
+        raw["parity"] = {**parity.to_dict(), "reference": "transformers GPT2LMHeadModel fp32",
+                         "thresholds": asdict(opts.thresholds), "passed": not failures}
+        raw["export_seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+        write_manifest(tmp, raw)
+        if opts.verify and failures:
+            raise ParityError(f"parity below thresholds ({'; '.join(failures)}): nothing written; "
+                              "loosen the thresholds or use a more precise variant")
+        size = sum(f.stat().st_size for f in tmp.iterdir())
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, parity, failures, seconds, size)
+
+
+def _stage_bar(stages: list[str], enabled: bool):  # -> tqdm
+    from tqdm import tqdm
+
+    return tqdm(total=len(stages), desc="export", unit="stage", disable=not enabled)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished dir into place; an existing OUT_DIR (with --overwrite) goes only once it is replaced."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

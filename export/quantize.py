@@ -1,0 +1,165 @@
+"""Quantization passes over the fp32 graph: an explicit config in, a quantized graph out.
+
+- int8: onnxruntime.quantization's dynamic quantization of every layer MatMul (DynamicQuantizeMatMul).
+- int4: onnxruntime's MatMulNBits quantizer (block-wise 4-bit weights, accuracy_level 4 = int8 compute).
+- both: the tied embedding / lm_head is quantized once (MatMulNBits, `tied_head_bits`) and the
+  embedding lookup reads the same tensor through GatherBlockQuantized. Written by hand because
+  onnxruntime's quantizers treat the Gather and the head as two tensors and would store them twice.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .onnx_ops import MS_DOMAIN
+
+EMBED_GATHER = "/model/embed_tokens/Gather"
+HEAD_GEMM = "/lm_head/Gemm"
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    variant: str  # "int8" | "int4"
+    block_size: int = 32  # MatMulNBits block along K (int4 layers)
+    head_bits: int = 8  # the tied embedding / lm_head
+    head_block_size: int = 32
+    per_channel: bool = False  # int8 dynamic quantization of layer weights
+    accuracy_level: int = 4  # MatMulNBits: quantize activations to int8 and use VNNI kernels
+
+
+def quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
+    model = quantize_tied_head(model, qc.head_bits, qc.head_block_size, qc.accuracy_level)
+    if qc.variant == "int8":
+        return _dynamic_int8(model, qc.per_channel)
+    if qc.variant == "int4":
+        return _nbits(model, 4, qc.block_size, qc.accuracy_level)
+    raise ValueError(f"unknown quantized variant {qc.variant!r}")
+
+
+def _nbits(model: onnx.ModelProto, bits: int, block_size: int, accuracy_level: int,
+           nodes: list[str] | None = None) -> onnx.ModelProto:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False,
+                             accuracy_level=accuracy_level, nodes_to_include=nodes,
+                             op_types_to_quantize=("MatMul",))
+    q.process()
+    return q.model.model
+
+
+def _dynamic_int8(model: onnx.ModelProto, per_channel: bool) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(model, src)
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=per_channel,
+                         weight_type=QuantType.QInt8,
+                         extra_options={"MatMulConstBOnly": True,
+                                        "DefaultTensorType": onnx.TensorProto.FLOAT})
+        return onnx.load(dst)
+
+
+def quantize_tied_head(model: onnx.ModelProto, bits: int, block_size: int,
+                       accuracy_level: int) -> onnx.ModelProto:
+    """Gemm(h, W, transB=1) → MatMulNBits(h, Wq) and Gather(W, ids) → GatherBlockQuantized(Wq, ids)."""
+    graph = model.graph
+    nodes = {n.name: n for n in graph.node}
+    gemm, gather = nodes[HEAD_GEMM], nodes[EMBED_GATHER]
+    inits = {t.name: t for t in graph.initializer}
+    head_name = gemm.input[1]
+    head = numpy_helper.to_array(inits[head_name])  # [vocab, n_embd]
+    vocab, n_embd = head.shape
+
+    # Quantize with onnxruntime's own quantizer on a one-node model, then take its tensors.
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", n_embd])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", vocab])
+    one = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="head")], "head", [x], [y],
+        [numpy_helper.from_array(np.ascontiguousarray(head.T), "w")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    q = _nbits(one, bits, block_size, accuracy_level)
+    qnode = next(n for n in q.graph.node if n.op_type == "MatMulNBits")
+    qinits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    packed, scales = qinits[qnode.input[1]], qinits[qnode.input[2]]
+    zeros = qinits[qnode.input[3]] if len(qnode.input) > 3 and qnode.input[3] else None
+    k_blocks = packed.shape[1]
+    # GatherBlockQuantized wants scales of the data's rank, MatMulNBits wants them 2-D: store the 3-D
+    # ones and let onnxruntime fold a Reshape at load, so the file holds every head tensor once.
+    new_inits = [numpy_helper.from_array(packed, "lm_head.qweight"),
+                 numpy_helper.from_array(scales.reshape(vocab, k_blocks, 1), "lm_head.scales")]
+    head_inputs = [gemm.input[0], "lm_head.qweight", _reshaped(graph, "lm_head.scales", [vocab, k_blocks])]
+    gather_inputs = ["lm_head.qweight", gather.input[1], "lm_head.scales"]
+    if zeros is not None:
+        if bits == 8:  # one byte per block: the same bytes serve both ops
+            new_inits.append(numpy_helper.from_array(zeros.reshape(vocab, k_blocks, 1), "lm_head.zero_points"))
+            head_inputs.append(_reshaped(graph, "lm_head.zero_points", [vocab, k_blocks]))
+        else:  # MatMulNBits packs two 4-bit zero points a byte, GatherBlockQuantized one: small, kept twice
+            new_inits.append(numpy_helper.from_array(zeros, "lm_head.zero_points_packed"))
+            new_inits.append(numpy_helper.from_array(_unpack4(zeros, k_blocks).reshape(vocab, k_blocks, 1),
+                                                     "lm_head.zero_points"))
+            head_inputs.append("lm_head.zero_points_packed")
+        gather_inputs.append("lm_head.zero_points")
+    attrs = {a.name: helper.get_attribute_value(a) for a in qnode.attribute}
+    new_head = helper.make_node("MatMulNBits", head_inputs, list(gemm.output), name="/lm_head/MatMulNBits",
+                                domain=MS_DOMAIN, **attrs)
+    replace = {gemm.name: new_head}
+    drop = {head_name}
+    if gather.input[0] == head_name:  # tied: the embedding reads the head's quantized tensor
+        replace[gather.name] = helper.make_node(
+            "GatherBlockQuantized", gather_inputs, ["/model/embed_tokens/blocks"],
+            name="/model/embed_tokens/GatherBlockQuantized", domain=MS_DOMAIN,
+            bits=bits, block_size=block_size, gather_axis=0, quantize_axis=2)
+        graph.node.append(helper.make_node(
+            "Reshape", ["/model/embed_tokens/blocks", _const(graph, "/model/embed_tokens/shape", [0, 0, n_embd])],
+            list(gather.output), name="/model/embed_tokens/Reshape"))
+    kept = [t for t in graph.initializer if t.name not in drop]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    new_nodes = [replace.get(n.name, n) for n in graph.node]
+    del graph.node[:]
+    graph.node.extend(_toposort(new_nodes, graph))
+    return model
+
+
+def _const(graph: onnx.GraphProto, name: str, values: list[int]) -> str:
+    graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
+    return name
+
+
+def _reshaped(graph: onnx.GraphProto, name: str, shape: list[int]) -> str:
+    out = f"{name}/2d"
+    graph.node.append(helper.make_node("Reshape", [name, _const(graph, f"{name}/2d_shape", shape)], [out],
+                                       name=f"/lm_head/{name}/Reshape"))
+    return out
+
+
+def _unpack4(packed: np.ndarray, n: int) -> np.ndarray:
+    """[rows, ceil(n/2)] bytes of two 4-bit values (low nibble first) -> [rows, n] uint8."""
+    both = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[0], -1)
+    return np.ascontiguousarray(both[:, :n])
+
+
+def _toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Order nodes so each comes after its producers (the passes append helper nodes at the end)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    done: list[onnx.NodeProto] = []
+    pending = list(nodes)
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in known for i in n.input):
+                done.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise RuntimeError(f"graph has a cycle or a missing input near {rest[0].name}")
+        pending = rest
+    return done

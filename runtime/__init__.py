@@ -1,0 +1,8 @@
+"""dialogpt-onnx runtime: DialoGPT chat and generation on onnxruntime, without torch or transformers."""
+
+from .chat import ChatSession
+from .errors import ModelDirError
+from .model import DialogModel, Generation, load
+from .sampling import SamplingOptions
+
+__all__ = ["ChatSession", "DialogModel", "Generation", "ModelDirError", "SamplingOptions", "load"]

@@ -1,0 +1,54 @@
+"""The per-token loop: step → process logits → pick → stop?"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from .sampling import SamplingOptions, choose, process
+from .session import DecoderSession
+
+
+def _plain_greedy(opts: SamplingOptions) -> bool:
+    return (not opts.do_sample and opts.repetition_penalty == 1.0 and not opts.no_repeat_ngram_size
+            and opts.min_new_tokens == 0)
+
+
+def generate_ids(dec: DecoderSession, prompts: list[list[int]], opts: SamplingOptions, eos: int,
+                 stop_at_eos: bool = True, keep_cache: bool = False,
+                 on_logits: Callable[[int, np.ndarray], None] | None = None,
+                 history: list[list[int]] | None = None) -> Iterator[np.ndarray]:
+    """Yield the new token of every row at each step ([batch] ids; -1 for rows already finished).
+
+    The last token yielded for a row is not in the cache (nobody needs its logits); a chat session
+    prepends it to the next turn. With keep_cache the cache is not reset: `prompts` are appended to what
+    it holds. `history` (per row, defaults to the prompts) feeds repetition penalty and n-gram bans.
+    `on_logits(step, logits)` sees each step's raw logits (parity checks use it)."""
+    if not keep_cache:
+        dec.reset(len(prompts))
+    rng = np.random.default_rng(opts.seed)
+    hist = [list(h) for h in (history if history is not None else prompts)]
+    batch = len(prompts)
+    done = np.zeros(batch, dtype=bool)
+    fast = _plain_greedy(opts)
+    if opts.max_new_tokens == 0:
+        return
+    logits = dec.prefill(prompts)
+    for step in range(opts.max_new_tokens):
+        if on_logits is not None:
+            on_logits(step, logits)
+        if fast:
+            nxt = logits.argmax(axis=-1)
+        else:
+            nxt = np.array([eos if done[b] else choose(process(logits[b], hist[b], step, opts, eos), opts, rng)
+                            for b in range(batch)])
+        yield np.where(done, -1, nxt)
+        if not fast:
+            for b in np.flatnonzero(~done):
+                hist[b].append(int(nxt[b]))
+        if stop_at_eos:
+            done |= nxt == eos
+        if done.all() or step + 1 == opts.max_new_tokens:
+            return
+        logits = dec.step(nxt, active=None if not done.any() else ~done)

@@ -1,0 +1,106 @@
+"""Logits processing and token choice in pure numpy, in transformers' order:
+repetition penalty → no-repeat-ngram → temperature → top-k → top-p → draw (greedy: argmax)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    do_sample: bool = False  # greedy by default, as the DialoGPT model card's chat loop
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    seed: int | None = None
+
+    def validate(self) -> None:
+        def bad(arg: str, rng: str, val: object) -> ValueError:
+            return ValueError(f"{arg} must be {rng}, got {val!r}")
+
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            raise bad("max_new_tokens", "an integer >= 0", self.max_new_tokens)
+        if not isinstance(self.min_new_tokens, int) or self.min_new_tokens < 0:
+            raise bad("min_new_tokens", "an integer >= 0", self.min_new_tokens)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise bad("min_new_tokens", f"<= max_new_tokens ({self.max_new_tokens})", self.min_new_tokens)
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", "in (0, 1]", self.top_p)
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad("top_k", "an integer >= 0 (0 turns it off)", self.top_k)
+        if self.do_sample and not self.temperature > 0:
+            raise bad("temperature", "> 0 when sampling", self.temperature)
+        if not self.repetition_penalty > 0:
+            raise bad("repetition_penalty", "> 0 (1.0 turns it off)", self.repetition_penalty)
+        if not isinstance(self.no_repeat_ngram_size, int) or self.no_repeat_ngram_size < 0:
+            raise bad("no_repeat_ngram_size", "an integer >= 0 (0 turns it off)", self.no_repeat_ngram_size)
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> None:
+    """In place, as transformers: divide positive logits of seen tokens by penalty, multiply negative."""
+    if penalty == 1.0 or seen.size == 0:
+        return
+    ids = np.unique(seen)
+    vals = logits[ids]
+    logits[ids] = np.where(vals < 0, vals * penalty, vals / penalty)
+
+
+def banned_ngram_tokens(tokens: list[int], n: int) -> list[int]:
+    """Tokens that would complete an n-gram already present in `tokens`."""
+    if n <= 0 or len(tokens) + 1 < n:
+        return []
+    prefix = tuple(tokens[len(tokens) - n + 1:]) if n > 1 else ()
+    return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == prefix]
+
+
+def top_k_filter(logits: np.ndarray, k: int) -> None:
+    if 0 < k < logits.shape[-1]:
+        kth = np.partition(logits, -k)[-k]
+        logits[logits < kth] = -np.inf
+
+
+def top_p_filter(logits: np.ndarray, p: float) -> None:
+    """Keep the smallest set of top tokens whose probability reaches p (always at least one)."""
+    if p >= 1.0:
+        return
+    order = np.argsort(logits, kind="stable")  # ascending, as transformers' TopPLogitsWarper
+    probs = _softmax(logits[order])
+    cum = np.cumsum(probs)
+    remove = cum <= (1.0 - p)
+    remove[-1] = False
+    logits[order[remove]] = -np.inf
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - np.max(x))
+    return e / e.sum()
+
+
+def process(logits: np.ndarray, history: list[int], generated: int, opts: SamplingOptions,
+            eos: int) -> np.ndarray:
+    """A processed float64 copy of one row's logits."""
+    out = logits.astype(np.float64, copy=True)
+    if generated < opts.min_new_tokens:
+        out[eos] = -np.inf
+    apply_repetition_penalty(out, np.asarray(history, dtype=np.int64), opts.repetition_penalty)
+    if opts.no_repeat_ngram_size:
+        out[banned_ngram_tokens(history, opts.no_repeat_ngram_size)] = -np.inf
+    if opts.do_sample:
+        if opts.temperature != 1.0:
+            out /= opts.temperature
+        top_k_filter(out, opts.top_k)
+        top_p_filter(out, opts.top_p)
+    return out
+
+
+def choose(processed: np.ndarray, opts: SamplingOptions, rng: np.random.Generator) -> int:
+    if not opts.do_sample:
+        return int(np.argmax(processed))
+    probs = _softmax(processed)
+    return int(rng.choice(probs.shape[-1], p=probs))

@@ -1,0 +1,163 @@
+"""The decoder session: onnxruntime + a KV cache bound once as shared past/present buffers.
+
+The cache is one preallocated buffer per layer and K/V ([batch, heads, capacity, head_dim]), bound as
+both past and present, so GroupQueryAttention appends in place: no per-step copies. Each row keeps its
+own length, so rows of a batch may hold different numbers of tokens (ragged batches: position ids
+follow each row's real tokens, never padding). Capacity grows by doubling, up to the context.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ModelDirError
+from .manifest import MODEL_FILE, Manifest
+
+MIN_CAPACITY = 64
+
+
+def make_session(path: Path, threads: int | None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or os.cpu_count() or 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one clear line
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ModelDirError(f"{path} is not a loadable ONNX model ({first}): re-export the model") from None
+
+
+class DecoderSession:
+    def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
+                 max_length: int | None = None) -> None:
+        self.m = manifest
+        self.sess = make_session(Path(model_dir) / MODEL_FILE, threads)
+        io = manifest.io
+        self.names = io["inputs"]
+        self.logits_name = io["outputs"]["logits"]
+        self.max_length = min(max_length or manifest.n_positions, manifest.n_positions)
+        self.binding = self.sess.io_binding()
+        self.batch = 0
+        self.capacity = 0
+        self.lengths = np.zeros(0, dtype=np.int64)  # tokens cached per row
+        self._kv: list[np.ndarray] = []
+        self.owner: object = None  # the chat session whose history the cache holds, if any
+
+    # -- cache ---------------------------------------------------------------------------------
+    def reset(self, batch: int = 1) -> None:
+        """Empty the cache for `batch` rows (buffers are reused when the batch size is unchanged)."""
+        if batch != self.batch or not self._kv:
+            self.batch = batch
+            self._allocate(min(MIN_CAPACITY, self.max_length))
+        self.lengths = np.zeros(batch, dtype=np.int64)
+
+    def _allocate(self, capacity: int, keep: int = 0) -> None:
+        shape = (self.batch, self.m.n_head, capacity, self.m.head_dim)
+        old = self._kv
+        self._kv = [np.zeros(shape, dtype=np.float32) for _ in range(2 * self.m.n_layer)]
+        for new, prev in zip(self._kv, old):
+            if keep:
+                new[:, :, :keep] = prev[:, :, :keep]
+        self.capacity = capacity
+        b = self.binding
+        names = self.m.io
+        for i in range(self.m.n_layer):
+            for j, kind in enumerate(("key", "value")):
+                buf = ort.OrtValue.ortvalue_from_numpy(self._kv[2 * i + j])
+                b.bind_ortvalue_input(names[f"past_{kind}"].format(i), buf)
+                b.bind_ortvalue_output(names[f"present_{kind}"].format(i), buf)
+        self._total = np.array(capacity, dtype=np.int32)  # an upper bound is all GQA needs
+        b.bind_cpu_input(self.names["total_sequence_length"], self._total)
+        if self.m.all_logits:  # [batch, seq, vocab] varies per call: let onnxruntime allocate it
+            b.bind_output(self.logits_name, "cpu")
+        else:  # [batch, 1, vocab]: one buffer serves every call
+            self._logits = np.empty((self.batch, 1, self.m.vocab_size), dtype=np.float32)
+            b.bind_ortvalue_output(self.logits_name, ort.OrtValue.ortvalue_from_numpy(self._logits))
+        self._step_ready = False
+
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed > self.max_length:
+            raise ValueError(f"sequence of {needed} tokens exceeds the context of {self.max_length}: "
+                             "shorten the history or lower max_new_tokens")
+        if needed > self.capacity:
+            cap = self.capacity
+            while cap < needed:
+                cap *= 2
+            self._allocate(min(cap, self.max_length), keep=int(self.lengths.max(initial=0)))
+
+    # -- forward -------------------------------------------------------------------------------
+    def prefill(self, rows: list[list[int]]) -> np.ndarray:
+        """Append each row's new tokens (a row may be empty) and return the last real token's logits
+        per row, [batch, vocab]. Rows are right-padded; GQA caches only the real tokens."""
+        if len(rows) != self.batch:
+            raise ValueError(f"got {len(rows)} rows for a cache of batch {self.batch}")
+        q = np.array([len(r) for r in rows], dtype=np.int32)
+        width = int(q.max())
+        if width == 0:
+            raise ValueError("nothing to prefill: every row is empty")
+        self._ensure_capacity(int((self.lengths + q).max()))
+        ids = np.zeros((self.batch, width), dtype=np.int64)
+        pos = np.zeros((self.batch, width), dtype=np.int64)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = r
+            pos[b, :] = self.lengths[b] + np.arange(width)
+        pos = np.minimum(pos, self.max_length - 1)  # padding rows' positions are never used
+        total = self.lengths + q
+        seqlens_k = np.where(q > 0, total - 1, np.maximum(self.lengths - 1, 0)).astype(np.int32)
+        self._run({"input_ids": ids, "position_ids": pos, "seqlens_k": seqlens_k, "query_seqlens": q})
+        self.lengths = total
+        self._step_ready = False
+        if self.m.all_logits:
+            self.last_all_logits = self.binding.get_outputs()[0].numpy()
+            return self.last_all_logits[np.arange(self.batch), np.maximum(q - 1, 0)]
+        return self._logits[:, 0]
+
+    def step(self, tokens: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """Append one token per row (rows where `active` is False are left untouched) -> logits [batch, vocab].
+        The hot path: inputs live in buffers bound once and are updated in place."""
+        self._ensure_capacity(int(self.lengths.max()) + 1)
+        if not self._step_ready:  # first step after a prefill or a capacity change
+            self._bind_step()
+        self._ids[:, 0] = tokens
+        self._pos[:, 0] = self.lengths
+        if active is None:
+            self._q[:] = 1
+            self._seqk[:] = self.lengths
+            self.lengths += 1
+        else:
+            self._q[:] = active
+            self._seqk[:] = np.where(active, self.lengths, np.maximum(self.lengths - 1, 0))
+            self.lengths += active
+        self.sess.run_with_iobinding(self.binding)
+        if self.m.all_logits:
+            return self.binding.get_outputs()[0].numpy()[:, 0]
+        return self._logits[:, 0]
+
+    def _bind_step(self) -> None:
+        self._ids = np.zeros((self.batch, 1), dtype=np.int64)
+        self._pos = np.zeros((self.batch, 1), dtype=np.int64)
+        self._seqk = np.zeros(self.batch, dtype=np.int32)
+        self._q = np.ones(self.batch, dtype=np.int32)
+        for key, arr in (("input_ids", self._ids), ("position_ids", self._pos), ("seqlens_k", self._seqk),
+                         ("query_seqlens", self._q)):
+            self.binding.bind_ortvalue_input(self.names[key], ort.OrtValue.ortvalue_from_numpy(arr))
+        self._step_ready = True
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> None:
+        for key, arr in feeds.items():
+            self.binding.bind_cpu_input(self.names[key], arr)
+        self.sess.run_with_iobinding(self.binding)
+
+    def check_io(self) -> None:
+        """The graph must have the inputs the manifest promises."""
+        have = {i.name for i in self.sess.get_inputs()}
+        want = set(self.names.values()) - {""}
+        if not want <= have:
+            raise ModelDirError(f"model.onnx lacks inputs {sorted(want - have)} listed in the manifest: re-export")
