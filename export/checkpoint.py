@@ -190,7 +190,8 @@ def load_checkpoint(source: str | Path, tokenizer_dir: str | Path | None = None)
     p = Path(source).expanduser()
     tok = Path(tokenizer_dir).expanduser() if tokenizer_dir else None
     if tok is not None and not tok.is_dir():
-        raise ExportError(f"tokenizer dir {tok} does not exist: give a dir with tokenizer.json or vocab.json + merges.txt")
+        raise ExportError(f"tokenizer dir {tok} does not exist: "
+                          "give a dir with tokenizer.json or vocab.json + merges.txt")
     if p.exists():
         return load_directory(p, tok)
     if looks_like_hub_id(str(source)):

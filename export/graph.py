@@ -45,7 +45,7 @@ def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
     """
     cfg, w = ckpt.config, ckpt.weights
     g = GraphWriter()
-    b, s, kv = "batch", "sequence", "max_kv_length"
+    b, s = "batch", "sequence"
     ids = g.input(IO.input_ids, INT64, [b, s])
     pos = g.input(IO.position_ids, INT64, [b, s])
     seqlens_k = g.input(IO.seqlens_k, INT32, [b])

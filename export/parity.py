@@ -86,8 +86,12 @@ def check_parity(ckpt: Checkpoint, model_dir: Path, manifest: Manifest, prompts:
 
     for prompt in tqdm(prompts, desc="verify", unit="prompt", disable=not progress):
         steps: list[np.ndarray] = []
+
+        def record(_: int, lg: np.ndarray, steps: list[np.ndarray] = steps) -> None:
+            steps.append(lg[0].copy())
+
         ids = [int(t[0]) for t in generate_ids(dec, [prompt], opts, manifest.eos_token_id, stop_at_eos=False,
-                                               on_logits=lambda _, lg: steps.append(lg[0].copy()))]
+                                               on_logits=record)]
         onnx_logits = np.stack(steps)
         with torch.no_grad():
             full = torch.tensor([prompt + ids])
@@ -100,7 +104,7 @@ def check_parity(ckpt: Checkpoint, model_dir: Path, manifest: Manifest, prompts:
         diffs.append(float(d.max()))
         means.append(float(d.mean()))
         top1.append(float(np.mean(onnx_logits.argmax(-1) == tf.argmax(-1))))
-        same = next((i for i, (a, b) in enumerate(zip(ids, torch_ids)) if a != b), len(ids))
+        same = next((i for i, (a, b) in enumerate(zip(ids, torch_ids, strict=True)) if a != b), len(ids))
         greedy.append(same / len(ids))
         identical += int(ids == torch_ids)
     return ParityReport(len(prompts), new_tokens, max(diffs), float(np.mean(means)), float(np.mean(top1)),

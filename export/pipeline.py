@@ -23,7 +23,7 @@ from .errors import ExportError, ParityError
 from .graph import IO, build_graph
 from .parity import ParityReport, Thresholds, check_parity
 from .prompts import load_prompts
-from .quantize import QuantConfig, quantize
+from .quantize import QuantConfig, fit_to_model, quantize
 from .tokenizer import build_tokenizer, write_tokenizer
 
 VARIANTS = ("fp32", "int8", "int4")
@@ -57,11 +57,13 @@ class ExportResult:
 
 
 def default_quant(variant: str) -> QuantConfig | None:
-    """Measured defaults (see README, "Export choices")."""
+    """Measured defaults (README, "Export choices": DialoGPT-small, 2 threads). int8: per-tensor dynamic
+    layers decode 3.9 ms/token vs 5.0 per-channel and 6.4 MatMulNBits-8, same top-1; int4: block 128
+    decodes 2.5 ms/token vs 3.6 at block 32, 70 MB vs 84 MB."""
     if variant == "int8":
-        return QuantConfig("int8", head_bits=8, head_block_size=32, per_channel=False)
+        return QuantConfig("int8", layer_method="dynamic", per_channel=False, head_bits=8, head_block_size=128)
     if variant == "int4":
-        return QuantConfig("int4", block_size=32, head_bits=4, head_block_size=32)
+        return QuantConfig("int4", layer_method="nbits", block_size=128, head_bits=4, head_block_size=128)
     return None
 
 
@@ -78,7 +80,11 @@ def _temp_dir_beside(out_dir: Path) -> Path:
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the published dir gets normal permissions
+        return tmp
     except OSError as e:
         raise ExportError(f"cannot write to {parent} ({e.strerror}): choose a writable OUT_DIR") from None
 
@@ -134,10 +140,11 @@ def export_model(source: str | Path, out_dir: str | Path, opts: ExportOptions | 
     opts = opts or ExportOptions()
     out = Path(out_dir).expanduser().resolve()
     _check_args(out, opts)
-    quant = opts.quant or default_quant(opts.variant)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     ckpt = load_checkpoint(source, opts.tokenizer_dir)
+    quant = opts.quant or default_quant(opts.variant)
+    quant = fit_to_model(quant, ckpt.config.n_embd) if quant else None
     dialogues = load_prompts(opts.prompts, opts.n_prompts)
     seconds["load"] = time.perf_counter() - t0
     tok = build_tokenizer(ckpt.tokenizer_files)

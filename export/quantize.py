@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +29,47 @@ HEAD_GEMM = "/lm_head/Gemm"
 @dataclass(frozen=True)
 class QuantConfig:
     variant: str  # "int8" | "int4"
-    block_size: int = 32  # MatMulNBits block along K (int4 layers)
+    layer_method: str = "dynamic"  # "dynamic" (int8 DynamicQuantizeMatMul) | "nbits" (MatMulNBits)
+    block_size: int = 32  # MatMulNBits block along K (nbits layers)
     head_bits: int = 8  # the tied embedding / lm_head
     head_block_size: int = 32
     per_channel: bool = False  # int8 dynamic quantization of layer weights
     accuracy_level: int = 4  # MatMulNBits: quantize activations to int8 and use VNNI kernels
 
 
+def fit_to_model(qc: QuantConfig, n_embd: int) -> QuantConfig:
+    """Shrink block sizes that do not divide the hidden size (tiny models): blocks must tile each row."""
+    def fit(bs: int) -> int:
+        while bs > 16 and n_embd % bs:
+            bs //= 2
+        return bs
+
+    return replace(qc, block_size=fit(qc.block_size), head_block_size=fit(qc.head_block_size))
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime's quantizers log every node at INFO (and a pre-processing hint at WARNING)."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
+    with _quiet():
+        return _quantize(model, qc)
+
+
+def _quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
     model = quantize_tied_head(model, qc.head_bits, qc.head_block_size, qc.accuracy_level)
-    if qc.variant == "int8":
+    bits = {"int8": 8, "int4": 4}.get(qc.variant)
+    if bits is None:
+        raise ValueError(f"unknown quantized variant {qc.variant!r}")
+    if qc.layer_method == "dynamic" and bits == 8:
         return _dynamic_int8(model, qc.per_channel)
-    if qc.variant == "int4":
-        return _nbits(model, 4, qc.block_size, qc.accuracy_level)
-    raise ValueError(f"unknown quantized variant {qc.variant!r}")
+    return _nbits(model, bits, qc.block_size, qc.accuracy_level)
 
 
 def _nbits(model: onnx.ModelProto, bits: int, block_size: int, accuracy_level: int,

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .generate import generate_ids
 from .manifest import TOKENIZER_FILE, Manifest, read_manifest
 from .sampling import SamplingOptions
 from .session import DecoderSession
 from .text import StreamDecoder, load_tokenizer
+
+if TYPE_CHECKING:
+    from .chat import ChatSession
 
 
 @dataclass(frozen=True)

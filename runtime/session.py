@@ -62,7 +62,7 @@ class DecoderSession:
         shape = (self.batch, self.m.n_head, capacity, self.m.head_dim)
         old = self._kv
         self._kv = [np.zeros(shape, dtype=np.float32) for _ in range(2 * self.m.n_layer)]
-        for new, prev in zip(self._kv, old):
+        for new, prev in zip(self._kv, old, strict=False):  # old is empty at first
             if keep:
                 new[:, :, :keep] = prev[:, :, :keep]
         self.capacity = capacity
@@ -77,6 +77,7 @@ class DecoderSession:
         b.bind_cpu_input(self.names["total_sequence_length"], self._total)
         if self.m.all_logits:  # [batch, seq, vocab] varies per call: let onnxruntime allocate it
             b.bind_output(self.logits_name, "cpu")
+            self._logits_slot = 2 * self.m.n_layer  # outputs come back in binding order: KV first
         else:  # [batch, 1, vocab]: one buffer serves every call
             self._logits = np.empty((self.batch, 1, self.m.vocab_size), dtype=np.float32)
             b.bind_ortvalue_output(self.logits_name, ort.OrtValue.ortvalue_from_numpy(self._logits))
@@ -115,7 +116,7 @@ class DecoderSession:
         self.lengths = total
         self._step_ready = False
         if self.m.all_logits:
-            self.last_all_logits = self.binding.get_outputs()[0].numpy()
+            self.last_all_logits = self.binding.get_outputs()[self._logits_slot].numpy()
             return self.last_all_logits[np.arange(self.batch), np.maximum(q - 1, 0)]
         return self._logits[:, 0]
 
@@ -135,9 +136,11 @@ class DecoderSession:
             self._q[:] = active
             self._seqk[:] = np.where(active, self.lengths, np.maximum(self.lengths - 1, 0))
             self.lengths += active
+        if self.m.all_logits:
+            self.binding.bind_output(self.logits_name, "cpu")
         self.sess.run_with_iobinding(self.binding)
         if self.m.all_logits:
-            return self.binding.get_outputs()[0].numpy()[:, 0]
+            return self.binding.get_outputs()[self._logits_slot].numpy()[:, 0]
         return self._logits[:, 0]
 
     def _bind_step(self) -> None:
@@ -153,6 +156,8 @@ class DecoderSession:
     def _run(self, feeds: dict[str, np.ndarray]) -> None:
         for key, arr in feeds.items():
             self.binding.bind_cpu_input(self.names[key], arr)
+        if self.m.all_logits:  # the shape changes with the step: let onnxruntime allocate anew
+            self.binding.bind_output(self.logits_name, "cpu")
         self.sess.run_with_iobinding(self.binding)
 
     def check_io(self) -> None:

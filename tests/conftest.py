@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from checkpoints import TOPICAL_CHAT, fp16_rounded, save_hf, save_original, tiny_model
+
+from export import ExportOptions, export_model
+
+
+@pytest.fixture(scope="session")
+def tiny() -> torch.nn.Module:
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def hf_dir(tmp_path_factory, tiny) -> Path:
+    return save_hf(tiny, tmp_path_factory.mktemp("hf_safetensors"))
+
+
+@pytest.fixture(scope="session")
+def hf_bin_dir(tmp_path_factory, tiny) -> Path:
+    return save_hf(tiny, tmp_path_factory.mktemp("hf_bin"), safe=False)
+
+
+@pytest.fixture(scope="session")
+def original_dir(tmp_path_factory, tiny) -> Path:
+    return save_original(tiny, tmp_path_factory.mktemp("original"), with_tokenizer=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16(tiny) -> torch.nn.Module:
+    import copy
+
+    return fp16_rounded(copy.deepcopy(tiny))
+
+
+@pytest.fixture(scope="session")
+def topical_contexts() -> list[list[str]]:
+    """Real dialogue: the first three turns of Topical-Chat test conversations."""
+    data = json.loads((TOPICAL_CHAT / "test_freq.json").read_text())
+    convs = list(data.values())[:6]
+    return [[m["message"] for m in c["content"][:3]] for c in convs]
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, hf_dir):
+    """One export per variant of the safetensors checkpoint, shared by the tests."""
+    cache: dict[str, Path] = {}
+
+    def get(variant: str) -> Path:
+        if variant not in cache:
+            out = tmp_path_factory.mktemp(f"export_{variant}") / "model"
+            export_model(hf_dir, out, ExportOptions(variant=variant, progress=False, n_prompts=2,
+                                                    parity_tokens=16))
+            cache[variant] = out
+        return cache[variant]
+
+    return get
