@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Quick start: set up .venv, export the bundled demo model to int8, and chat with it.
+set -euo pipefail
+cd "$(dirname "$0")"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q -e ".[dev]"
+.venv/bin/python -m export models/demo models/demo-int8 --variant int8 --overwrite
+echo
+echo "== a scripted exchange (one user turn per line) =="
+printf 'Hi! Do you like music?\nWho is your favorite band?\nI like jazz more.\n' \
+  | .venv/bin/python -m runtime chat models/demo-int8 --max-new-tokens 40
+if [ -t 0 ]; then
+  echo
+  echo "== your turn (/reset, /history, /quit) =="
+  .venv/bin/python -m runtime chat models/demo-int8
+fi

@@ -1,0 +1,190 @@
+"""The runtime on exported tiny models: batching, chat cache, streaming, bad model dirs, torch-free import."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime.errors import ModelDirError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ragged_batch_equals_each_prompt_alone(exported, topical_contexts):
+    model = runtime.load(exported("fp32"))
+    texts = [c[0] for c in topical_contexts[:4]]
+    prompts = [[t for turn in topical_contexts[i][: i + 1] for t in model.encode_turn(turn)] for i in range(4)]
+    assert len({len(p) for p in prompts}) > 1  # really ragged
+    batch = model.generate(prompts, max_new_tokens=24, min_new_tokens=24)
+    for p, b in zip(prompts, batch, strict=True):
+        assert b.ids == model.generate(p, max_new_tokens=24, min_new_tokens=24).ids
+    assert len(texts) == 4
+
+
+def test_batch_rows_stop_independently(exported):
+    model = runtime.load(exported("fp32"))
+    out = model.generate(["Hello there", "What is your favourite food?"], max_new_tokens=16)
+    for g in out:
+        assert len(g.ids) <= 16
+        assert 50256 not in g.ids[:-1]  # nothing after EOS
+
+
+def test_chat_keeps_cache_and_matches_full_recompute(exported, topical_contexts):
+    model = runtime.load(exported("fp32"))
+    chat = model.chat(max_new_tokens=12)
+    turns = [t for c in topical_contexts[:2] for t in c][:4]
+    replies = [chat.send(t) for t in turns]
+    # the cache was reused: only new tokens were prefilled after the first turn
+    total_history = sum(len(t) for t in chat.turns)
+    assert chat.stats["recomputes"] == 0
+    assert chat.stats["prefilled_tokens"] < total_history
+    # same replies as generating each turn from the whole history without a cache
+    fresh = runtime.load(exported("fp32"))
+    history: list[int] = []
+    for user, reply in zip(turns, replies, strict=True):
+        history += fresh.encode_turn(user)
+        g = fresh.generate(history, max_new_tokens=12)
+        assert fresh.decode(g.ids) == reply
+        history += g.ids if g.ids and g.ids[-1] == 50256 else g.ids + [50256]
+
+
+def test_chat_drops_oldest_turns_beyond_budget(exported):
+    model = runtime.load(exported("fp32"))
+    chat = model.chat(max_history_tokens=60, max_new_tokens=8)
+    for i in range(12):
+        chat.send(f"This is message number {i} about gardening and tomatoes.")
+        assert sum(len(t) for t in chat.turns) <= 60
+    assert chat.stats["recomputes"] > 0
+    assert "number 11" in chat.history[-2]
+
+
+def test_stream_pieces_join_to_text_and_are_clean_utf8(exported):
+    model = runtime.load(exported("fp32"))
+    pieces = list(model.stream("Ça va? 日本語 😀", max_new_tokens=32, min_new_tokens=32))
+    text = "".join(pieces)
+    assert text == model.generate("Ça va? 日本語 😀", max_new_tokens=32, min_new_tokens=32).text
+    assert all("\ufffd" not in p for p in pieces[:-1])
+
+
+def test_seeded_sampling_is_reproducible(exported):
+    model = runtime.load(exported("int8"))
+    kw = dict(do_sample=True, top_k=50, top_p=0.9, temperature=0.8, max_new_tokens=20, seed=7)
+    a, b = model.generate("Tell me about dogs", **kw), model.generate("Tell me about dogs", **kw)
+    assert a.ids == b.ids
+    c = model.generate("Tell me about dogs", **{**kw, "seed": 8})
+    assert c.ids != a.ids
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"do_sample": True, "temperature": 0.0}, "temperature"),
+    ({"top_k": -1}, "top_k"), ({"max_new_tokens": -1}, "max_new_tokens"), ({"min_new_tokens": -2}, "min_new_tokens"),
+])
+def test_bad_options(exported, kw, match):
+    model = runtime.load(exported("int8"))
+    with pytest.raises(ValueError, match=match):
+        model.generate("hi", **kw)
+
+
+def test_empty_and_too_long_input(exported):
+    model = runtime.load(exported("int8"))
+    with pytest.raises(ValueError, match="non-empty"):
+        model.generate("   ")
+    with pytest.raises(ValueError, match="exceeds the context"):
+        model.generate("word " * 1100)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_bad_model_dirs(tmp_path, exported):
+    src = exported("int8")
+    with pytest.raises(ModelDirError, match="does not exist"):
+        runtime.load(tmp_path / "nope")
+    d = _copy(src, tmp_path / "sha")
+    with open(d / "model.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(ModelDirError, match="sha256"):
+        runtime.load(d)
+    d = _copy(src, tmp_path / "trunc")
+    data = (d / "model.onnx").read_bytes()
+    (d / "model.onnx").write_bytes(data[: len(data) // 3])
+    m = json.loads((d / "manifest.json").read_text())
+    from runtime.manifest import sha256
+
+    m["files"]["model.onnx"] = sha256(d / "model.onnx")  # consistent digest: the file itself is broken
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelDirError, match="not a loadable ONNX model"):
+        runtime.load(d)
+    d = _copy(src, tmp_path / "version")
+    m = json.loads((d / "manifest.json").read_text())
+    m["format_version"] = 99
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelDirError, match="format version 99"):
+        runtime.load(d)
+    d = _copy(src, tmp_path / "incomplete")
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(ModelDirError, match="tokenizer.json is missing"):
+        runtime.load(d)
+
+
+def test_runtime_works_without_torch_transformers_optimum(exported):
+    """Embedded apps ship without torch: importing it must not be needed for a chat."""
+    code = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in ('torch', 'transformers', 'optimum'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+import runtime
+chat = runtime.load({str(exported('int8'))!r}).chat(max_new_tokens=8)
+print(repr(chat.send('Hello!')))
+print(repr(chat.send('How are you?')))
+print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'optimum')))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cli_generate_and_piped_chat(exported):
+    d = str(exported("int8"))
+    gen = subprocess.run([sys.executable, "-m", "runtime", "generate", d, "Hello", "--max-new-tokens", "8"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert gen.returncode == 0, gen.stderr
+    model = runtime.load(d)
+    assert gen.stdout == model.generate("Hello", max_new_tokens=8).text + "\n"
+    chat = subprocess.run([sys.executable, "-m", "runtime", "chat", d, "--max-new-tokens", "8"],
+                          input="Hello\nHow are you?\n", cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0, chat.stderr
+    assert len(chat.stdout.splitlines()) == 2  # one reply line per user line
+    bad = subprocess.run([sys.executable, "-m", "runtime", "generate", d, "Hi", "--top-p", "2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: top_p") and "Traceback" not in bad.stderr
+
+
+def test_kv_capacity_grows_without_changing_results(exported):
+    model = runtime.load(exported("fp32"))
+    assert model.decoder.capacity == 0
+    long_prompt = [int(t) for t in np.random.default_rng(0).integers(100, 5000, 150)]
+    g = model.generate(long_prompt, max_new_tokens=20, min_new_tokens=20)
+    assert model.decoder.capacity >= 170
+    capped = runtime.load(exported("fp32"), max_length=1024)
+    capped.decoder.reset(1)
+    capped.decoder._allocate(1024)  # one big buffer from the start
+    capped.decoder.lengths = np.zeros(1, dtype=np.int64)
+    from runtime.generate import generate_ids
+
+    ids = [int(t[0]) for t in generate_ids(capped.decoder, [long_prompt], capped.options(max_new_tokens=20,
+                                           min_new_tokens=20), 50256, keep_cache=True)]
+    assert ids == g.ids
