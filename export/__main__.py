@@ -15,6 +15,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("source", help="checkpoint dir (HF or original DialoGPT form) or a hub id when online")
     p.add_argument("out_dir", help="model dir to write (model.onnx, tokenizer.json, manifest.json)")
     p.add_argument("--variant", default="int8", help=f"one of {', '.join(VARIANTS)} (default int8)")
+    p.add_argument("--graph", default="contrib",
+                   help="contrib (default: fast, onnxruntime contrib ops) or portable (standard ops, via optimum)")
     p.add_argument("--verify", action="store_true", help="fail (exit 1, nothing written) below parity thresholds")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     p.add_argument("--all-logits", action="store_true", help="output logits of every position (for scoring)")
@@ -35,7 +37,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     opts = ExportOptions(
-        variant=a.variant, all_logits=a.all_logits, verify=a.verify, overwrite=a.overwrite,
+        variant=a.variant, graph=a.graph, all_logits=a.all_logits, verify=a.verify, overwrite=a.overwrite,
         tokenizer_dir=a.tokenizer, prompts=a.prompts, n_prompts=a.n_prompts, parity_tokens=a.parity_tokens,
         thresholds=Thresholds(a.max_logit_diff, a.min_top1, a.min_greedy), threads=a.threads,
         progress=not a.quiet,

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from runtime.manifest import Manifest
 from runtime.sampling import SamplingOptions
-from runtime.session import DecoderSession
+from runtime.session import open_session
 
 from .checkpoint import Checkpoint
 
@@ -79,7 +79,7 @@ def check_parity(ckpt: Checkpoint, model_dir: Path, manifest: Manifest, prompts:
     import torch
 
     ref = torch_model(ckpt)
-    dec = DecoderSession(model_dir, manifest, threads=threads)
+    dec = open_session(model_dir, manifest, threads=threads)
     opts = SamplingOptions(max_new_tokens=new_tokens)
     diffs, means, top1, greedy, identical = [], [], [], [], 0
     from runtime.generate import generate_ids

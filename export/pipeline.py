@@ -27,6 +27,7 @@ from .quantize import QuantConfig, fit_to_model, quantize
 from .tokenizer import build_tokenizer, write_tokenizer
 
 VARIANTS = ("fp32", "int8", "int4")
+GRAPHS = ("contrib", "portable")
 EXTERNAL_DATA_FILE = "model.onnx.data"
 PROTOBUF_LIMIT = 2_000_000_000  # bytes: larger models keep their weights in external data
 
@@ -34,6 +35,7 @@ PROTOBUF_LIMIT = 2_000_000_000  # bytes: larger models keep their weights in ext
 @dataclass
 class ExportOptions:
     variant: str = "int8"
+    graph: str = "contrib"  # "contrib": built from weights with onnxruntime contrib ops; "portable": standard ops
     all_logits: bool = False  # logits for every position (scoring, perplexity) instead of the last only
     verify: bool = False  # fail (exit 1, no output) below the parity thresholds
     overwrite: bool = False
@@ -70,6 +72,11 @@ def default_quant(variant: str) -> QuantConfig | None:
 def _check_args(out_dir: Path, opts: ExportOptions) -> None:
     if opts.variant not in VARIANTS:
         raise ExportError(f"unknown variant '{opts.variant}': use one of {', '.join(VARIANTS)}")
+    if opts.graph not in GRAPHS:
+        raise ExportError(f"unknown graph '{opts.graph}': use one of {', '.join(GRAPHS)}")
+    if opts.graph == "portable" and opts.all_logits:
+        raise ExportError("--all-logits is for the contrib graph (the portable graph always outputs every "
+                          "position): drop one of the two options")
     if out_dir.exists() and not opts.overwrite:
         raise ExportError(f"{out_dir} already exists: pass --overwrite or choose another OUT_DIR")
     if out_dir.exists() and not out_dir.is_dir():
@@ -112,22 +119,28 @@ def _versions() -> dict[str, str]:
 
 def _manifest(ckpt: Checkpoint, opts: ExportOptions, quant: QuantConfig | None) -> dict:
     cfg = ckpt.config
-    return {
-        "variant": opts.variant,
-        "graph": "contrib",
-        "source": ckpt.source,
-        "model": {**cfg.to_dict(), "head_dim": cfg.head_dim, "tied_embeddings": ckpt.tied},
-        "io": {
+    if opts.graph == "portable":
+        from .portable import PORTABLE_IO
+
+        io = {**PORTABLE_IO, "max_kv_length": cfg.n_positions}
+    else:
+        io = {
             "inputs": {k: getattr(IO, k) for k in ("input_ids", "position_ids", "seqlens_k", "query_seqlens",
                                                    "total_sequence_length")},
             "outputs": {"logits": IO.logits},
             "past_key": IO.past_key, "past_value": IO.past_value,
             "present_key": IO.present_key, "present_value": IO.present_value,
             "kv_layout": "BNSH [batch, n_head, capacity, head_dim], float32",
-            "kv_buffer": "shared: bind the same buffer as past and present; GroupQueryAttention appends in place",
+            "kv_buffer": "shared: bind one buffer as past and present; GroupQueryAttention appends in place",
             "max_kv_length": cfg.n_positions,
             "logits": "all" if opts.all_logits else "last",
-        },
+        }
+    return {
+        "variant": opts.variant,
+        "graph": opts.graph,
+        "source": ckpt.source,
+        "model": {**cfg.to_dict(), "head_dim": cfg.head_dim, "tied_embeddings": ckpt.tied},
+        "io": io,
         "quantization": asdict(quant) if quant else None,
         "tools": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -160,10 +173,17 @@ def export_model(source: str | Path, out_dir: str | Path, opts: ExportOptions | 
         stages = ["build", "quantize", "write", "verify"] if quant else ["build", "write", "verify"]
         bar = _stage_bar(stages, opts.progress)
         t = time.perf_counter()
-        model = build_graph(ckpt, all_logits=opts.all_logits)
-        seconds["build"] = time.perf_counter() - t
-        bar.update(1)
-        if quant:
+        if opts.graph == "portable":
+            from .portable import build_portable
+
+            model = build_portable(ckpt, quant)  # traced and quantized with standard ops only
+            seconds["build"] = time.perf_counter() - t
+            bar.update(2 if quant else 1)
+        else:
+            model = build_graph(ckpt, all_logits=opts.all_logits)
+            seconds["build"] = time.perf_counter() - t
+            bar.update(1)
+        if quant and opts.graph == "contrib":
             bar.set_postfix_str("quantize")
             t = time.perf_counter()
             model = quantize(model, quant)

@@ -61,6 +61,10 @@ class Manifest:
         return str(self.raw["variant"])
 
     @property
+    def graph(self) -> str:
+        return str(self.raw.get("graph", "contrib"))
+
+    @property
     def all_logits(self) -> bool:
         return self.raw["io"]["logits"] == "all"
 

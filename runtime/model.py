@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .generate import generate_ids
 from .manifest import TOKENIZER_FILE, Manifest, read_manifest
 from .sampling import SamplingOptions
-from .session import DecoderSession
+from .session import open_session
 from .text import StreamDecoder, load_tokenizer
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class DialogModel:
         self.dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.dir, check_files=verify_files)
         self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)
-        self.decoder = DecoderSession(self.dir, self.manifest, threads=threads, max_length=max_length)
+        self.decoder = open_session(self.dir, self.manifest, threads=threads, max_length=max_length)
         self.decoder.check_io()
         self.eos = self.manifest.eos_token_id
 

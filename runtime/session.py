@@ -34,6 +34,16 @@ def make_session(path: Path, threads: int | None) -> ort.InferenceSession:
         raise ModelDirError(f"{path} is not a loadable ONNX model ({first}): re-export the model") from None
 
 
+def open_session(model_dir: Path, manifest: Manifest, threads: int | None = None,
+                 max_length: int | None = None):  # -> DecoderSession | PortableSession
+    """The session class that fits the manifest's graph: the fast contrib graph or the portable one."""
+    if manifest.graph == "portable":
+        from .portable_session import PortableSession
+
+        return PortableSession(model_dir, manifest, threads=threads, max_length=max_length)
+    return DecoderSession(model_dir, manifest, threads=threads, max_length=max_length)
+
+
 class DecoderSession:
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
                  max_length: int | None = None) -> None:

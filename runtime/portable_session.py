@@ -1,0 +1,82 @@
+"""Session for the portable (standard-ops) graph: optimum's I/O, past and present concatenated each step.
+
+Slower by design (a copy of the whole cache per step): it exists for engines without onnxruntime's
+contrib ops and as the benchmark's baseline. Same interface as DecoderSession.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .manifest import MODEL_FILE, Manifest
+from .session import make_session
+
+
+class PortableSession:
+    def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
+                 max_length: int | None = None) -> None:
+        self.m = manifest
+        self.sess = make_session(Path(model_dir) / MODEL_FILE, threads)
+        self.names = manifest.io["inputs"]
+        self.logits_name = manifest.io["outputs"]["logits"]
+        self.max_length = min(max_length or manifest.n_positions, manifest.n_positions)
+        self.out_names = [self.logits_name] + [manifest.io[f"present_{k}"].format(i)
+                                               for i in range(manifest.n_layer) for k in ("key", "value")]
+        self.batch = 0
+        self.capacity = 0
+        self.lengths = np.zeros(0, dtype=np.int64)
+        self.owner: object = None
+        self.last_all_logits: np.ndarray | None = None
+
+    def reset(self, batch: int = 1) -> None:
+        self.batch = batch
+        self.lengths = np.zeros(batch, dtype=np.int64)
+        shape = (batch, self.m.n_head, 0, self.m.head_dim)
+        self._past = [np.zeros(shape, dtype=np.float32) for _ in range(2 * self.m.n_layer)]
+        self._mask = np.zeros((batch, 0), dtype=np.int64)  # 1 where the cache holds a real token
+
+    def _run(self, ids: np.ndarray, pos: np.ndarray, new_mask: np.ndarray) -> np.ndarray:
+        mask = np.concatenate([self._mask, new_mask], axis=1)
+        if mask.shape[1] > self.max_length:
+            raise ValueError(f"sequence of {mask.shape[1]} positions exceeds the context of {self.max_length}: "
+                             "shorten the history or lower max_new_tokens")
+        feeds = {self.names["input_ids"]: ids, self.names["position_ids"]: pos, self.names["attention_mask"]: mask}
+        for i in range(self.m.n_layer):
+            feeds[self.m.io["past_key"].format(i)] = self._past[2 * i]
+            feeds[self.m.io["past_value"].format(i)] = self._past[2 * i + 1]
+        out = self.sess.run(self.out_names, feeds)
+        self._past, self._mask = out[1:], mask
+        self.capacity = mask.shape[1]
+        return out[0]
+
+    def prefill(self, rows: list[list[int]]) -> np.ndarray:
+        q = np.array([len(r) for r in rows], dtype=np.int64)
+        width = int(q.max())
+        if width == 0:
+            raise ValueError("nothing to prefill: every row is empty")
+        ids = np.zeros((self.batch, width), dtype=np.int64)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = r
+        pos = np.minimum(self.lengths[:, None] + np.arange(width)[None], self.max_length - 1)
+        new_mask = (np.arange(width)[None] < q[:, None]).astype(np.int64)
+        logits = self._run(ids, pos, new_mask)
+        self.last_all_logits = logits
+        self.lengths = self.lengths + q
+        return logits[np.arange(self.batch), np.maximum(q - 1, 0)]
+
+    def step(self, tokens: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        act = np.ones(self.batch, dtype=np.int64) if active is None else active.astype(np.int64)
+        logits = self._run(np.asarray(tokens, dtype=np.int64).reshape(self.batch, 1),
+                           np.minimum(self.lengths, self.max_length - 1)[:, None], act[:, None])
+        self.lengths = self.lengths + act
+        return logits[:, -1]
+
+    def check_io(self) -> None:
+        have = {i.name for i in self.sess.get_inputs()}
+        want = set(self.names.values())
+        if not want <= have:
+            from .errors import ModelDirError
+
+            raise ModelDirError(f"model.onnx lacks inputs {sorted(want - have)} listed in the manifest: re-export")
