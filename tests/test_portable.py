@@ -7,10 +7,10 @@ import json
 import numpy as np
 import onnx
 import pytest
+from test_export_parity import _assert_greedy_parity
 
 import runtime
 from export import ExportOptions, export_model
-from test_export_parity import _assert_greedy_parity
 
 
 @pytest.fixture(scope="module")
