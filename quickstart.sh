@@ -8,9 +8,9 @@ cd "$(dirname "$0")"
 echo
 echo "== a scripted exchange (one user turn per line) =="
 printf 'Hi! Do you like music?\nWho is your favorite band?\nI like jazz more.\n' \
-  | .venv/bin/python -m runtime chat models/demo-int8 --max-new-tokens 40
+  | .venv/bin/python -m runtime chat models/demo-int8 --max-new-tokens 40 --no-repeat-ngram-size 3
 if [ -t 0 ]; then
   echo
   echo "== your turn (/reset, /history, /quit) =="
-  .venv/bin/python -m runtime chat models/demo-int8
+  .venv/bin/python -m runtime chat models/demo-int8 --no-repeat-ngram-size 3
 fi

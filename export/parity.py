@@ -4,7 +4,7 @@ For each prompt, the ONNX model decodes N greedy tokens through the runtime (pre
 and records every step's logits. transformers then
 - reads prompt + those tokens in one teacher-forced pass: max |Δlogit| and top-1 agreement, step by step;
 - greedy-decodes N tokens on its own: greedy agreement (shared prefix) and exact match.
-EOS does not stop either side, so every prompt yields exactly N tokens.
+EOS is banned on both sides (min_new_tokens = N), so every prompt yields exactly N tokens.
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def check_parity(ckpt: Checkpoint, model_dir: Path, manifest: Manifest, prompts:
 
     ref = torch_model(ckpt)
     dec = open_session(model_dir, manifest, threads=threads)
-    opts = SamplingOptions(max_new_tokens=new_tokens)
+    # EOS is banned on both sides (min = max new tokens, as transformers' min_new_tokens does), so every
+    # prompt yields exactly N comparable tokens
+    opts = SamplingOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     diffs, means, top1, greedy, identical = [], [], [], [], 0
     from runtime.generate import generate_ids
 
