@@ -3,6 +3,7 @@ so a graph viewer reads like the model. Builders stay pure functions of (writer,
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,25 @@ class GraphWriter:
         )
         model.ir_version = 8
         return model
+
+
+PROTOBUF_LIMIT = 2_000_000_000  # bytes: larger models keep their weights in external data
+EXTERNAL_DATA_FILE = "model.onnx.data"
+
+
+def is_big(model: onnx.ModelProto) -> bool:
+    return sum(len(t.raw_data) for t in model.graph.initializer) > PROTOBUF_LIMIT
+
+
+def save_model(model: onnx.ModelProto, path: str | Path, big: bool | None = None) -> None:
+    """Save, with weights in `<name>.data` beside it when the model exceeds protobuf's 2 GB."""
+    path = Path(path)
+    if is_big(model) if big is None else big:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=EXTERNAL_DATA_FILE if path.name == "model.onnx" else f"{path.name}.data",
+                        size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
 
 
 FLOAT = TensorProto.FLOAT

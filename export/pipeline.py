@@ -14,13 +14,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import onnx
-
 from runtime.manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, write_manifest
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import ExportError, ParityError
 from .graph import IO, build_graph
+from .onnx_ops import save_model
 from .parity import ParityReport, Thresholds, check_parity
 from .prompts import load_prompts
 from .quantize import QuantConfig, fit_to_model, quantize
@@ -28,8 +27,6 @@ from .tokenizer import build_tokenizer, write_tokenizer
 
 VARIANTS = ("fp32", "int8", "int4")
 GRAPHS = ("contrib", "portable")
-EXTERNAL_DATA_FILE = "model.onnx.data"
-PROTOBUF_LIMIT = 2_000_000_000  # bytes: larger models keep their weights in external data
 
 
 @dataclass
@@ -94,15 +91,6 @@ def _temp_dir_beside(out_dir: Path) -> Path:
         return tmp
     except OSError as e:
         raise ExportError(f"cannot write to {parent} ({e.strerror}): choose a writable OUT_DIR") from None
-
-
-def save_model(model: onnx.ModelProto, path: Path) -> None:
-    big = sum(len(t.raw_data) for t in model.graph.initializer) > PROTOBUF_LIMIT
-    if big:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=EXTERNAL_DATA_FILE, size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
 
 
 def _versions() -> dict[str, str]:

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .checkpoint import Checkpoint
-from .quantize import QuantConfig, _quiet
+from .quantize import QuantConfig, dynamic_int8, quiet
 
 # Names of the portable graph's I/O (optimum's), written to the manifest.
 PORTABLE_IO = {
@@ -94,18 +94,6 @@ def _gemm_to_matmul(model: onnx.ModelProto) -> None:
     model.graph.node.extend(nodes)
 
 
-def _dynamic_int8(model: onnx.ModelProto, nodes: list[str] | None = None, op_types: tuple = ("MatMul", "Gemm")
-                  ) -> onnx.ModelProto:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        onnx.save(model, src)
-        quantize_dynamic(src, dst, op_types_to_quantize=list(op_types), nodes_to_quantize=nodes,
-                         weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        return onnx.load(dst)
-
-
 def _tie_embedding(model: onnx.ModelProto, vocab: int, n_embd: int) -> onnx.ModelProto:
     """Make the token embedding read the head's [n_embd, vocab] tensor (fp32 or int8) and drop its own."""
     head, head_w = _find_head(model, vocab)
@@ -145,18 +133,18 @@ def build_portable(ckpt: Checkpoint, quant: QuantConfig | None) -> onnx.ModelPro
     def tie(m: onnx.ModelProto) -> onnx.ModelProto:
         return _tie_embedding(m, cfg.vocab_size, cfg.n_embd) if ckpt.tied else m
 
-    with _quiet():
+    with quiet():
         if quant is None:
             return tie(model)
         head, _ = _find_head(model, cfg.vocab_size)
         if quant.variant == "int8":
-            model = _dynamic_int8(model)
+            model = dynamic_int8(model, op_types=("MatMul", "Gemm"))
         else:
             from onnxruntime.quantization import QuantFormat
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
             _gemm_to_matmul(model)
-            model = _dynamic_int8(model, nodes=[head.name], op_types=("MatMul",))
+            model = dynamic_int8(model, nodes=[head.name])
             q = MatMulNBitsQuantizer(model, bits=4, block_size=quant.block_size, is_symmetric=False,
                                      quant_format=QuantFormat.QDQ, op_types_to_quantize=("MatMul",))
             q.process()

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_ops import MS_DOMAIN
+from .onnx_ops import MS_DOMAIN, is_big, save_model
 
 EMBED_GATHER = "/model/embed_tokens/Gather"
 HEAD_GEMM = "/lm_head/Gemm"
@@ -48,7 +48,7 @@ def fit_to_model(qc: QuantConfig, n_embd: int) -> QuantConfig:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """onnxruntime's quantizers log every node at INFO (and a pre-processing hint at WARNING)."""
     logging.disable(logging.WARNING)
     try:
@@ -58,7 +58,7 @@ def _quiet() -> Iterator[None]:
 
 
 def quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
-    with _quiet():
+    with quiet():
         return _quantize(model, qc)
 
 
@@ -68,7 +68,7 @@ def _quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
     if bits is None:
         raise ValueError(f"unknown quantized variant {qc.variant!r}")
     if qc.layer_method == "dynamic" and bits == 8:
-        return _dynamic_int8(model, qc.per_channel)
+        return dynamic_int8(model, qc.per_channel)
     return _nbits(model, bits, qc.block_size, qc.accuracy_level)
 
 
@@ -83,16 +83,18 @@ def _nbits(model: onnx.ModelProto, bits: int, block_size: int, accuracy_level: i
     return q.model.model
 
 
-def _dynamic_int8(model: onnx.ModelProto, per_channel: bool) -> onnx.ModelProto:
+def dynamic_int8(model: onnx.ModelProto, per_channel: bool = False, op_types: tuple[str, ...] = ("MatMul",),
+                 nodes: list[str] | None = None) -> onnx.ModelProto:
+    """onnxruntime's dynamic quantization (int8 weights, activations quantized at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    big = is_big(model)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        onnx.save(model, src)
-        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=per_channel,
-                         weight_type=QuantType.QInt8,
-                         extra_options={"MatMulConstBOnly": True,
-                                        "DefaultTensorType": onnx.TensorProto.FLOAT})
+        save_model(model, src, big)
+        quantize_dynamic(src, dst, op_types_to_quantize=list(op_types), per_channel=per_channel,
+                         nodes_to_quantize=nodes, weight_type=QuantType.QInt8, use_external_data_format=big,
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         return onnx.load(dst)
 
 

@@ -158,9 +158,9 @@ def test_tokenizer_matches_transformers(exported, topical_contexts):
 
 
 def test_external_data_for_big_models(tmp_path, hf_dir, monkeypatch):
-    import export.pipeline as pipeline
+    import export.onnx_ops as onnx_ops
 
-    monkeypatch.setattr(pipeline, "PROTOBUF_LIMIT", 1000)  # pretend the tiny model is over 2 GB
+    monkeypatch.setattr(onnx_ops, "PROTOBUF_LIMIT", 1000)  # pretend the tiny model is over 2 GB
     out = tmp_path / "ext"
     export_model(hf_dir, out, ExportOptions(variant="fp32", progress=False, n_prompts=1, parity_tokens=4))
     assert (out / "model.onnx.data").stat().st_size > (out / "model.onnx").stat().st_size
