@@ -89,9 +89,12 @@ def _layer(g: GraphWriter, cfg: ModelConfig, w: dict, i: int, x: str, residual: 
       ─MatMul(c_fc)─► FastGelu(+c_fc.b) ─MatMul(mlp.c_proj)─► (output, its bias for the next SkipLN)
     """
     p, n = f"h.{i}.", f"/model/layers.{i}"
-    qkv = g.op1("MatMul", [x, g.weight(p + "attn.c_attn.weight", w[p + "attn.c_attn.weight"])],
-                f"{n}/attn/qkv/MatMul")
-    qkv = g.op1("Add", [qkv, g.weight(p + "attn.c_attn.bias", w[p + "attn.c_attn.bias"])], f"{n}/attn/qkv/Add")
+
+    def param(name: str) -> str:
+        return g.weight(p + name, w[p + name])
+
+    qkv = g.op1("MatMul", [x, param("attn.c_attn.weight")], f"{n}/attn/qkv/MatMul")
+    qkv = g.op1("Add", [qkv, param("attn.c_attn.bias")], f"{n}/attn/qkv/Add")
     gqa_inputs = [qkv, "", "", IO.past_key.format(i), IO.past_value.format(i), seqlens_k, total] + [""] * 9
     gqa_inputs.append(q_lens)  # input 16: right-padded rows of a ragged batch are not cached
     for name in (IO.past_key.format(i), IO.past_value.format(i)):
@@ -102,19 +105,14 @@ def _layer(g: GraphWriter, cfg: ModelConfig, w: dict, i: int, x: str, residual: 
                outputs=[f"{n}/attn/GroupQueryAttention/output_0", IO.present_key.format(i),
                         IO.present_value.format(i)],
                num_heads=cfg.n_head, kv_num_heads=cfg.n_head, scale=cfg.attention_scale(i))[0]
-    o = g.op1("MatMul", [ctx, g.weight(p + "attn.c_proj.weight", w[p + "attn.c_proj.weight"])],
-              f"{n}/attn/o_proj/MatMul")
-    h, residual2 = _skip_layer_norm(g, cfg, w, o, residual, p + "ln_2",
-                                    g.weight(p + "attn.c_proj.bias", w[p + "attn.c_proj.bias"]),
-                                    f"{n}/ln_2")
-    fc = g.op1("MatMul", [h, g.weight(p + "mlp.c_fc.weight", w[p + "mlp.c_fc.weight"])], f"{n}/mlp/fc/MatMul")
-    fc_b = g.weight(p + "mlp.c_fc.bias", w[p + "mlp.c_fc.bias"])
+    o = g.op1("MatMul", [ctx, param("attn.c_proj.weight")], f"{n}/attn/o_proj/MatMul")
+    h, residual = _skip_layer_norm(g, cfg, w, o, residual, p + "ln_2", param("attn.c_proj.bias"), f"{n}/ln_2")
+    fc = g.op1("MatMul", [h, param("mlp.c_fc.weight")], f"{n}/mlp/fc/MatMul")
     act = "BiasGelu" if cfg.activation in ERF_GELUS else "FastGelu"
-    gelu = g.op1(act, [fc, fc_b], f"{n}/mlp/{act}", domain=MS_DOMAIN)
-    proj = g.op1("MatMul", [gelu, g.weight(p + "mlp.c_proj.weight", w[p + "mlp.c_proj.weight"])],
-                 f"{n}/mlp/proj/MatMul")
+    gelu = g.op1(act, [fc, param("mlp.c_fc.bias")], f"{n}/mlp/{act}", domain=MS_DOMAIN)
+    proj = g.op1("MatMul", [gelu, param("mlp.c_proj.weight")], f"{n}/mlp/proj/MatMul")
     # The projection's bias and the residual add fold into the next layer's SkipLayerNorm.
-    return proj, g.weight(p + "mlp.c_proj.bias", w[p + "mlp.c_proj.bias"]), residual2
+    return proj, param("mlp.c_proj.bias"), residual
 
 
 def _last_real_position(g: GraphWriter, hidden: str, q_lens: str, n_embd: int) -> str:

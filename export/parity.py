@@ -67,7 +67,10 @@ def torch_model(ckpt: Checkpoint):  # -> GPT2LMHeadModel
 
     hf = ckpt.config.to_hf_dict()
     hf["tie_word_embeddings"] = ckpt.tied
-    model = GPT2LMHeadModel(GPT2Config(**hf)).eval()
+    config = GPT2Config(**hf)
+    # eager attention is GPT-2's reference math; transformers' SDPA path drops scale_attn_by_inverse_layer_idx
+    config._attn_implementation = "eager"
+    model = GPT2LMHeadModel(config).eval()
     sd = {f"transformer.{k}": torch.from_numpy(v) for k, v in ckpt.weights.items() if k != "lm_head.weight"}
     sd["lm_head.weight"] = torch.from_numpy(ckpt.weights.get("lm_head.weight", ckpt.weights["wte.weight"]))
     model.load_state_dict(sd, strict=False)

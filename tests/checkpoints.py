@@ -28,7 +28,9 @@ def original_config(size: str = "small", **overrides: int) -> dict:
 def tiny_model(seed: int = 0, size: str = "small", **overrides: int) -> GPT2LMHeadModel:
     raw = original_config(size, **{**TINY, **overrides})
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(**raw)).eval()
+    config = GPT2Config(**raw)
+    config._attn_implementation = "eager"  # the reference math (SDPA ignores scale_attn_by_inverse_layer_idx)
+    model = GPT2LMHeadModel(config).eval()
     # Random init with std 0.02 gives near-uniform logits; scale up so greedy decoding is decisive
     # and parity checks compare real preferences, not ties.
     with torch.no_grad():

@@ -167,3 +167,15 @@ def test_external_data_for_big_models(tmp_path, hf_dir, monkeypatch):
     m = json.loads((out / "manifest.json").read_text())
     assert "model.onnx.data" in m["files"]
     assert runtime.load(out).generate("Hi there", max_new_tokens=4).ids
+
+
+def test_config_variants_exact_gelu_and_inverse_layer_scaling(tmp_path, topical_contexts):
+    """GPT-2 configs that use erf GELU and per-layer attention scaling export exactly too."""
+    from checkpoints import save_hf, tiny_model
+
+    ref = tiny_model(seed=3, activation_function="gelu", scale_attn_by_inverse_layer_idx=True)
+    src = save_hf(ref, tmp_path / "src")
+    res = export_model(src, tmp_path / "m", ExportOptions(variant="fp32", progress=False, n_prompts=2,
+                                                          parity_tokens=16))
+    assert res.parity.max_abs_logit_diff <= 1e-3 and not res.failures
+    _assert_greedy_parity(tmp_path / "m", ref, topical_contexts[:2])
