@@ -11,6 +11,8 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -141,58 +143,46 @@ def export_model(source: str | Path, out_dir: str | Path, opts: ExportOptions | 
     opts = opts or ExportOptions()
     out = Path(out_dir).expanduser().resolve()
     _check_args(out, opts)
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    ckpt = load_checkpoint(source, opts.tokenizer_dir)
-    quant = opts.quant or default_quant(opts.variant)
-    quant = fit_to_model(quant, ckpt.config.n_embd) if quant else None
-    dialogues = load_prompts(opts.prompts, opts.n_prompts)
-    seconds["load"] = time.perf_counter() - t0
-    tok = build_tokenizer(ckpt.tokenizer_files)
+    quantized = opts.variant != "fp32"
+    stages = _Stages(["load", "build"] + (["quantize"] if quantized and opts.graph == "contrib" else [])
+                     + ["write", "verify"], opts.progress)
+    with stages.stage("load"):
+        ckpt = load_checkpoint(source, opts.tokenizer_dir)
+        quant = opts.quant or default_quant(opts.variant)
+        quant = fit_to_model(quant, ckpt.config.n_embd) if quant else None
+        dialogues = load_prompts(opts.prompts, opts.n_prompts)
+        tok = build_tokenizer(ckpt.tokenizer_files)
     eos = ckpt.config.eos_token_id
     prompts = [[t for turn in d for t in tok.encode(turn, add_special_tokens=False).ids + [eos]] for d in dialogues]
     longest = max(map(len, prompts)) + opts.parity_tokens
     if longest > ckpt.config.n_positions:
+        stages.close()
         raise ExportError(f"parity prompts need {longest} positions, the model has {ckpt.config.n_positions}: "
                           "give shorter prompts or fewer --parity-tokens")
 
     tmp = _temp_dir_beside(out)
     try:
-        stages = ["build", "quantize", "write", "verify"] if quant else ["build", "write", "verify"]
-        bar = _stage_bar(stages, opts.progress)
-        t = time.perf_counter()
-        if opts.graph == "portable":
-            from .portable import build_portable
+        with stages.stage("build"):
+            if opts.graph == "portable":
+                from .portable import build_portable
 
-            model = build_portable(ckpt, quant)  # traced and quantized with standard ops only
-            seconds["build"] = time.perf_counter() - t
-            bar.update(2 if quant else 1)
-        else:
-            model = build_graph(ckpt, all_logits=opts.all_logits)
-            seconds["build"] = time.perf_counter() - t
-            bar.update(1)
+                model = build_portable(ckpt, quant)  # traced and quantized with standard ops only
+            else:
+                model = build_graph(ckpt, all_logits=opts.all_logits)
         if quant and opts.graph == "contrib":
-            bar.set_postfix_str("quantize")
-            t = time.perf_counter()
-            model = quantize(model, quant)
-            seconds["quantize"] = time.perf_counter() - t
-            bar.update(1)
-        bar.set_postfix_str("write")
-        t = time.perf_counter()
-        save_model(model, tmp / MODEL_FILE)
-        del model
-        write_tokenizer(ckpt.tokenizer_files, tmp / TOKENIZER_FILE, eos, ckpt.config.vocab_size)
-        raw = _manifest(ckpt, opts, quant)
-        write_manifest(tmp, raw)
-        seconds["write"] = time.perf_counter() - t
-        bar.update(1)
-        bar.set_postfix_str("verify")
-        t = time.perf_counter()
-        parity = check_parity(ckpt, tmp, read_manifest(tmp), prompts, opts.parity_tokens,
-                              threads=opts.threads, progress=opts.progress)
-        seconds["verify"] = time.perf_counter() - t
-        bar.update(1)
-        bar.close()
+            with stages.stage("quantize"):
+                model = quantize(model, quant)
+        with stages.stage("write"):
+            save_model(model, tmp / MODEL_FILE)
+            del model
+            write_tokenizer(ckpt.tokenizer_files, tmp / TOKENIZER_FILE, eos, ckpt.config.vocab_size)
+            raw = _manifest(ckpt, opts, quant)
+            write_manifest(tmp, raw)
+        with stages.stage("verify"):
+            parity = check_parity(ckpt, tmp, read_manifest(tmp), prompts, opts.parity_tokens,
+                                  threads=opts.threads, progress=opts.progress)
+        stages.close()
+        seconds = stages.seconds
         failures = parity.failures(opts.variant, opts.thresholds)
         raw["parity"] = {**parity.to_dict(), "reference": "transformers GPT2LMHeadModel fp32",
                          "thresholds": asdict(opts.thresholds), "passed": not failures}
@@ -209,10 +199,29 @@ def export_model(source: str | Path, out_dir: str | Path, opts: ExportOptions | 
     return ExportResult(out, parity, failures, seconds, size)
 
 
-def _stage_bar(stages: list[str], enabled: bool):  # -> tqdm
-    from tqdm import tqdm
+class _Stages:
+    """One progress bar over the pipeline's stages, and the seconds each took (reported in the manifest)."""
 
-    return tqdm(total=len(stages), desc="export", unit="stage", disable=not enabled)
+    def __init__(self, names: list[str], enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=len(names), desc="export", unit="stage", disable=not enabled)
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.bar.set_postfix_str(name)
+        t = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
+        self.seconds[name] = time.perf_counter() - t
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _publish(tmp: Path, out: Path) -> None:

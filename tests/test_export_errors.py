@@ -140,3 +140,11 @@ def test_user_prompts(tmp_path, hf_dir, prompts):
                       "--parity-tokens", "8")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "manifest.json").read_text())["parity"]["prompts"] == 2
+
+
+def test_hub_id_offline_is_one_line(tmp_path, monkeypatch):
+    """Hub ids are for online users; offline they fail with one line, never a traceback."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    proc = run_export("microsoft/DialoGPT-small", out)
+    _assert_clean_failure(proc, out, 2, "could not fetch 'microsoft/DialoGPT-small'")
