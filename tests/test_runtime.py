@@ -188,3 +188,21 @@ def test_kv_capacity_grows_without_changing_results(exported):
     ids = [int(t[0]) for t in generate_ids(capped.decoder, [long_prompt], capped.options(max_new_tokens=20,
                                            min_new_tokens=20), 50256, keep_cache=True)]
     assert ids == g.ids
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 1e6
+
+
+def test_memory_flat_over_1000_turn_chat(exported):
+    model = runtime.load(exported("int8"))
+    chat = model.chat(max_history_tokens=256, max_new_tokens=8)
+    for i in range(100):  # warm-up: buffers reach their final capacity, histories start to be cut
+        chat.send(f"Turn {i}: tell me something about the weather today.")
+    before = _rss_mb()
+    for i in range(900):
+        chat.send(f"Turn {i}: and what about tomorrow, will it rain?")
+    growth = _rss_mb() - before
+    assert len(chat.turns) < 40 and sum(map(len, chat.turns)) <= 256
+    assert growth < 10, f"RSS grew {growth:.1f} MB over 900 turns"
