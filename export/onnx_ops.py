@@ -71,9 +71,10 @@ def save_model(model: onnx.ModelProto, path: str | Path, big: bool | None = None
     """Save, with weights in `<name>.data` beside it when the model exceeds protobuf's 2 GB."""
     path = Path(path)
     if is_big(model) if big is None else big:
+        location = EXTERNAL_DATA_FILE if path.name == "model.onnx" else f"{path.name}.data"
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=EXTERNAL_DATA_FILE if path.name == "model.onnx" else f"{path.name}.data",
-                        size_threshold=1024)
+                        location=location, size_threshold=1024)
+        (path.parent / location).chmod(path.stat().st_mode & 0o777)  # onnx creates it owner-only
     else:
         onnx.save_model(model, str(path))
 

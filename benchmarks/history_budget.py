@@ -1,0 +1,67 @@
+"""Reply quality vs chat history budget: how well a model predicts the real next turn of a Topical-Chat
+conversation when the history is cut to the most recent whole turns that fit a token budget.
+
+    python -m benchmarks.history_budget CHECKPOINT_DIR [--conversations 20] [--budgets 32,64,128,256,512,960]
+
+Prints mean negative log-likelihood per token of the true reply (lower is better) per budget; the
+chat runtime's default budget is the smallest one within 1% of the best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def measure(ckpt_dir: str, conversations: int, budgets: list[int], min_turn: int = 8) -> dict[int, float]:
+    import torch
+    from tqdm import tqdm
+
+    from export.checkpoint import load_checkpoint
+    from export.parity import torch_model
+    from export.tokenizer import build_tokenizer
+
+    ck = load_checkpoint(ckpt_dir, SHARED / "dialogpt-tokenizer")
+    model, tok, eos = torch_model(ck), build_tokenizer(ck.tokenizer_files), ck.config.eos_token_id
+    data = json.loads((SHARED / "topical-chat" / "test_freq.json").read_text())
+    convs = [[m["message"] for m in c["content"]] for c in list(data.values())[:conversations]]
+    nll: dict[int, list[float]] = {b: [] for b in budgets}
+    for conv in tqdm(convs, desc="conversations"):
+        turns = [tok.encode(t, add_special_tokens=False).ids + [eos] for t in conv]
+        for t in range(min_turn, len(turns)):
+            target = turns[t]
+            for b in budgets:
+                ctx: list[int] = []
+                for turn in reversed(turns[:t]):  # most recent whole turns that fit
+                    if len(ctx) + len(turn) + len(target) > b:
+                        break
+                    ctx = turn + ctx
+                if not ctx:
+                    continue
+                ids = torch.tensor([ctx + target])
+                with torch.no_grad():
+                    logp = torch.log_softmax(model(ids).logits[0, len(ctx) - 1:-1].float(), -1)
+                nll[b].append(float(-logp[torch.arange(len(target)), torch.tensor(target)].mean()))
+    return {b: float(np.mean(v)) for b, v in nll.items() if v}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("--conversations", type=int, default=20)
+    p.add_argument("--budgets", default="32,64,128,256,512,960")
+    a = p.parse_args()
+    res = measure(a.checkpoint, a.conversations, [int(x) for x in a.budgets.split(",")])
+    best = min(res.values())
+    for b, v in res.items():
+        print(f"budget {b:5d} tokens: reply NLL {v:.3f}{'  <- best' if v == best else ''}")
+    print(f"smallest budget within 1% of the best: {min(b for b, v in res.items() if v <= best * 1.01)}")
+
+
+if __name__ == "__main__":
+    main()
