@@ -38,23 +38,26 @@ def profile(model_dir: str, threads: int, history: int, new_tokens: int, repeats
     load_s = time.perf_counter() - t
     dec = model.decoder
     prompt = [int(x) for x in np.random.default_rng(0).integers(200, 20000, history)]
-    opts = model.options(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    opts = model.options(max_new_tokens=new_tokens)  # greedy, the default path; EOS does not stop it below
 
     run_time = [0.0]
-    real_run = dec.sess.run_with_iobinding
+    real = {name: getattr(dec.sess, name) for name in ("run", "run_with_iobinding")}
 
-    def timed_run(*a, **kw):  # time spent inside onnxruntime
-        t0 = time.perf_counter()
-        out = real_run(*a, **kw)
-        run_time[0] += time.perf_counter() - t0
-        return out
+    def timed(fn):  # time spent inside onnxruntime
+        def run(*a, **kw):
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            run_time[0] += time.perf_counter() - t0
+            return out
+        return run
 
-    dec.sess.run_with_iobinding = timed_run
+    for name, fn in real.items():
+        setattr(dec.sess, name, timed(fn))
     first, decode, overhead = [], [], []
     for r in range(repeats + 1):
         stamps = []
         t0 = time.perf_counter()
-        for _ in generate_ids(dec, [prompt], opts, model.eos):
+        for _ in generate_ids(dec, [prompt], opts, model.eos, stop_at_eos=False):
             stamps.append(time.perf_counter())
             if len(stamps) == 1:
                 run_time[0] = 0.0  # count onnxruntime time of decode steps only
@@ -65,7 +68,8 @@ def profile(model_dir: str, threads: int, history: int, new_tokens: int, repeats
         per_token = (stamps[-1] - stamps[0]) / n
         decode.append(per_token * 1e3)
         overhead.append((per_token - run_time[0] / n) * 1e3)
-    dec.sess.run_with_iobinding = real_run
+    for name, fn in real.items():
+        setattr(dec.sess, name, fn)
 
     # The chat cache: a 10-turn chat, once with the cache kept across turns, once recomputing every turn.
     turns = ["Hi there, how are you doing today?", "Do you like to read books?", "What was the last one?",

@@ -84,8 +84,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def process(logits: np.ndarray, history: list[int], generated: int, opts: SamplingOptions,
             eos: int) -> np.ndarray:
-    """A processed float64 copy of one row's logits."""
-    out = logits.astype(np.float64, copy=True)
+    """A processed float32 copy of one row's logits (float32 as transformers' processors; a float64 copy
+    costs ~0.1 ms a token)."""
+    out = np.array(logits, dtype=np.float32, copy=True)
     if generated < opts.min_new_tokens:
         out[eos] = -np.inf
     apply_repetition_penalty(out, np.asarray(history, dtype=np.int64), opts.repetition_penalty)
@@ -102,5 +103,5 @@ def process(logits: np.ndarray, history: list[int], generated: int, opts: Sampli
 def choose(processed: np.ndarray, opts: SamplingOptions, rng: np.random.Generator) -> int:
     if not opts.do_sample:
         return int(np.argmax(processed))
-    probs = _softmax(processed)
+    probs = _softmax(processed.astype(np.float64))  # float64: rng.choice wants probabilities summing to 1
     return int(rng.choice(probs.shape[-1], p=probs))
