@@ -1,5 +1,6 @@
 """Reply quality vs chat history budget: how well a model predicts the real next turn of a Topical-Chat
-conversation when the history is cut to the most recent whole turns that fit a token budget.
+conversation when the history is cut to the most recent whole turns that fit a token budget (the
+last user turn is always kept; every reply is scored at every budget).
 
     python -m benchmarks.history_budget CHECKPOINT_DIR [--conversations 20] [--budgets 32,64,128,256,512,960]
 
@@ -35,14 +36,12 @@ def measure(ckpt_dir: str, conversations: int, budgets: list[int], min_turn: int
         turns = [tok.encode(t, add_special_tokens=False).ids + [eos] for t in conv]
         for t in range(min_turn, len(turns)):
             target = turns[t]
-            for b in budgets:
-                ctx: list[int] = []
-                for turn in reversed(turns[:t]):  # most recent whole turns that fit
-                    if len(ctx) + len(turn) + len(target) > b:
+            for b in budgets:  # every target is scored at every budget: a paired comparison
+                ctx: list[int] = list(turns[t - 1])  # the user's turn is always kept, as in the chat runtime
+                for turn in reversed(turns[:t - 1]):  # then the most recent whole turns that fit
+                    if len(ctx) + len(turn) > b:
                         break
                     ctx = turn + ctx
-                if not ctx:
-                    continue
                 ids = torch.tensor([ctx + target])
                 with torch.no_grad():
                     logp = torch.log_softmax(model(ids).logits[0, len(ctx) - 1:-1].float(), -1)

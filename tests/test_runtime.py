@@ -38,7 +38,7 @@ def test_batch_rows_stop_independently(exported):
 
 def test_chat_keeps_cache_and_matches_full_recompute(exported, topical_contexts):
     model = runtime.load(exported("fp32"))
-    chat = model.chat(max_new_tokens=12)
+    chat = model.chat(max_new_tokens=12, max_history_tokens=1024)
     turns = [t for c in topical_contexts[:2] for t in c][:4]
     replies = [chat.send(t) for t in turns]
     # the cache was reused: only new tokens were prefilled after the first turn
@@ -60,7 +60,7 @@ def test_chat_drops_oldest_turns_beyond_budget(exported):
     chat = model.chat(max_history_tokens=60, max_new_tokens=8)
     for i in range(12):
         chat.send(f"This is message number {i} about gardening and tomatoes.")
-        assert sum(len(t) for t in chat.turns) <= 60
+        assert sum(len(t) for t in chat.turns[:-1]) <= 60  # history + new turn; the reply comes on top
     assert chat.stats["recomputes"] > 0
     assert "number 11" in chat.history[-2]
 
@@ -98,6 +98,8 @@ def test_empty_and_too_long_input(exported):
         model.generate("   ")
     with pytest.raises(ValueError, match="exceeds the context"):
         model.generate("word " * 1100)
+    with pytest.raises(ValueError, match="exceeds the context"):
+        model.chat().send("word " * 1100)
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -204,5 +206,5 @@ def test_memory_flat_over_1000_turn_chat(exported):
     for i in range(900):
         chat.send(f"Turn {i}: and what about tomorrow, will it rain?")
     growth = _rss_mb() - before
-    assert len(chat.turns) < 40 and sum(map(len, chat.turns)) <= 256
+    assert len(chat.turns) < 40 and sum(map(len, chat.turns[:-1])) <= 256
     assert growth < 10, f"RSS grew {growth:.1f} MB over 900 turns"
