@@ -6,9 +6,10 @@ cd "$(dirname "$0")"
 .venv/bin/pip install -q -e ".[dev]"
 .venv/bin/python -m export models/demo models/demo-int8 --variant int8 --overwrite
 echo
-echo "== a scripted exchange (one user turn per line) =="
-printf 'Hi! Do you like music?\nWho is your favorite band?\nI like jazz more.\n' \
-  | .venv/bin/python -m runtime chat models/demo-int8 --max-new-tokens 40 --no-repeat-ngram-size 3
+echo "== a scripted exchange (piped: one user turn per line in, one reply per line out) =="
+turns=$'Hi! Do you like music?\nWho is your favorite band?\nI like jazz more.'
+replies=$(.venv/bin/python -m runtime chat models/demo-int8 --max-new-tokens 40 --no-repeat-ngram-size 3 <<<"$turns")
+paste -d '\n' <(sed 's/^/You: /' <<<"$turns") <(sed 's/^/Bot: /' <<<"$replies")
 if [ -t 0 ]; then
   echo
   echo "== your turn (/reset, /history, /quit) =="

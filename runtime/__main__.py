@@ -65,9 +65,13 @@ def _repl(session, interactive: bool) -> None:
             continue
         if interactive:
             out.write("Bot: ")
+        wrote = False
         for piece in session.stream(text):
             out.write(piece)
             out.flush()
+            wrote = True
+        if interactive and not wrote:
+            out.write("(empty reply: the model ended its turn at once)")
         out.write("\n")
         out.flush()
 
