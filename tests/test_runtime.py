@@ -208,3 +208,18 @@ def test_memory_flat_over_1000_turn_chat(exported):
     growth = _rss_mb() - before
     assert len(chat.turns) < 40 and sum(map(len, chat.turns[:-1])) <= 256
     assert growth < 10, f"RSS grew {growth:.1f} MB over 900 turns"
+
+
+def test_ctrl_c_ends_chat_cleanly(exported):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "chat", str(exported("int8"))], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdin.write("Hello\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline()  # one reply: the model is loaded and waiting for the next line
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in err
