@@ -1,0 +1,186 @@
+"""The benchmark suite: this runtime vs PyTorch, Optimum, CTranslate2 (and llama.cpp when installed),
+same prompts, same new tokens, same threads, engines interleaved per repeat.
+
+    python -m benchmarks [--models small,medium,large | --model DIR] [--engines a,b] [--quick] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .engines import Engine, all_engines, dir_size, greedy_agreement
+from .machine import machine_info
+from .random_checkpoint import LABEL, SHARED, make_random_checkpoint
+from .report import write_report
+
+REFERENCE = "pytorch-fp32"
+# --quick: ours, the reference and one peer of each family, so every code path runs in about a minute
+QUICK_ENGINES = "pytorch-fp32,ours-fp32,ours-int8,ours-int4,ctranslate2-int8,optimum-fp32,llama.cpp-Q8_0"
+
+
+def dialogue_tokens(n_tokens: int, offset: int = 0) -> list[int]:
+    """Real dialogue (Topical-Chat test turns, each followed by EOS), cut to n_tokens."""
+    from export.tokenizer import build_tokenizer
+
+    tok = build_tokenizer({"vocab.json": SHARED / "dialogpt-tokenizer" / "vocab.json",
+                           "merges.txt": SHARED / "dialogpt-tokenizer" / "merges.txt"})
+    data = json.loads((SHARED / "topical-chat" / "test_freq.json").read_text())
+    ids: list[int] = []
+    for conv in list(data.values())[offset:]:
+        for m in conv["content"]:
+            ids += tok.encode(m["message"], add_special_tokens=False).ids + [50256]
+        if len(ids) >= n_tokens:
+            break
+    return ids[:n_tokens]
+
+
+class Worker:
+    def __init__(self, engine: Engine, artifact: Path, threads: int) -> None:
+        from .worker import worker_main
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker_main, args=(child, engine.name, str(artifact), threads), daemon=True)
+        self.proc.start()
+        self.hello = self.conn.recv()
+
+    def call(self, ids: list[int], n: int) -> dict:
+        self.conn.send(("time", ids, n))
+        return self.conn.recv()
+
+    def stop(self) -> float:
+        self.conn.send(("stop",))
+        rss = self.conn.recv().get("peak_rss_mb", float("nan"))
+        self.proc.join(timeout=30)
+        return rss
+
+
+def spread(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)} if xs else {}
+
+
+def bench_model(label: str, src: Path, engines: list[Engine], work: Path, a: argparse.Namespace) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    workers: dict[str, Worker] = {}
+    for e in tqdm(engines, desc=f"{label}: convert + load", unit="engine"):
+        try:
+            art = e.prepare(src, work, a.threads)
+            w = Worker(e, art, a.threads)
+        except Exception as ex:  # noqa: BLE001 - one engine failing must not stop the suite
+            print(f"  {e.name}: failed to prepare ({type(ex).__name__}: {str(ex)[:200]}); skipped", file=sys.stderr)
+            continue
+        if "error" in w.hello:
+            print(f"  {e.name}: failed to load ({w.hello['error'][:200]}); skipped", file=sys.stderr)
+            continue
+        workers[e.name] = w
+        results[e.name] = {"family": e.family, "quantized": e.quantized, "size_mb": dir_size(art) / 1e6,
+                           "load_s": w.hello["load_s"], "first_token_ms": {}, "decode": []}
+
+    decode_hist = 64
+    prompts = {h: dialogue_tokens(h) for h in sorted(set(a.histories) | {decode_hist})}
+    first: dict[str, dict[int, list[float]]] = {n: {h: [] for h in prompts} for n in workers}
+    decode: dict[str, list[float]] = {n: [] for n in workers}
+    total = (a.warmup + a.repeats) * len(workers)
+    with tqdm(total=total, desc=f"{label}: timing", unit="run") as bar:
+        for r in range(a.warmup + a.repeats):
+            order = list(workers)[r % max(len(workers), 1):] + list(workers)[:r % max(len(workers), 1)]
+            for name in order:  # interleaved: machine drift hits every engine alike
+                w = workers[name]
+                t1 = {}
+                for h, ids in prompts.items():
+                    res = w.call(ids, 1)
+                    t1[h] = res.get("seconds", float("nan"))
+                res = w.call(prompts[decode_hist], a.new_tokens)
+                if r >= a.warmup and "seconds" in res:
+                    for h in prompts:
+                        first[name][h].append(t1[h] * 1e3)
+                    decode[name].append((res["seconds"] - t1[decode_hist]) / (a.new_tokens - 1) * 1e3)
+                bar.update(1)
+
+    # fidelity: greedy agreement with PyTorch fp32 on real dialogue, outside the timed runs
+    ref_outputs = {}
+    agreement_prompts = [dialogue_tokens(48, offset=k * 7) for k in range(a.agreement_prompts)]
+    for name, w in workers.items():
+        outs = [w.call(p, a.new_tokens).get("ids", []) for p in agreement_prompts]
+        ref_outputs[name] = outs
+    for name, w in workers.items():
+        res = results[name]
+        res["first_token_ms"] = {str(h): spread(v) for h, v in first[name].items()}
+        res["decode_ms_per_token"] = spread(decode[name])
+        res["tokens_per_s"] = 1e3 / res["decode_ms_per_token"]["median"] if decode[name] else None
+        if REFERENCE in ref_outputs:
+            res["greedy_agreement_vs_pytorch_fp32"] = statistics.mean(
+                greedy_agreement(x, y) for x, y in zip(ref_outputs[name], ref_outputs[REFERENCE], strict=True))
+        res["peak_rss_mb"] = w.stop()
+        del res["decode"]
+    return {"source": str(src), "label": label, "engines": results, "decode_history": decode_hist}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="small", help="comma list of small, medium, large (random weights)")
+    p.add_argument("--model", help="a real checkpoint dir instead of --models")
+    p.add_argument("--engines", help="comma list (default: all installed): " + ", ".join(e.name for e in all_engines()))
+    p.add_argument("--quick", action="store_true", help="tiny model, few repeats: the whole pipeline in a minute")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--histories", default="16,64,128,512", help="first-token latency at these history lengths")
+    p.add_argument("--agreement-prompts", type=int, default=4)
+    a = p.parse_args(argv)
+    a.histories = [int(x) for x in a.histories.split(",")]
+    if a.quick:
+        a.models, a.repeats, a.warmup, a.new_tokens, a.histories, a.agreement_prompts = "tiny", 2, 1, 16, [16, 64], 2
+        a.engines = a.engines or QUICK_ENGINES
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    engines = all_engines()
+    if a.engines:
+        wanted = a.engines.split(",")
+        unknown = set(wanted) - {e.name for e in engines}
+        if unknown:
+            print(f"error: unknown engines {sorted(unknown)}: choose from {[e.name for e in engines]}", file=sys.stderr)
+            return 2
+        engines = [e for e in engines if e.name in wanted]
+    ready = []
+    for e in engines:
+        missing = e.missing()
+        if missing:
+            print(f"skipping {e.name}: {', '.join(missing)} not installed")
+        else:
+            ready.append(e)
+
+    run = {"machine": machine_info(), "settings": {k: v for k, v in vars(a).items() if k != "out"}, "models": {}}
+    sources = [("custom", Path(a.model))] if a.model else [(m, None) for m in a.models.split(",")]
+    t0 = time.time()
+    for label, src in sources:
+        if src is None:
+            src = out / "checkpoints" / label
+            if not (src / "config.json").is_file():
+                make_random_checkpoint(label, src)
+        res = bench_model(label, src, ready, out / "work" / label, a)
+        res["weights"] = LABEL if label != "custom" else "real checkpoint"
+        run["models"][label] = res
+        (out / "results.json").write_text(json.dumps(run, indent=2))
+    run["seconds"] = time.time() - t0
+    (out / "results.json").write_text(json.dumps(run, indent=2))
+    write_report(run, out)
+    print(f"wrote {out / 'results.json'}, {out / 'report.md'} and plots in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The engines the suite compares. Each one converts a checkpoint once (`prepare`, in the parent
+process), then, in its own worker process, loads it and greedy-decodes exactly N new tokens from
+given prompt ids (EOS banned until N, so every engine does the same work)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+EOS = 50256
+
+
+class Engine:
+    name = ""
+    family = ""  # "ours", "pytorch", "optimum", "ctranslate2", "llama.cpp"
+    needs: tuple[str, ...] = ()  # importable modules; missing -> skipped with a line saying so
+    quantized = False
+
+    def missing(self) -> list[str]:
+        return [m for m in self.needs if importlib.util.find_spec(m) is None]
+
+    def prepare(self, src: Path, work: Path, threads: int) -> Path:
+        """Convert the checkpoint at `src` into `work/<name>` (cached); return the artifact path."""
+        return src
+
+    def load(self, artifact: Path, threads: int) -> None:
+        raise NotImplementedError
+
+    def generate(self, ids: list[int], n: int) -> list[int]:
+        raise NotImplementedError
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).is_dir() \
+        else Path(path).stat().st_size
+
+
+# -- this project -------------------------------------------------------------------------------
+class Ours(Engine):
+    family = "ours"
+    needs = ("onnxruntime",)
+
+    def __init__(self, variant: str, graph: str = "contrib") -> None:
+        self.variant, self.graph = variant, graph
+        self.name = f"ours-{variant}" + ("-portable" if graph == "portable" else "")
+        self.quantized = variant != "fp32"
+
+    def prepare(self, src: Path, work: Path, threads: int) -> Path:
+        from export import ExportOptions, export_model
+
+        out = work / self.name
+        if not (out / "manifest.json").is_file():
+            export_model(src, out, ExportOptions(variant=self.variant, graph=self.graph, overwrite=True,
+                                                 progress=False, n_prompts=1, parity_tokens=8, threads=threads))
+        return out
+
+    def load(self, artifact: Path, threads: int) -> None:
+        import runtime
+        from runtime.generate import generate_ids
+
+        self.model = runtime.load(artifact, threads=threads)
+        self._gen = generate_ids
+
+    def generate(self, ids: list[int], n: int) -> list[int]:
+        opts = self.model.options(max_new_tokens=n)
+        return [int(t[0]) for t in self._gen(self.model.decoder, [ids], opts, EOS, stop_at_eos=False)]
+
+
+# -- PyTorch ------------------------------------------------------------------------------------
+class PyTorch(Engine):
+    family = "pytorch"
+    needs = ("torch", "transformers")
+
+    def __init__(self, int8: bool = False) -> None:
+        self.int8 = int8
+        self.quantized = int8
+        self.name = "pytorch-int8" if int8 else "pytorch-fp32"
+
+    def load(self, artifact: Path, threads: int) -> None:
+        import torch
+        from transformers import GPT2LMHeadModel
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        model = GPT2LMHeadModel.from_pretrained(artifact, dtype=torch.float32).eval()
+        if self.int8:
+            model = _conv1d_to_linear(model)
+            # torch.ao dynamic quantization covers nn.Linear only: GPT-2's Conv1D layers are converted first
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.model = model
+
+    def generate(self, ids: list[int], n: int) -> list[int]:
+        t = self.torch
+        with t.inference_mode():
+            out = self.model.generate(t.tensor([ids]), attention_mask=t.ones(1, len(ids), dtype=t.long),
+                                      max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=EOS)
+        return out[0, len(ids):].tolist()
+
+
+def _conv1d_to_linear(model):  # -> model
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                lin = torch.nn.Linear(child.weight.shape[0], child.weight.shape[1])
+                lin.weight.data = child.weight.data.T.contiguous()
+                lin.bias.data = child.bias.data
+                setattr(parent, name, lin)
+    return model
+
+
+# -- Optimum (onnxruntime through ORTModelForCausalLM) -----------------------------------------
+class Optimum(Engine):
+    family = "optimum"
+    needs = ("optimum.onnxruntime", "onnxruntime")
+
+    def __init__(self, int8: bool = False) -> None:
+        self.int8 = int8
+        self.quantized = int8
+        self.name = "optimum-int8" if int8 else "optimum-fp32"
+
+    def prepare(self, src: Path, work: Path, threads: int) -> Path:
+        out = work / self.name
+        if (out / "config.json").is_file():
+            return out
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        fp32 = work / "optimum-fp32"
+        if not (fp32 / "config.json").is_file():
+            model = ORTModelForCausalLM.from_pretrained(src, export=True, use_cache=True)
+            model.save_pretrained(fp32)
+            _copy_tokenizer(src, fp32)
+        if not self.int8:
+            return fp32
+        from optimum.onnxruntime import ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+        from export.quantize import quiet
+
+        q = ORTQuantizer.from_pretrained(fp32)
+        qconfig = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)  # this CPU's config
+        with tempfile.TemporaryDirectory(dir=work) as tmp, quiet():
+            q.quantize(save_dir=tmp, quantization_config=qconfig)
+            for f in fp32.iterdir():
+                if f.suffix != ".onnx" and not f.name.endswith(".onnx_data") and not (Path(tmp) / f.name).exists():
+                    shutil.copy(f, Path(tmp) / f.name)
+            Path(tmp).rename(out)
+        return out
+
+    def load(self, artifact: Path, threads: int) -> None:
+        import onnxruntime as ort
+        import torch
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        name = next(p.name for p in Path(artifact).glob("*.onnx"))
+        self.torch = torch
+        self.model = ORTModelForCausalLM.from_pretrained(artifact, file_name=name, session_options=so,
+                                                         use_cache=True, provider="CPUExecutionProvider")
+
+    def generate(self, ids: list[int], n: int) -> list[int]:
+        t = self.torch
+        out = self.model.generate(t.tensor([ids]), attention_mask=t.ones(1, len(ids), dtype=t.long),
+                                  max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=EOS)
+        return out[0, len(ids):].tolist()
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    for f in ("vocab.json", "merges.txt", "tokenizer.json"):
+        if (Path(src) / f).is_file() and not (dst / f).exists():
+            shutil.copyfile(Path(src) / f, dst / f)
+
+
+# -- CTranslate2 ---------------------------------------------------------------------------------
+class CTranslate2(Engine):
+    family = "ctranslate2"
+    needs = ("ctranslate2",)
+
+    def __init__(self, int8: bool = False) -> None:
+        self.int8 = int8
+        self.quantized = int8
+        self.name = "ctranslate2-int8" if int8 else "ctranslate2-fp32"
+
+    def prepare(self, src: Path, work: Path, threads: int) -> Path:
+        from ctranslate2.converters import TransformersConverter
+
+        out = work / self.name
+        if not (out / "model.bin").is_file():
+            TransformersConverter(str(src)).convert(str(out), quantization="int8" if self.int8 else "float32",
+                                                    force=True)
+        return out
+
+    def load(self, artifact: Path, threads: int) -> None:
+        import ctranslate2
+        from tokenizers import Tokenizer
+
+        self.gen = ctranslate2.Generator(str(artifact), device="cpu", compute_type="int8" if self.int8 else "float32",
+                                         intra_threads=threads, inter_threads=1)
+        vocab = Tokenizer.from_file(str(artifact / "tokenizer.json")) if (artifact / "tokenizer.json").is_file() \
+            else None
+        self.id_to_token = vocab.id_to_token if vocab else None
+        if self.id_to_token is None:
+            import json
+
+            v = json.loads((artifact / "vocabulary.json").read_text())
+            self.id_to_token = v.__getitem__
+
+    def generate(self, ids: list[int], n: int) -> list[int]:
+        res = self.gen.generate_batch([[self.id_to_token(i) for i in ids]], max_length=n, min_length=n,
+                                      sampling_topk=1, include_prompt_in_result=False)
+        return list(res[0].sequences_ids[0])
+
+
+# -- llama.cpp (optional: llama-cpp-python compiles from source) -------------------------------
+class LlamaCpp(Engine):
+    family = "llama.cpp"
+    needs = ("llama_cpp", "gguf")
+
+    def __init__(self, qtype: str) -> None:
+        self.qtype = qtype
+        self.quantized = qtype != "F32"
+        self.name = f"llama.cpp-{qtype}"
+
+    def prepare(self, src: Path, work: Path, threads: int) -> Path:
+        import subprocess
+        import sys
+
+        out = work / f"{self.name}.gguf"
+        if out.is_file():
+            return out
+        script = _find_convert_script()
+        subprocess.run([sys.executable, str(script), str(src), "--outfile", str(out), "--outtype",
+                        {"F32": "f32", "Q8_0": "q8_0"}.get(self.qtype, "f32")], check=True, capture_output=True)
+        if self.qtype == "Q4_0":  # convert_hf_to_gguf writes no Q4_0: quantize the f32 file with llama.cpp
+            import llama_cpp
+
+            f32 = work / "llama.cpp-F32.gguf"
+            out.rename(f32) if not f32.exists() else out.unlink()
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+            llama_cpp.llama_model_quantize(str(f32).encode(), str(out).encode(), params)
+        return out
+
+    def load(self, artifact: Path, threads: int) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(artifact), n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
+
+    def generate(self, ids: list[int], n: int) -> list[int]:
+        self.llm.reset()
+        out = []
+        for tok in self.llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            out.append(int(tok))
+            if len(out) == n:
+                break
+        return out
+
+
+def _find_convert_script() -> Path:
+    import llama_cpp
+
+    for base in (Path(llama_cpp.__file__).parent, Path(tempfile.gettempdir())):
+        hits = list(base.rglob("convert_hf_to_gguf.py"))
+        if hits:
+            return hits[0]
+    raise FileNotFoundError("convert_hf_to_gguf.py not found beside llama_cpp: install llama.cpp's converter")
+
+
+def all_engines() -> list[Engine]:
+    return [PyTorch(), PyTorch(int8=True), Ours("fp32"), Ours("int8"), Ours("int4"), Ours("int8", "portable"),
+            Optimum(), Optimum(int8=True), CTranslate2(), CTranslate2(int8=True),
+            LlamaCpp("F32"), LlamaCpp("Q8_0"), LlamaCpp("Q4_0")]
+
+
+def greedy_agreement(a: list[int], b: list[int]) -> float:
+    same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return same / max(len(a), 1)
+
+
+__all__ = ["EOS", "Engine", "all_engines", "dir_size", "greedy_agreement", "np"]

@@ -1,0 +1,137 @@
+"""report.md (tables with ratios vs PyTorch fp32 and vs the best peer, targets) and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# (model, ours, peer, factor): ours must decode `factor` times faster than peer
+TARGETS = [
+    ("small", "ours-int8", "llama.cpp-Q8_0", 1.4), ("small", "ours-int8", "optimum-int8", 3.5),
+    ("small", "ours-int8", "ctranslate2-int8", 4.5), ("small", "ours-int8", "pytorch-fp32", 9.0),
+    ("small", "ours-int4", "llama.cpp-Q4_0", 1.6), ("medium", "ours-int8", "llama.cpp-Q8_0", 1.5),
+]
+FIRST_TOKEN_TARGET_MS = ("small", "ours-int8", 12.0)
+
+
+def _dec(e: dict) -> float | None:
+    d = e.get("decode_ms_per_token") or {}
+    return d.get("median")
+
+
+def _ft(e: dict, h: str) -> str:
+    d = e.get("first_token_ms", {}).get(h) or {}
+    return f"{d['median']:.1f}" if d else "–"
+
+
+def model_table(m: dict) -> list[str]:
+    engines = m["engines"]
+    ref = _dec(engines.get("pytorch-fp32", {}))
+    peers = {n: _dec(e) for n, e in engines.items() if e["family"] != "ours" and _dec(e)}
+    best_peer = min(peers, key=peers.get) if peers else None
+    hs = sorted({h for e in engines.values() for h in e.get("first_token_ms", {})}, key=int)
+    head = ["engine", "decode ms/token (median, range)", "tokens/s", *[f"first token ms @{h}" for h in hs],
+            "× vs PyTorch fp32", f"× vs best peer ({best_peer})", "load s", "size MB", "peak RSS MB",
+            "greedy agreement vs PyTorch fp32"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, e in sorted(engines.items(), key=lambda kv: _dec(kv[1]) or 1e9):
+        d = e.get("decode_ms_per_token") or {}
+        dec = _dec(e)
+        cells = [f"**{name}**" if e["family"] == "ours" else name,
+                 f"{d['median']:.2f} ({d['min']:.2f}–{d['max']:.2f})" if d else "–",
+                 f"{e['tokens_per_s']:.0f}" if e.get("tokens_per_s") else "–",
+                 *[_ft(e, h) for h in hs],
+                 f"{ref / dec:.2f}×" if ref and dec else "–",
+                 f"{peers[best_peer] / dec:.2f}×" if best_peer and dec else "–",
+                 f"{e['load_s']:.2f}", f"{e['size_mb']:.1f}", f"{e.get('peak_rss_mb', float('nan')):.0f}",
+                 f"{e['greedy_agreement_vs_pytorch_fp32']:.2f}" if "greedy_agreement_vs_pytorch_fp32" in e else "–"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def targets(run: dict) -> list[str]:
+    out = ["| target | measured | verdict |", "|---|---|---|"]
+    for model, ours, peer, factor in TARGETS:
+        eng = run["models"].get(model, {}).get("engines", {})
+        a, b = _dec(eng.get(ours, {})), _dec(eng.get(peer, {}))
+        goal = f"{model}: {ours} ≥ {factor}× faster than {peer}"
+        if a is None or b is None:
+            missing = peer if b is None else ours
+            out.append(f"| {goal} | not measured ({missing} not in this run) | – |")
+            continue
+        ratio = b / a
+        verdict = "met" if ratio >= factor else f"missed by {(factor - ratio) / factor:.0%}"
+        out.append(f"| {goal} | {ratio:.2f}× ({a:.2f} vs {b:.2f} ms/token) | {verdict} |")
+    model, ours, limit = FIRST_TOKEN_TARGET_MS
+    e = run["models"].get(model, {}).get("engines", {}).get(ours, {})
+    ft = (e.get("first_token_ms", {}).get("64") or {}).get("median")
+    goal = f"{model}: {ours} first token at 64-token history ≤ {limit:.0f} ms"
+    if ft is None:
+        out.append(f"| {goal} | not measured | – |")
+    else:
+        verdict = "met" if ft <= limit else f"missed: {ft / limit:.1f}× the target"
+        out.append(f"| {goal} | {ft:.1f} ms | {verdict} |")
+    return out
+
+
+def plots(run: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    models = list(run["models"])
+    names = sorted({n for m in models for n in run["models"][m]["engines"]})
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) * len(models)), 4.5))
+    width = 0.8 / max(len(models), 1)
+    for k, m in enumerate(models):
+        eng = run["models"][m]["engines"]
+        stats = [eng.get(n, {}).get("decode_ms_per_token") or {} for n in names]
+        vals = [s.get("median", 0) for s in stats]
+        lo = [s.get("median", 0) - s.get("min", 0) for s in stats]
+        hi = [s.get("max", 0) - s.get("median", 0) for s in stats]
+        ax.bar([i + k * width for i in range(len(names))], vals, width, yerr=[lo, hi], capsize=2, label=m)
+    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(names))])
+    ax.set_xticklabels(names, rotation=35, ha="right")
+    ax.set_ylabel("decode ms/token (lower is better)")
+    ax.set_title(f"Decode speed, {run['settings']['threads']} threads, greedy, 64-token history")
+    ax.legend(title="model")
+    fig.tight_layout()
+    f = out / "decode_ms_per_token.png"
+    fig.savefig(f, dpi=120)
+    plt.close(fig)
+    files.append(f.name)
+    for m in models:
+        eng = run["models"][m]["engines"]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for n, e in sorted(eng.items()):
+            hs = sorted(e.get("first_token_ms", {}), key=int)
+            if hs:
+                ax.plot([int(h) for h in hs], [e["first_token_ms"][h]["median"] for h in hs], marker="o",
+                        label=n, linewidth=2.5 if e["family"] == "ours" else 1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("history tokens")
+        ax.set_ylabel("first-token latency ms")
+        ax.set_title(f"First token vs history ({m})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        f = out / f"first_token_{m}.png"
+        fig.savefig(f, dpi=120)
+        plt.close(fig)
+        files.append(f.name)
+    return files
+
+
+def write_report(run: dict, out: Path) -> None:
+    mi = run["machine"]
+    lines = ["# Benchmark report", "",
+             f"{mi['date']} · {mi['cpu']} · {mi['cores']} cores · flags: {' '.join(mi['flags'])}",
+             f"threads {run['settings']['threads']} · {run['settings']['new_tokens']} new tokens (greedy, EOS banned) "
+             f"· {run['settings']['repeats']} repeats after {run['settings']['warmup']} warm-up, engines interleaved",
+             "versions: " + ", ".join(f"{k} {v}" for k, v in mi["versions"].items()), ""]
+    for label, m in run["models"].items():
+        lines += [f"## {label} ({m['weights']})", "", *model_table(m), ""]
+    lines += ["## Targets", "", *targets(run), ""]
+    for f in plots(run, out):
+        lines += [f"![{f}]({f})", ""]
+    (out / "report.md").write_text("\n".join(lines))

@@ -1,0 +1,34 @@
+"""The benchmark suite's --quick run goes through the whole pipeline (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_writes_results_report_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads((out / "results.json").read_text())
+    engines = run["models"]["tiny"]["engines"]
+    assert {"pytorch-fp32", "ours-fp32", "ours-int8", "ours-int4"} <= set(engines)
+    for name, e in engines.items():
+        d = e["decode_ms_per_token"]
+        assert d["n"] == 2 and d["min"] <= d["median"] <= d["max"], name
+        assert set(e["first_token_ms"]) == {"16", "64"} and e["size_mb"] > 0 and e["peak_rss_mb"] > 0
+        assert 0.0 <= e["greedy_agreement_vs_pytorch_fp32"] <= 1.0
+    # fp32 engines decode the same greedy tokens as PyTorch fp32
+    assert engines["ours-fp32"]["greedy_agreement_vs_pytorch_fp32"] == 1.0
+    assert run["machine"]["cores"] and "onnxruntime" in run["machine"]["versions"]
+    report = (out / "report.md").read_text()
+    assert "× vs PyTorch fp32" in report and "## Targets" in report
+    for png in ("decode_ms_per_token.png", "first_token_tiny.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    for name in {"llama.cpp-Q8_0", "optimum-fp32", "ctranslate2-int8"} - set(engines):
+        assert f"skipping {name}" in proc.stdout or name in proc.stderr
