@@ -236,7 +236,7 @@ class LlamaCpp(Engine):
         out = work / f"{self.name}.gguf"
         if out.is_file():
             return out
-        script = _find_convert_script()
+        script = _convert_script(work.parent / "llama.cpp-src")
         subprocess.run([sys.executable, str(script), str(src), "--outfile", str(out), "--outtype",
                         {"F32": "f32", "Q8_0": "q8_0"}.get(self.qtype, "f32")], check=True, capture_output=True)
         if self.qtype == "Q4_0":  # convert_hf_to_gguf writes no Q4_0: quantize the f32 file with llama.cpp
@@ -264,14 +264,33 @@ class LlamaCpp(Engine):
         return out
 
 
-def _find_convert_script() -> Path:
+def _convert_script(cache: Path) -> Path:
+    """llama.cpp's own convert_hf_to_gguf.py: $LLAMA_CPP_CONVERT, or taken from the llama-cpp-python sdist of
+    the installed version (a package-registry download, cached), whose vendor/llama.cpp bundles it."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    if os.environ.get("LLAMA_CPP_CONVERT"):
+        return Path(os.environ["LLAMA_CPP_CONVERT"])
+    script = cache / "convert_hf_to_gguf.py"
+    if script.is_file():
+        return script
     import llama_cpp
 
-    for base in (Path(llama_cpp.__file__).parent, Path(tempfile.gettempdir())):
-        hits = list(base.rglob("convert_hf_to_gguf.py"))
-        if hits:
-            return hits[0]
-    raise FileNotFoundError("convert_hf_to_gguf.py not found beside llama_cpp: install llama.cpp's converter")
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d",
+                    str(cache), f"llama-cpp-python=={llama_cpp.__version__}"], check=True, capture_output=True)
+    sdist = next(cache.glob("llama_cpp_python-*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        for m in tar.getmembers():
+            rel = m.name.split("/vendor/llama.cpp/", 1)
+            if len(rel) == 2 and m.isfile() and (rel[1] == "convert_hf_to_gguf.py"
+                                                 or rel[1].startswith(("gguf-py/", "conversion/"))):
+                m.name = rel[1]
+                tar.extract(m, cache, filter="data")
+    return script
 
 
 def all_engines() -> list[Engine]:
