@@ -22,6 +22,9 @@ from .random_checkpoint import LABEL, SHARED, make_random_checkpoint
 from .report import write_report
 
 REFERENCE = "pytorch-fp32"
+# Pause after each timed call: thread pools that spin-wait after work (onnxruntime, llama.cpp) must go
+# idle before the next engine runs, or they steal its cores.
+SETTLE_S = 0.05
 # --quick: ours, the reference and one peer of each family, so every code path runs in about a minute
 QUICK_ENGINES = "pytorch-fp32,ours-fp32,ours-int8,ours-int4,ctranslate2-int8,optimum-fp32,llama.cpp-Q8_0"
 
@@ -54,7 +57,9 @@ class Worker:
 
     def call(self, ids: list[int], n: int) -> dict:
         self.conn.send(("time", ids, n))
-        return self.conn.recv()
+        res = self.conn.recv()
+        time.sleep(SETTLE_S)
+        return res
 
     def stop(self) -> float:
         self.conn.send(("stop",))
@@ -95,15 +100,15 @@ def bench_model(label: str, src: Path, engines: list[Engine], work: Path, a: arg
             order = list(workers)[r % max(len(workers), 1):] + list(workers)[:r % max(len(workers), 1)]
             for name in order:  # interleaved: machine drift hits every engine alike
                 w = workers[name]
-                t1 = {}
-                for h, ids in prompts.items():
-                    res = w.call(ids, 1)
-                    t1[h] = res.get("seconds", float("nan"))
+                t1 = {h: w.call(ids, 1).get("seconds", float("nan")) for h, ids in prompts.items()}
+                # decode = (time for N tokens - time for 1 token) / (N - 1), the two calls back to back on
+                # the same prompt so both start from the same engine state
+                one = w.call(prompts[decode_hist], 1).get("seconds", float("nan"))
                 res = w.call(prompts[decode_hist], a.new_tokens)
                 if r >= a.warmup and "seconds" in res:
                     for h in prompts:
                         first[name][h].append(t1[h] * 1e3)
-                    decode[name].append((res["seconds"] - t1[decode_hist]) / (a.new_tokens - 1) * 1e3)
+                    decode[name].append((res["seconds"] - one) / (a.new_tokens - 1) * 1e3)
                 bar.update(1)
 
     # fidelity: greedy agreement with PyTorch fp32 on real dialogue, outside the timed runs

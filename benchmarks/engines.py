@@ -255,12 +255,19 @@ class LlamaCpp(Engine):
         self.llm = Llama(model_path=str(artifact), n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
 
     def generate(self, ids: list[int], n: int) -> list[int]:
-        self.llm.reset()
-        out = []
-        for tok in self.llm.generate(ids, top_k=1, temp=0.0, reset=True):
-            out.append(int(tok))
-            if len(out) == n:
-                break
+        # The thinnest loop the binding offers (llama_decode + last-row logits), greedy with EOS banned as
+        # for every engine; Llama.generate's sampler chain would add per-token overhead that is not llama.cpp's.
+        llm = self.llm
+        llm.reset()
+        llm.eval(ids)
+        out: list[int] = []
+        vocab = llm.n_vocab()
+        for i in range(n):
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))  # the last row, no copy
+            logits[EOS] = -np.inf
+            out.append(int(np.argmax(logits)))
+            if i + 1 < n:
+                llm.eval([out[-1]])
         return out
 
 

@@ -10,6 +10,18 @@ import traceback
 from pathlib import Path
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. VmHWM starts afresh at exec; ru_maxrss would carry the parent's peak
+    (the suite's parent converts models and is large)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker_main(conn, engine_name: str, artifact: str, threads: int) -> None:  # noqa: ANN001 - a Pipe end
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .engines import all_engines
@@ -25,7 +37,7 @@ def worker_main(conn, engine_name: str, artifact: str, threads: int) -> None:  #
     while True:
         msg = conn.recv()
         if msg[0] == "stop":
-            conn.send({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            conn.send({"peak_rss_mb": peak_rss_mb()})
             return
         _, ids, n = msg
         try:
