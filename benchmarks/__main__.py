@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engines", help="comma list (default: all installed): " + ", ".join(e.name for e in all_engines()))
     p.add_argument("--quick", action="store_true", help="tiny model, few repeats: the whole pipeline in a minute")
     p.add_argument("--out", required=True)
+    p.add_argument("--report-only", action="store_true", help="rewrite report.md and plots from OUT/results.json")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
@@ -150,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         a.models, a.repeats, a.warmup, a.new_tokens, a.histories, a.agreement_prompts = "tiny", 2, 1, 16, [16, 64], 2
         a.engines = a.engines or QUICK_ENGINES
     out = Path(a.out)
+    if a.report_only:
+        write_report(json.loads((out / "results.json").read_text()), out)
+        print(f"wrote {out / 'report.md'} and plots")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
 
     engines = all_engines()

@@ -81,37 +81,44 @@ def plots(run: dict, out: Path) -> list[str]:
 
     files = []
     models = list(run["models"])
-    names = sorted({n for m in models for n in run["models"][m]["engines"]})
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) * len(models)), 4.5))
-    width = 0.8 / max(len(models), 1)
+    first = run["models"][models[0]]["engines"]
+    names = sorted({n for m in models for n in run["models"][m]["engines"]},
+                   key=lambda n: -(_dec(first.get(n, {})) or 0))  # fastest at the top
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.42 * len(names) * max(1, len(models) / 1.5)))
+    height = 0.8 / max(len(models), 1)
     for k, m in enumerate(models):
         eng = run["models"][m]["engines"]
         stats = [eng.get(n, {}).get("decode_ms_per_token") or {} for n in names]
         vals = [s.get("median", 0) for s in stats]
-        lo = [s.get("median", 0) - s.get("min", 0) for s in stats]
-        hi = [s.get("max", 0) - s.get("median", 0) for s in stats]
-        ax.bar([i + k * width for i in range(len(names))], vals, width, yerr=[lo, hi], capsize=2, label=m)
-    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(names))])
-    ax.set_xticklabels(names, rotation=35, ha="right")
-    ax.set_ylabel("decode ms/token (lower is better)")
-    ax.set_title(f"Decode speed, {run['settings']['threads']} threads, greedy, 64-token history")
-    ax.legend(title="model")
+        err = [[v - s.get("min", v) for v, s in zip(vals, stats, strict=True)],
+               [s.get("max", v) - v for v, s in zip(vals, stats, strict=True)]]
+        ax.barh([i + k * height for i in range(len(names))], vals, height, xerr=err, capsize=2, label=m)
+    ax.set_yticks([i + height * (len(models) - 1) / 2 for i in range(len(names))])
+    ax.set_yticklabels(names)
+    for t in ax.get_yticklabels():
+        if t.get_text().startswith("ours"):
+            t.set_fontweight("bold")
+    ax.set_xlabel("decode ms/token, median and range (lower is better)")
+    ax.set_title(f"Decode speed: {run['settings']['threads']} threads, greedy, 64-token history")
+    ax.legend(title="model", loc="lower right")
     fig.tight_layout()
     f = out / "decode_ms_per_token.png"
-    fig.savefig(f, dpi=120)
+    fig.savefig(f, dpi=110)
     plt.close(fig)
     files.append(f.name)
     for m in models:
         eng = run["models"][m]["engines"]
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(7.5, 5))
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
         for n, e in sorted(eng.items()):
             hs = sorted(e.get("first_token_ms", {}), key=int)
             if hs:
                 ax.plot([int(h) for h in hs], [e["first_token_ms"][h]["median"] for h in hs], marker="o",
                         label=n, linewidth=2.5 if e["family"] == "ours" else 1.2)
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
         ax.set_xlabel("history tokens")
-        ax.set_ylabel("first-token latency ms")
+        ax.set_ylabel("first-token latency ms (log)")
         ax.set_title(f"First token vs history ({m})")
         ax.legend(fontsize=7)
         fig.tight_layout()
