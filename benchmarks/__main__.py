@@ -114,9 +114,8 @@ def bench_model(label: str, src: Path, engines: list[Engine], work: Path, a: arg
     # fidelity: greedy agreement with PyTorch fp32 on real dialogue, outside the timed runs
     ref_outputs = {}
     agreement_prompts = [dialogue_tokens(48, offset=k * 7) for k in range(a.agreement_prompts)]
-    for name, w in workers.items():
-        outs = [w.call(p, a.new_tokens).get("ids", []) for p in agreement_prompts]
-        ref_outputs[name] = outs
+    for name, w in tqdm(workers.items(), desc=f"{label}: greedy agreement", unit="engine"):
+        ref_outputs[name] = [w.call(p, a.new_tokens).get("ids", []) for p in agreement_prompts]
     for name, w in workers.items():
         res = results[name]
         res["first_token_ms"] = {str(h): spread(v) for h, v in first[name].items()}
