@@ -34,6 +34,22 @@ class Engine:
         raise NotImplementedError
 
 
+class Fp32OrInt8(Engine):
+    """A peer measured in fp32 and int8: named `<family>-fp32` / `<family>-int8`."""
+
+    def __init__(self, int8: bool = False) -> None:
+        self.int8 = self.quantized = int8
+        self.name = f"{self.family}-{'int8' if int8 else 'fp32'}"
+
+
+def hf_generate(model, torch, ids: list[int], n: int) -> list[int]:  # noqa: ANN001 - torch/transformers objects
+    """transformers' generate, greedy, exactly n new tokens (PyTorch and Optimum share it)."""
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=EOS)
+    return out[0, len(ids):].tolist()
+
+
 def dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).is_dir() \
         else Path(path).stat().st_size
@@ -71,14 +87,9 @@ class Ours(Engine):
 
 
 # -- PyTorch ------------------------------------------------------------------------------------
-class PyTorch(Engine):
+class PyTorch(Fp32OrInt8):
     family = "pytorch"
     needs = ("torch", "transformers")
-
-    def __init__(self, int8: bool = False) -> None:
-        self.int8 = int8
-        self.quantized = int8
-        self.name = "pytorch-int8" if int8 else "pytorch-fp32"
 
     def load(self, artifact: Path, threads: int) -> None:
         import torch
@@ -94,11 +105,7 @@ class PyTorch(Engine):
         self.model = model
 
     def generate(self, ids: list[int], n: int) -> list[int]:
-        t = self.torch
-        with t.inference_mode():
-            out = self.model.generate(t.tensor([ids]), attention_mask=t.ones(1, len(ids), dtype=t.long),
-                                      max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=EOS)
-        return out[0, len(ids):].tolist()
+        return hf_generate(self.model, self.torch, ids, n)
 
 
 def _conv1d_to_linear(model):  # -> model
@@ -116,14 +123,9 @@ def _conv1d_to_linear(model):  # -> model
 
 
 # -- Optimum (onnxruntime through ORTModelForCausalLM) -----------------------------------------
-class Optimum(Engine):
+class Optimum(Fp32OrInt8):
     family = "optimum"
     needs = ("optimum.onnxruntime", "onnxruntime")
-
-    def __init__(self, int8: bool = False) -> None:
-        self.int8 = int8
-        self.quantized = int8
-        self.name = "optimum-int8" if int8 else "optimum-fp32"
 
     def prepare(self, src: Path, work: Path, threads: int) -> Path:
         out = work / self.name
@@ -167,10 +169,7 @@ class Optimum(Engine):
                                                          use_cache=True, provider="CPUExecutionProvider")
 
     def generate(self, ids: list[int], n: int) -> list[int]:
-        t = self.torch
-        out = self.model.generate(t.tensor([ids]), attention_mask=t.ones(1, len(ids), dtype=t.long),
-                                  max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=EOS)
-        return out[0, len(ids):].tolist()
+        return hf_generate(self.model, self.torch, ids, n)
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -180,14 +179,9 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
 
 
 # -- CTranslate2 ---------------------------------------------------------------------------------
-class CTranslate2(Engine):
+class CTranslate2(Fp32OrInt8):
     family = "ctranslate2"
     needs = ("ctranslate2",)
-
-    def __init__(self, int8: bool = False) -> None:
-        self.int8 = int8
-        self.quantized = int8
-        self.name = "ctranslate2-int8" if int8 else "ctranslate2-fp32"
 
     def prepare(self, src: Path, work: Path, threads: int) -> Path:
         from ctranslate2.converters import TransformersConverter
