@@ -1,12 +1,14 @@
 """The engines the suite compares. Each one converts a checkpoint once (`prepare`, in the parent
 process), then, in its own worker process, loads it and greedy-decodes exactly N new tokens from
-given prompt ids (EOS banned until N, so every engine does the same work)."""
+given prompt ids (EOS banned until N, so every engine does the same work), reporting when the first
+new token was ready, so decode speed comes from one call: (end - first token) / (N - 1)."""
 
 from __future__ import annotations
 
 import importlib.util
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,8 @@ class Engine:
     def load(self, artifact: Path, threads: int) -> None:
         raise NotImplementedError
 
-    def generate(self, ids: list[int], n: int) -> list[int]:
+    def generate(self, ids: list[int], n: int) -> tuple[list[int], float]:
+        """(n new token ids, perf_counter() time at which the first of them was ready)."""
         raise NotImplementedError
 
 
@@ -42,12 +45,29 @@ class Fp32OrInt8(Engine):
         self.name = f"{self.family}-{'int8' if int8 else 'fp32'}"
 
 
-def hf_generate(model, torch, ids: list[int], n: int) -> list[int]:  # noqa: ANN001 - torch/transformers objects
+class _FirstTokenClock:
+    """A transformers streamer that notes when the first new token arrives (the first put is the prompt)."""
+
+    def __init__(self) -> None:
+        self.calls, self.first = 0, float("nan")
+
+    def put(self, value) -> None:  # noqa: ANN001
+        self.calls += 1
+        if self.calls == 2:
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def hf_generate(model, torch, ids: list[int], n: int) -> tuple[list[int], float]:  # noqa: ANN001
     """transformers' generate, greedy, exactly n new tokens (PyTorch and Optimum share it)."""
+    clock = _FirstTokenClock()
     with torch.inference_mode():
         out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=EOS)
-    return out[0, len(ids):].tolist()
+                             max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=EOS,
+                             streamer=clock)
+    return out[0, len(ids):].tolist(), clock.first
 
 
 def dir_size(path: Path) -> int:
@@ -81,9 +101,14 @@ class Ours(Engine):
         self.model = runtime.load(artifact, threads=threads)
         self._gen = generate_ids
 
-    def generate(self, ids: list[int], n: int) -> list[int]:
+    def generate(self, ids: list[int], n: int) -> tuple[list[int], float]:
         opts = self.model.options(max_new_tokens=n)
-        return [int(t[0]) for t in self._gen(self.model.decoder, [ids], opts, EOS, stop_at_eos=False)]
+        out, first = [], float("nan")
+        for t in self._gen(self.model.decoder, [ids], opts, EOS, stop_at_eos=False):
+            if not out:
+                first = time.perf_counter()
+            out.append(int(t[0]))
+        return out, first
 
 
 # -- PyTorch ------------------------------------------------------------------------------------
@@ -104,7 +129,7 @@ class PyTorch(Fp32OrInt8):
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         self.model = model
 
-    def generate(self, ids: list[int], n: int) -> list[int]:
+    def generate(self, ids: list[int], n: int) -> tuple[list[int], float]:
         return hf_generate(self.model, self.torch, ids, n)
 
 
@@ -168,7 +193,7 @@ class Optimum(Fp32OrInt8):
         self.model = ORTModelForCausalLM.from_pretrained(artifact, file_name=name, session_options=so,
                                                          use_cache=True, provider="CPUExecutionProvider")
 
-    def generate(self, ids: list[int], n: int) -> list[int]:
+    def generate(self, ids: list[int], n: int) -> tuple[list[int], float]:
         return hf_generate(self.model, self.torch, ids, n)
 
 
@@ -207,10 +232,17 @@ class CTranslate2(Fp32OrInt8):
             v = json.loads((artifact / "vocabulary.json").read_text())
             self.id_to_token = v.__getitem__
 
-    def generate(self, ids: list[int], n: int) -> list[int]:
+    def generate(self, ids: list[int], n: int) -> tuple[list[int], float]:
+        first = []
+
+        def on_step(step) -> bool:  # noqa: ANN001 - ctranslate2.GenerationStepResult
+            if not first:
+                first.append(time.perf_counter())
+            return False  # keep going
+
         res = self.gen.generate_batch([[self.id_to_token(i) for i in ids]], max_length=n, min_length=n,
-                                      sampling_topk=1, include_prompt_in_result=False)
-        return list(res[0].sequences_ids[0])
+                                      sampling_topk=1, include_prompt_in_result=False, callback=on_step)
+        return list(res[0].sequences_ids[0]), first[0] if first else float("nan")
 
 
 # -- llama.cpp (optional: llama-cpp-python compiles from source) -------------------------------
@@ -248,7 +280,7 @@ class LlamaCpp(Engine):
 
         self.llm = Llama(model_path=str(artifact), n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
 
-    def generate(self, ids: list[int], n: int) -> list[int]:
+    def generate(self, ids: list[int], n: int) -> tuple[list[int], float]:
         # The thinnest loop the binding offers (llama_decode + last-row logits), greedy with EOS banned as
         # for every engine; Llama.generate's sampler chain would add per-token overhead that is not llama.cpp's.
         llm = self.llm
@@ -256,13 +288,16 @@ class LlamaCpp(Engine):
         llm.eval(ids)
         out: list[int] = []
         vocab = llm.n_vocab()
+        first = float("nan")
         for i in range(n):
             logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))  # the last row, no copy
             logits[EOS] = -np.inf
             out.append(int(np.argmax(logits)))
+            if i == 0:
+                first = time.perf_counter()
             if i + 1 < n:
                 llm.eval([out[-1]])
-        return out
+        return out, first
 
 
 def _convert_script(cache: Path) -> Path:

@@ -42,7 +42,8 @@ def worker_main(conn, engine_name: str, artifact: str, threads: int) -> None:  #
         _, ids, n = msg
         try:
             t = time.perf_counter()
-            out = engine.generate(list(ids), n)
-            conn.send({"seconds": time.perf_counter() - t, "ids": out})
+            out, first = engine.generate(list(ids), n)
+            end = time.perf_counter()
+            conn.send({"seconds": end - t, "first_s": first - t, "decode_s": end - first, "ids": out})
         except Exception as e:  # noqa: BLE001
             conn.send({"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()})
