@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,9 @@ class DialogModel:
                  ) -> Generation | list[Generation]:
         """Reply to one prompt (text or ids) or a batch of them. Text is encoded as one DialoGPT turn."""
         opts = self.options(**options)
-        single = isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int))
-        items = [inputs] if single else list(inputs)
+        seq = list(inputs) if not isinstance(inputs, str) else None
+        single = seq is None or (bool(seq) and isinstance(seq[0], numbers.Integral))  # numpy ints count too
+        items = [inputs] if single else seq
         if not items:
             raise ValueError("inputs must not be empty")
         prompts = [self._prompt(x) for x in items]
