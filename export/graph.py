@@ -38,6 +38,20 @@ class GraphIO:
 IO = GraphIO()
 
 
+def manifest_io(all_logits: bool) -> dict:
+    """The graph's I/O contract as written to the manifest."""
+    return {
+        "inputs": {k: getattr(IO, k) for k in ("input_ids", "position_ids", "seqlens_k", "query_seqlens",
+                                               "total_sequence_length")},
+        "outputs": {"logits": IO.logits},
+        "past_key": IO.past_key, "past_value": IO.past_value,
+        "present_key": IO.present_key, "present_value": IO.present_value,
+        "kv_layout": "BNSH [batch, n_head, capacity, head_dim], float32",
+        "kv_buffer": "shared: bind one buffer as past and present; GroupQueryAttention appends in place",
+        "logits": "all" if all_logits else "last",
+    }
+
+
 def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
     """
     input_ids ─Gather(wte)─┐

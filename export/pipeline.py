@@ -20,7 +20,7 @@ from runtime.manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, write_ma
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import ExportError, ParityError
-from .graph import IO, build_graph
+from .graph import build_graph, manifest_io
 from .onnx_ops import save_model
 from .parity import ParityReport, Thresholds, check_parity
 from .prompts import load_prompts
@@ -114,17 +114,7 @@ def _manifest(ckpt: Checkpoint, opts: ExportOptions, quant: QuantConfig | None) 
 
         io = {**PORTABLE_IO, "max_kv_length": cfg.n_positions}
     else:
-        io = {
-            "inputs": {k: getattr(IO, k) for k in ("input_ids", "position_ids", "seqlens_k", "query_seqlens",
-                                                   "total_sequence_length")},
-            "outputs": {"logits": IO.logits},
-            "past_key": IO.past_key, "past_value": IO.past_value,
-            "present_key": IO.present_key, "present_value": IO.present_value,
-            "kv_layout": "BNSH [batch, n_head, capacity, head_dim], float32",
-            "kv_buffer": "shared: bind one buffer as past and present; GroupQueryAttention appends in place",
-            "max_kv_length": cfg.n_positions,
-            "logits": "all" if opts.all_logits else "last",
-        }
+        io = {**manifest_io(opts.all_logits), "max_kv_length": cfg.n_positions}
     return {
         "variant": opts.variant,
         "graph": opts.graph,

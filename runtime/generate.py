@@ -25,6 +25,8 @@ def generate_ids(dec: DecoderSession, prompts: list[list[int]], opts: SamplingOp
     prepends it to the next turn. With keep_cache the cache is not reset: `prompts` are appended to what
     it holds. `history` (per row, defaults to the prompts) feeds repetition penalty and n-gram bans.
     `on_logits(step, logits)` sees each step's raw logits (parity checks use it)."""
+    if opts.max_new_tokens == 0:
+        return
     if not keep_cache:
         dec.reset(len(prompts))
     rng = np.random.default_rng(opts.seed)
@@ -32,8 +34,6 @@ def generate_ids(dec: DecoderSession, prompts: list[list[int]], opts: SamplingOp
     batch = len(prompts)
     done = np.zeros(batch, dtype=bool)
     fast = _plain_greedy(opts)
-    if opts.max_new_tokens == 0:
-        return
     logits = dec.prefill(prompts)
     for step in range(opts.max_new_tokens):
         if on_logits is not None:

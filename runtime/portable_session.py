@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .manifest import MODEL_FILE, Manifest
-from .session import make_session
+from .session import check_inputs, make_session
 
 
 class PortableSession:
@@ -74,9 +74,4 @@ class PortableSession:
         return logits[:, -1]
 
     def check_io(self) -> None:
-        have = {i.name for i in self.sess.get_inputs()}
-        want = set(self.names.values())
-        if not want <= have:
-            from .errors import ModelDirError
-
-            raise ModelDirError(f"model.onnx lacks inputs {sorted(want - have)} listed in the manifest: re-export")
+        check_inputs(self.sess, self.names)

@@ -34,6 +34,14 @@ def make_session(path: Path, threads: int | None) -> ort.InferenceSession:
         raise ModelDirError(f"{path} is not a loadable ONNX model ({first}): re-export the model") from None
 
 
+def check_inputs(sess: ort.InferenceSession, names: dict[str, str]) -> None:
+    """The graph must have the inputs the manifest promises."""
+    have = {i.name for i in sess.get_inputs()}
+    want = set(names.values()) - {""}
+    if not want <= have:
+        raise ModelDirError(f"model.onnx lacks inputs {sorted(want - have)} listed in the manifest: re-export")
+
+
 def open_session(model_dir: Path, manifest: Manifest, threads: int | None = None,
                  max_length: int | None = None):  # -> DecoderSession | PortableSession
     """The session class that fits the manifest's graph: the fast contrib graph or the portable one."""
@@ -171,8 +179,4 @@ class DecoderSession:
         self.sess.run_with_iobinding(self.binding)
 
     def check_io(self) -> None:
-        """The graph must have the inputs the manifest promises."""
-        have = {i.name for i in self.sess.get_inputs()}
-        want = set(self.names.values()) - {""}
-        if not want <= have:
-            raise ModelDirError(f"model.onnx lacks inputs {sorted(want - have)} listed in the manifest: re-export")
+        check_inputs(self.sess, self.names)
