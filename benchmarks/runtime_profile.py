@@ -36,12 +36,12 @@ def profile(model_dir: str, threads: int, history: int, new_tokens: int, repeats
     t = time.perf_counter()
     model = runtime.load(model_dir, threads=threads)
     load_s = time.perf_counter() - t
-    dec = model.decoder
+    dec = model.graph.new_cache()
     prompt = [int(x) for x in np.random.default_rng(0).integers(200, 20000, history)]
     opts = model.options(max_new_tokens=new_tokens)  # greedy, the default path; EOS does not stop it below
 
     run_time = [0.0]
-    real = {name: getattr(dec.sess, name) for name in ("run", "run_with_iobinding")}
+    real = {name: getattr(model.graph.sess, name) for name in ("run", "run_with_iobinding")}
 
     def timed(fn):  # time spent inside onnxruntime
         def run(*a, **kw):
@@ -52,7 +52,7 @@ def profile(model_dir: str, threads: int, history: int, new_tokens: int, repeats
         return run
 
     for name, fn in real.items():
-        setattr(dec.sess, name, timed(fn))
+        setattr(model.graph.sess, name, timed(fn))
     first, decode, overhead = [], [], []
     for r in range(repeats + 1):
         stamps = []
@@ -82,7 +82,7 @@ def profile(model_dir: str, threads: int, history: int, new_tokens: int, repeats
         t0 = time.perf_counter()
         for text in turns:
             if mode == "recompute":
-                chat._cached = 0  # forget the cache: prefill the whole history again
+                chat.release()  # forget the cache: prefill the whole history again
             chat.send(text)
         chat_ms[mode] = {"seconds": time.perf_counter() - t0, "prefilled_tokens": chat.stats["prefilled_tokens"],
                          "history_tokens": sum(map(len, chat.turns))}

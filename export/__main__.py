@@ -1,35 +1,47 @@
-"""CLI: python -m export SOURCE OUT_DIR --variant fp32|int8|int4 [--verify] [--overwrite] ..."""
+"""CLI: python -m export SOURCE OUT_DIR --variant fp32|int8|int4 [--verify] [--overwrite] ...
+
+Exit codes: 0 written, 1 parity below the --verify thresholds (nothing written), 2 a user error (one
+line on stderr, nothing written), 128 + N ended by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129;
+nothing written, temporary files removed).
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
-from .errors import ExportError, ParityError
+from runtime.cli import OneLineParser, finite_float, positive_int
+
+from .errors import ExportError, Interrupted, ParityError
+from .outdir import interruptible
 from .parity import Thresholds
 from .pipeline import VARIANTS, ExportOptions, export_model
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    p = OneLineParser(prog="python -m export", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="checkpoint dir (HF or original DialoGPT form) or a hub id when online")
     p.add_argument("out_dir", help="model dir to write (model.onnx, tokenizer.json, manifest.json)")
     p.add_argument("--variant", default="int8", help=f"one of {', '.join(VARIANTS)} (default int8)")
     p.add_argument("--graph", default="contrib",
                    help="contrib (default: fast, onnxruntime contrib ops) or portable (standard ops, via optimum)")
     p.add_argument("--verify", action="store_true", help="fail (exit 1, nothing written) below parity thresholds")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT_DIR if it holds a previous export (and only the files it wrote)")
     p.add_argument("--all-logits", action="store_true", help="output logits of every position (for scoring)")
     p.add_argument("--tokenizer", help="dir with tokenizer.json or vocab.json + merges.txt, if SOURCE has none")
     p.add_argument("--prompts", help="parity prompts: .txt (one dialogue per line, tab-separated turns) or "
                                      "Topical-Chat .json (default: built-in sample dialogues)")
-    p.add_argument("--n-prompts", type=int, default=4)
-    p.add_argument("--parity-tokens", type=int, default=64, help="greedy tokens compared per prompt")
+    p.add_argument("--n-prompts", type=positive_int, default=4)
+    p.add_argument("--parity-tokens", type=positive_int, default=64, help="greedy tokens compared per prompt")
     th = Thresholds()
-    p.add_argument("--max-logit-diff", type=float, default=th.max_logit_diff, help="fp32 threshold")
-    p.add_argument("--min-top1", type=float, default=th.min_top1, help="quantized top-1 agreement threshold")
-    p.add_argument("--min-greedy", type=float, default=th.min_greedy, help="quantized greedy agreement threshold")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-logit-diff", type=finite_float, default=th.max_logit_diff, help="fp32 threshold")
+    p.add_argument("--min-top1", type=finite_float, default=th.min_top1, help="quantized top-1 agreement threshold")
+    p.add_argument("--min-greedy", type=finite_float, default=th.min_greedy,
+                   help="quantized greedy agreement threshold")
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -43,16 +55,18 @@ def main(argv: list[str] | None = None) -> int:
         progress=not a.quiet,
     )
     try:
-        res = export_model(a.source, a.out_dir, opts)
+        with interruptible():
+            res = export_model(a.source, a.out_dir, opts)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ParityError as e:
         print(f"parity failed: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: nothing written", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"interrupted by {signal.Signals(signum).name}: nothing written", file=sys.stderr)
+        return 128 + signum
     status = "passed" if not res.failures else "BELOW THRESHOLDS: " + "; ".join(res.failures)
     print(f"wrote {res.out_dir} ({res.bytes_on_disk / 1e6:.1f} MB, {a.variant})")
     print(f"parity vs transformers fp32 on {res.parity.prompts} prompts x {res.parity.new_tokens} tokens: "

@@ -85,6 +85,16 @@ def validate(cfg: ModelConfig, weights: WeightDict, where: str) -> None:
     lm = weights.get("lm_head.weight")
     if lm is not None and tuple(lm.shape) != shapes["wte.weight"]:
         problems.append(f"lm_head.weight is {tuple(lm.shape)}, config wants {shapes['wte.weight']}")
+    unused = sorted(n for n in weights if n not in shapes and n != "lm_head.weight")
+    if unused:  # e.g. a 4-layer checkpoint read with a 2-layer config: refuse, never truncate silently
+        groups: dict[str, int] = {}
+        for n in unused:
+            m = re.match(r"(h\.\d+)\.", n)
+            key = f"{m.group(1)}.*" if m else n
+            groups[key] = groups.get(key, 0) + 1
+        shown = ", ".join(f"{k} ({v} tensors)" if v > 1 else k for k, v in list(groups.items())[:4])
+        more = f" and {len(groups) - 4} more" if len(groups) > 4 else ""
+        problems.insert(0, f"weights the config does not use: {shown}{more}")
     if problems:
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
         raise ExportError(f"weights in {where} disagree with its config.json ({shown}): "

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.text import EOS_TOKEN_ID as DEFAULT_EOS
+
 from .errors import ExportError
 
 # Activations GPT-2 checkpoints use; the tanh approximations map to FastGelu, exact erf gelu to Gelu.
@@ -26,8 +28,8 @@ class ModelConfig:
     activation: str = "gelu_new"
     scale_attn_weights: bool = True
     scale_attn_by_inverse_layer_idx: bool = False
-    eos_token_id: int = 50256  # <|endoftext|>: DialoGPT ends every turn with it
-    bos_token_id: int = 50256
+    eos_token_id: int = DEFAULT_EOS  # <|endoftext|>: DialoGPT ends every turn with it
+    bos_token_id: int = DEFAULT_EOS
 
     @property
     def head_dim(self) -> int:
@@ -84,36 +86,57 @@ def config_from_dict(raw: dict[str, Any], where: str = "config.json") -> ModelCo
             f"{where} lacks GPT-2 keys {missing}: give a GPT-2 / DialoGPT config (n_layer, n_embd, n_head, vocab_size)"
         )
     activation = raw.get("activation_function", "gelu_new")
-    if activation not in TANH_GELUS | ERF_GELUS:
+    if not isinstance(activation, str) or activation not in TANH_GELUS | ERF_GELUS:
         raise ExportError(f"{where} uses activation '{activation}', which this exporter does not build: "
                           f"use one of {sorted(TANH_GELUS | ERF_GELUS)}")
-    n_embd, n_head = int(raw["n_embd"]), int(raw["n_head"])
+    def count(key: str, default: object = None, minimum: int = 1) -> int:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ExportError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}: fix the config")
+        return value
+
+    def flag(key: str, default: bool) -> bool:
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            raise ExportError(f"{where}: {key} must be true or false, got {value!r}: fix the config")
+        return value
+
+    n_embd, n_head, vocab = count("n_embd"), count("n_head"), count("vocab_size")
     if n_embd % n_head:
         raise ExportError(f"{where}: n_embd {n_embd} is not divisible by n_head {n_head}: fix the config")
-    n_inner = raw.get("n_inner") or 4 * n_embd
-    eos = raw.get("eos_token_id", 50256)
-    bos = raw.get("bos_token_id", eos)
+    eps = raw.get("layer_norm_epsilon", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1:
+        raise ExportError(f"{where}: layer_norm_epsilon must be a number in (0, 1), got {eps!r}: fix the config")
+    eos = count("eos_token_id", DEFAULT_EOS, minimum=0)
+    bos = count("bos_token_id", eos, minimum=0)
+    for key, value in (("eos_token_id", eos), ("bos_token_id", bos)):
+        if value >= vocab:
+            raise ExportError(f"{where}: {key} {value} lies outside the vocabulary of {vocab}: fix the config")
     return ModelConfig(
-        n_layer=int(raw["n_layer"]),
+        n_layer=count("n_layer"),
         n_embd=n_embd,
         n_head=n_head,
-        n_positions=int(raw.get("n_positions", raw.get("n_ctx", 1024))),
-        vocab_size=int(raw["vocab_size"]),
-        n_inner=int(n_inner),
-        layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
+        n_positions=count("n_positions", raw.get("n_ctx", 1024)),
+        vocab_size=vocab,
+        n_inner=count("n_inner", 4 * n_embd) if raw.get("n_inner") is not None else 4 * n_embd,
+        layer_norm_epsilon=float(eps),
         activation=activation,
-        scale_attn_weights=bool(raw.get("scale_attn_weights", True)),
-        scale_attn_by_inverse_layer_idx=bool(raw.get("scale_attn_by_inverse_layer_idx", False)),
-        eos_token_id=int(eos),
-        bos_token_id=int(bos),
+        scale_attn_weights=flag("scale_attn_weights", True),
+        scale_attn_by_inverse_layer_idx=flag("scale_attn_by_inverse_layer_idx", False),
+        eos_token_id=eos,
+        bos_token_id=bos,
     )
 
 
 def load_config(path: Path) -> ModelConfig:
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ExportError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): fix or replace it") from None
+    except UnicodeDecodeError:
+        raise ExportError(f"{path} is not a text file (not UTF-8): give the checkpoint's config.json") from None
+    except OSError as e:
+        raise ExportError(f"cannot read {path} ({e.strerror}): check its permissions") from None
     if not isinstance(raw, dict):
         raise ExportError(f"{path} is not a JSON object: give a GPT-2 config.json")
     return config_from_dict(raw, where=str(path))

@@ -1,4 +1,4 @@
-"""The one error type for user mistakes: the CLI prints its message as one line and exits 2."""
+"""The exporter's outcomes besides success: a user error (exit 2), failed parity (exit 1), a signal."""
 
 
 class ExportError(Exception):
@@ -7,3 +7,12 @@ class ExportError(Exception):
 
 class ParityError(Exception):
     """An export below the --verify thresholds; the CLI exits 1 and writes nothing."""
+
+
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP during an export (a BaseException, like KeyboardInterrupt, so that no
+    `except Exception` swallows it); the pipeline removes its temporary dir and the CLI exits 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

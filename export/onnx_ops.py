@@ -63,8 +63,13 @@ PROTOBUF_LIMIT = 2_000_000_000  # bytes: larger models keep their weights in ext
 EXTERNAL_DATA_FILE = "model.onnx.data"
 
 
+def model_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the weights, about the size of the saved model."""
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
 def is_big(model: onnx.ModelProto) -> bool:
-    return sum(len(t.raw_data) for t in model.graph.initializer) > PROTOBUF_LIMIT
+    return model_bytes(model) > PROTOBUF_LIMIT
 
 
 def save_model(model: onnx.ModelProto, path: str | Path, big: bool | None = None) -> None:

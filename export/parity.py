@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from runtime.manifest import Manifest
 from runtime.sampling import SamplingOptions
-from runtime.session import open_session
+from runtime.session import open_graph
 
 from .checkpoint import Checkpoint
 
@@ -27,6 +27,18 @@ class Thresholds:
     max_logit_diff: float = 1e-3  # fp32
     min_top1: float = 0.90  # quantized: share of steps whose argmax matches
     min_greedy: float = 0.50  # quantized: mean share of the greedy sequence identical to fp32's
+
+    def check(self) -> None:
+        import math
+
+        from .errors import ExportError
+
+        if not (math.isfinite(self.max_logit_diff) and self.max_logit_diff >= 0):
+            raise ExportError(f"max_logit_diff must be a number >= 0, got {self.max_logit_diff!r}")
+        for name in ("min_top1", "min_greedy"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
+                raise ExportError(f"{name} must be a number in [0, 1], got {v!r}")
 
 
 @dataclass
@@ -82,7 +94,7 @@ def check_parity(ckpt: Checkpoint, model_dir: Path, manifest: Manifest, prompts:
     import torch
 
     ref = torch_model(ckpt)
-    dec = open_session(model_dir, manifest, threads=threads)
+    dec = open_graph(model_dir, manifest, threads=threads).new_cache()
     # EOS is banned on both sides (min = max new tokens, as transformers' min_new_tokens does), so every
     # prompt yields exactly N comparable tokens
     opts = SamplingOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens)

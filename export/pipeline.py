@@ -1,15 +1,12 @@
 """The export pipeline: load → validate → build (fp32) → quantize → write → verify → manifest → publish.
 
-Everything is written into a temporary dir beside OUT_DIR and renamed at the end, so a failed or
-interrupted export never leaves a half-written model dir.
+Everything is written into a temporary dir beside OUT_DIR and swapped in at the end, so a failed or
+interrupted export never leaves a half-written model dir (rules in outdir.py).
 """
 
 from __future__ import annotations
 
-import os
 import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,11 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runtime.manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, write_manifest
+from runtime.text import encode_dialogue
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import ExportError, ParityError
 from .graph import build_graph, manifest_io
-from .onnx_ops import save_model
+from .onnx_ops import model_bytes, save_model
+from .outdir import TempDir, check_out_dir, disk_full, disk_full_error, publish
 from .parity import ParityReport, Thresholds, check_parity
 from .prompts import load_prompts
 from .quantize import QuantConfig, fit_to_model, quantize
@@ -68,7 +67,7 @@ def default_quant(variant: str) -> QuantConfig | None:
     return None
 
 
-def _check_args(out_dir: Path, opts: ExportOptions) -> None:
+def _check_args(opts: ExportOptions) -> None:
     if opts.variant not in VARIANTS:
         raise ExportError(f"unknown variant '{opts.variant}': use one of {', '.join(VARIANTS)}")
     if opts.graph not in GRAPHS:
@@ -76,23 +75,19 @@ def _check_args(out_dir: Path, opts: ExportOptions) -> None:
     if opts.graph == "portable" and opts.all_logits:
         raise ExportError("--all-logits is for the contrib graph (the portable graph always outputs every "
                           "position): drop one of the two options")
-    if out_dir.exists() and not opts.overwrite:
-        raise ExportError(f"{out_dir} already exists: pass --overwrite or choose another OUT_DIR")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir} exists and is not a directory: choose another OUT_DIR")
+    for name, value in (("n_prompts", opts.n_prompts), ("parity_tokens", opts.parity_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ExportError(f"{name} must be an integer >= 1, got {value!r}")
+    if opts.threads is not None and (isinstance(opts.threads, bool) or not isinstance(opts.threads, int)
+                                     or opts.threads < 1):
+        raise ExportError(f"threads must be an integer >= 1, got {opts.threads!r}")
+    opts.thresholds.check()
 
 
-def _temp_dir_beside(out_dir: Path) -> Path:
-    parent = out_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the published dir gets normal permissions
-        return tmp
-    except OSError as e:
-        raise ExportError(f"cannot write to {parent} ({e.strerror}): choose a writable OUT_DIR") from None
+def _inputs(source: str | Path, opts: ExportOptions) -> list[Path]:
+    """Local paths the export reads: OUT_DIR must keep clear of them."""
+    paths = [Path(p).expanduser() for p in (source, opts.tokenizer_dir, opts.prompts) if p is not None]
+    return [p for p in paths if p.exists()]
 
 
 def _versions() -> dict[str, str]:
@@ -131,8 +126,23 @@ def export_model(source: str | Path, out_dir: str | Path, opts: ExportOptions | 
     """Export a GPT-2 / DialoGPT checkpoint (dir or hub id) to an ONNX model dir. Raises ExportError on bad
     input and ParityError when `opts.verify` and parity falls below the thresholds."""
     opts = opts or ExportOptions()
-    out = Path(out_dir).expanduser().resolve()
-    _check_args(out, opts)
+    _check_args(opts)
+    out = Path(out_dir).expanduser().absolute()
+    check_out_dir(out, opts.overwrite, _inputs(source, opts))
+    tmp = TempDir(out)  # before anything slow: an unwritable OUT_DIR fails at once
+    try:
+        return _export(source, out, tmp, opts)
+    except Exception as e:
+        tmp.discard()  # first: the space it held counts as free in the message
+        if disk_full(e):
+            raise disk_full_error(out, tmp.expected_bytes) from None
+        raise
+    except BaseException:
+        tmp.discard()
+        raise
+
+
+def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) -> ExportResult:
     quantized = opts.variant != "fp32"
     stages = _Stages(["load", "build"] + (["quantize"] if quantized and opts.graph == "contrib" else [])
                      + ["write", "verify"], opts.progress)
@@ -143,49 +153,44 @@ def export_model(source: str | Path, out_dir: str | Path, opts: ExportOptions | 
         dialogues = load_prompts(opts.prompts, opts.n_prompts)
         tok = build_tokenizer(ckpt.tokenizer_files)
     eos = ckpt.config.eos_token_id
-    prompts = [[t for turn in d for t in tok.encode(turn, add_special_tokens=False).ids + [eos]] for d in dialogues]
+    prompts = [encode_dialogue(tok, d, eos) for d in dialogues]
     longest = max(map(len, prompts)) + opts.parity_tokens
     if longest > ckpt.config.n_positions:
         stages.close()
         raise ExportError(f"parity prompts need {longest} positions, the model has {ckpt.config.n_positions}: "
                           "give shorter prompts or fewer --parity-tokens")
+    with stages.stage("build"):
+        if opts.graph == "portable":
+            from .portable import build_portable
 
-    tmp = _temp_dir_beside(out)
-    try:
-        with stages.stage("build"):
-            if opts.graph == "portable":
-                from .portable import build_portable
-
-                model = build_portable(ckpt, quant)  # traced and quantized with standard ops only
-            else:
-                model = build_graph(ckpt, all_logits=opts.all_logits)
-        if quant and opts.graph == "contrib":
-            with stages.stage("quantize"):
-                model = quantize(model, quant)
-        with stages.stage("write"):
-            save_model(model, tmp / MODEL_FILE)
-            del model
-            write_tokenizer(ckpt.tokenizer_files, tmp / TOKENIZER_FILE, eos, ckpt.config.vocab_size)
-            raw = _manifest(ckpt, opts, quant)
-            write_manifest(tmp, raw)
-        with stages.stage("verify"):
-            parity = check_parity(ckpt, tmp, read_manifest(tmp), prompts, opts.parity_tokens,
-                                  threads=opts.threads, progress=opts.progress)
-        stages.close()
-        seconds = stages.seconds
-        failures = parity.failures(opts.variant, opts.thresholds)
-        raw["parity"] = {**parity.to_dict(), "reference": "transformers GPT2LMHeadModel fp32",
-                         "thresholds": asdict(opts.thresholds), "passed": not failures}
-        raw["export_seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-        write_manifest(tmp, raw)
-        if opts.verify and failures:
-            raise ParityError(f"parity below thresholds ({'; '.join(failures)}): nothing written; "
-                              "loosen the thresholds or use a more precise variant")
-        size = sum(f.stat().st_size for f in tmp.iterdir())
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            model = build_portable(ckpt, quant)  # traced and quantized with standard ops only
+        else:
+            model = build_graph(ckpt, all_logits=opts.all_logits)
+    if quant and opts.graph == "contrib":
+        with stages.stage("quantize"):
+            model = quantize(model, quant)
+    with stages.stage("write"):
+        tmp.expect(model_bytes(model) + 4_000_000)  # + tokenizer and manifest
+        save_model(model, tmp.path / MODEL_FILE)
+        del model
+        write_tokenizer(ckpt.tokenizer_files, tmp.path / TOKENIZER_FILE, eos, ckpt.config.vocab_size)
+        raw = _manifest(ckpt, opts, quant)
+        write_manifest(tmp.path, raw)
+    with stages.stage("verify"):
+        parity = check_parity(ckpt, tmp.path, read_manifest(tmp.path), prompts, opts.parity_tokens,
+                              threads=opts.threads, progress=opts.progress)
+    stages.close()
+    seconds = stages.seconds
+    failures = parity.failures(opts.variant, opts.thresholds)
+    raw["parity"] = {**parity.to_dict(), "reference": "transformers GPT2LMHeadModel fp32",
+                     "thresholds": asdict(opts.thresholds), "passed": not failures}
+    raw["export_seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    write_manifest(tmp.path, raw)
+    if opts.verify and failures:
+        raise ParityError(f"parity below thresholds ({'; '.join(failures)}): nothing written; "
+                          "loosen the thresholds or use a more precise variant")
+    size = sum(f.stat().st_size for f in tmp.path.iterdir())
+    publish(tmp, out)
     return ExportResult(out, parity, failures, seconds, size)
 
 
@@ -212,14 +217,3 @@ class _Stages:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished dir into place; an existing OUT_DIR (with --overwrite) goes only once it is replaced."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -27,13 +27,18 @@ def load_prompts(path: str | Path | None, limit: int = 4, turns: int = 3) -> lis
         raise ExportError(f"prompts file {p} does not exist: give a .txt (one dialogue per line) or Topical-Chat .json")
     if p.suffix == ".json":
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(encoding="utf-8"))
             dialogues = [[m["message"] for m in conv["content"][:turns]] for conv in data.values()]
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
             raise ExportError(f"{p} is not Topical-Chat JSON ({{id: {{content: [{{message}}]}}}}): "
                               "fix it or give a .txt file") from None
     else:
-        dialogues = [[t.strip() for t in line.split("\t") if t.strip()] for line in p.read_text().splitlines()]
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ExportError(f"{p} is not UTF-8 text: give a .txt of tab-separated turns or a Topical-Chat "
+                              ".json") from None
+        dialogues = [[t.strip() for t in line.split("\t") if t.strip()] for line in text.splitlines()]
     dialogues = [d for d in dialogues if d][:limit]
     if not dialogues:
         raise ExportError(f"{p} holds no dialogue: add at least one non-empty line")

@@ -1,26 +1,49 @@
-"""CLI: python -m runtime chat MODEL_DIR [options] | python -m runtime generate MODEL_DIR "text" [options]"""
+"""CLI: python -m runtime chat MODEL_DIR [options] | python -m runtime generate MODEL_DIR "text" [options]
+
+Exit codes: 0 done, 2 a user error (one line on stderr), 130 interrupted by Ctrl-C.
+
+Chat, piped (stdin not a terminal): exactly one output line per input line. An empty input line gives
+an empty output line; a line the model cannot take (invalid UTF-8, longer than the context) gives an
+empty output line and one `error:` line on stderr, and the chat goes on; line breaks inside a reply are
+written as spaces.
+Chat, interactive: /reset, /history, /quit; Ctrl-C stops the reply being written (the turn is kept with
+what was said), Ctrl-C at the prompt or EOF (Ctrl-D) exits.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import signal
 import sys
+from collections.abc import Iterator
+from typing import TextIO
 
+from .cli import OneLineParser, finite_float, nonnegative_int, positive_int
 from .errors import ModelDirError
+
+# Every character Python's str.splitlines() breaks on: none may reach a piped reply line.
+_LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
-    p.add_argument("--max-length", type=int, default=None, help="cap on tokens in context (default: the model's)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--min-new-tokens", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--max-length", type=positive_int, default=None,
+                   help="cap on tokens in context (default: the model's)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the model files at load (~1 s per GB); sizes are still checked")
+    p.add_argument("--max-new-tokens", type=nonnegative_int, default=64)
+    p.add_argument("--min-new-tokens", type=nonnegative_int, default=0)
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--temperature", type=finite_float, default=1.0)
+    p.add_argument("--top-k", type=nonnegative_int, default=0)
+    p.add_argument("--top-p", type=finite_float, default=1.0)
+    p.add_argument("--repetition-penalty", type=finite_float, default=1.0)
+    p.add_argument("--no-repeat-ngram-size", type=nonnegative_int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=None)
 
 
 def _gen_kwargs(a: argparse.Namespace) -> dict:
@@ -29,22 +52,61 @@ def _gen_kwargs(a: argparse.Namespace) -> dict:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m runtime", description="DialoGPT chat and generation on onnxruntime")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = OneLineParser(prog="python -m runtime", description="DialoGPT chat and generation on onnxruntime")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
     chat = sub.add_parser("chat", help="interactive chat (or one user turn per stdin line when piped)")
     _options(chat)
-    chat.add_argument("--max-history-tokens", type=int, default=None,
-                      help="drop the oldest turns beyond this many tokens (default: the context)")
+    chat.add_argument("--max-history-tokens", type=positive_int, default=None,
+                      help="tokens of history kept (older turns + the new one), oldest turns dropped first "
+                           "(default 128)")
     gen = sub.add_parser("generate", help="print the reply to one text")
     _options(gen)
     gen.add_argument("text")
     return p.parse_args(argv)
 
 
+class _StopFlag:
+    """SIGINT while a reply is written: the first asks the reply to stop, a second one exits."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def __enter__(self) -> _StopFlag:
+        self.set = False
+        self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._old)
+
+
+def _reply(pieces: Iterator[str], out: TextIO, piped: bool) -> tuple[bool, bool]:
+    """Write a streamed reply; (wrote anything, stopped by Ctrl-C). Stopping closes the stream, which
+    keeps the partial reply as the bot's turn."""
+    wrote = False
+    with _StopFlag() as stop:
+        try:
+            for piece in pieces:
+                out.write(_LINE_BREAKS.sub(" ", piece) if piped else piece)
+                out.flush()
+                wrote = True
+                if stop.set:
+                    break
+        finally:
+            pieces.close()  # type: ignore[attr-defined]
+        return wrote, stop.set
+
+
 def _repl(session, interactive: bool) -> None:
-    out = sys.stdout
+    out, err = sys.stdout, sys.stderr
+    piped = not interactive
     if interactive:
-        print("Chat with the model. Commands: /reset, /history, /quit", flush=True)
+        print("Chat with the model. Commands: /reset, /history, /quit. Ctrl-C stops a reply.", flush=True)
     while True:
         try:
             line = input(">>> You: " if interactive else "")
@@ -52,6 +114,9 @@ def _repl(session, interactive: bool) -> None:
             break
         text = line.strip()
         if not text:
+            if piped:
+                out.write("\n")
+                out.flush()
             continue
         if interactive and text in ("/quit", "/exit"):
             break
@@ -63,14 +128,20 @@ def _repl(session, interactive: bool) -> None:
             for i, turn in enumerate(session.history):
                 print(f"  {'You' if i % 2 == 0 else 'Bot'}: {turn}", flush=True)
             continue
+        try:
+            pieces = session.stream(text)
+        except ValueError as e:  # this line only: say why and go on with the chat
+            if piped:
+                out.write("\n")
+                out.flush()
+            print(f"error: {e}", file=err, flush=True)
+            continue
         if interactive:
             out.write("Bot: ")
-        wrote = False
-        for piece in session.stream(text):
-            out.write(piece)
-            out.flush()
-            wrote = True
-        if interactive and not wrote:
+        wrote, stopped = _reply(pieces, out, piped)
+        if interactive and stopped:
+            out.write(" (stopped)")
+        elif interactive and not wrote:
             out.write("(empty reply: the model ended its turn at once)")
         out.write("\n")
         out.flush()
@@ -78,18 +149,28 @@ def _repl(session, interactive: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
+    # Invalid UTF-8 on stdin becomes lone surrogates, refused per line; unencodable output never crashes.
+    sys.stdin.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         from .model import load
 
-        model = load(a.model_dir, threads=a.threads, max_length=a.max_length)
+        model = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify)
         if a.cmd == "generate":
             print(model.generate(a.text, **_gen_kwargs(a)).text)
             return 0
         session = model.chat(max_history_tokens=a.max_history_tokens, **_gen_kwargs(a))
         _repl(session, interactive=sys.stdin.isatty())
         return 0
-    except (ModelDirError, ValueError) as e:
+    except (ModelDirError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):  # the reader went away (e.g. `| head -1`): nothing left to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 0
+        print(f"error: {e.strerror or e} ({e.filename or 'I/O'}): check the path and its permissions",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("", file=sys.stderr)

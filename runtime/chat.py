@@ -1,8 +1,27 @@
-"""Multi-turn DialoGPT chat: every turn ends with <|endoftext|>; the KV cache is kept across turns."""
+"""Multi-turn DialoGPT chat: every turn ends with <|endoftext|>; the KV cache is kept across turns.
+
+A ChatSession owns its history and its KV cache; the model it came from is shared and read-only.
+One ChatSession is one conversation and answers one turn at a time: many chats may run concurrently
+on one model (one per thread), but a turn started on a chat whose reply is being generated in another
+thread raises RuntimeError.
+
+Turns that do not finish normally:
+- a stream that is abandoned (closed, garbage-collected, interrupted by Ctrl-C between pieces, or left
+  unfinished when the next turn starts) keeps the user turn and the partial reply said so far, ended
+  with <|endoftext|>; resuming it afterwards yields nothing more;
+- a stream whose first piece was never asked for adds nothing;
+- a turn that fails with an error is rolled back (history as before the turn; the cache is recomputed).
+
+Memory: the cache holds at most history + reply tokens, `model.kv_bytes_per_token` bytes each
+(DialoGPT-small: 72 KiB per token, so the default 128-token budget + 64-token reply costs ~14 MB);
+`release()` frees it while a chat is idle (its next turn recomputes the history).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .generate import generate_ids
@@ -20,78 +39,140 @@ DEFAULT_HISTORY_TOKENS = 128
 
 class ChatSession:
     def __init__(self, model: DialogModel, opts: SamplingOptions, max_history_tokens: int | None) -> None:
-        self.model = model
-        self.opts = opts
-        self.limit = model.decoder.max_length
-        self.budget = max_history_tokens or DEFAULT_HISTORY_TOKENS
-        if self.budget < 1:
-            raise ValueError(f"max_history_tokens must be >= 1, got {self.budget}")
-        self.turns: list[list[int]] = []  # token ids per turn, each ending with EOS
-        self._cached = 0  # tokens of the history that sit in the KV cache
+        budget = DEFAULT_HISTORY_TOKENS if max_history_tokens is None else max_history_tokens
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"max_history_tokens must be None (default {DEFAULT_HISTORY_TOKENS}) or an integer "
+                             f">= 1, got {max_history_tokens!r}")
+        self._model = model
+        self._opts = opts
+        self._limit = model.max_length
+        self._budget = budget
+        self._turns: list[list[int]] = []  # token ids per turn, each ending with EOS
+        self._cache = model.graph.new_cache()
+        self._cached = 0  # tokens of _turns (flattened, from the start) that the cache holds
+        # The turn being streamed, if any; weak, so a stream the caller drops is closed (and kept) at once.
+        self._active: weakref.ref[Generator[str, None, None]] | None = None
+        self._lock = threading.Lock()  # guards starting a turn (closing the previous one, installing the new)
         self.stats = {"prefilled_tokens": 0, "recomputes": 0}
+
+    # -- state, read-only from outside --------------------------------------------------------
+    @property
+    def turns(self) -> list[list[int]]:
+        """Token ids per turn (user, bot, user, ...), each ending with <|endoftext|>."""
+        return [list(t) for t in self._turns]
 
     @property
     def history(self) -> list[str]:
-        return [self.model.decode(t) for t in self.turns]
+        return [self._model.decode(t) for t in self._turns]
+
+    @property
+    def max_history_tokens(self) -> int:
+        return self._budget
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes the chat's KV cache holds now."""
+        return self._cache.nbytes
 
     def reset(self) -> None:
-        self.turns.clear()
-        self._cached = 0
+        """Forget the conversation (the cache's memory is kept for the next turn)."""
+        with self._lock:
+            self._finish_active()
+            self._turns.clear()
+            self._cached = 0
 
-    def _history_tokens(self) -> int:
-        return sum(map(len, self.turns))
+    def release(self) -> None:
+        """Free the KV cache while the chat is idle; the history is kept and recomputed at the next turn."""
+        with self._lock:
+            self._finish_active()
+            self._cache.release()
+            self._cached = 0
 
-    def _fit(self, new: list[int], opts: SamplingOptions) -> None:
-        """Drop the oldest whole turns until history + new turn fit the budget, and with the reply the context."""
-        if len(new) + opts.max_new_tokens > self.limit:
-            raise ValueError(f"a turn of {len(new)} tokens + max_new_tokens {opts.max_new_tokens} exceeds the "
-                             f"context of {self.limit} tokens: shorten the message")
-        dropped = False
-        while self.turns and (self._history_tokens() + len(new) > self.budget
-                              or self._history_tokens() + len(new) + opts.max_new_tokens > self.limit):
-            self.turns.pop(0)
-            dropped = True
-        if dropped:
-            self._cached = 0  # positions shift: the cache must be recomputed
-
-    def stream(self, user_text: str, **options: Any) -> Iterator[str]:
-        opts = self.model.options(**{**self.opts.__dict__, **options}) if options else self.opts
-        new = self.model.encode_turn(user_text)
-        self._fit(new, opts)
-        dec = self.model.decoder
-        if dec.owner is not self or dec.batch != 1 or int(dec.lengths[0]) != self._cached:
-            self._cached = 0  # another caller used the cache since our last turn
-        if self._cached == 0:
-            prompt, keep = [t for turn in self.turns for t in turn] + new, False
-            if self.turns:
-                self.stats["recomputes"] += 1
-        else:  # only what the cache lacks: the last reply's final token (if any) and the new turn
-            flat = [t for turn in self.turns for t in turn]
-            prompt, keep = flat[self._cached:] + new, True
-        self.stats["prefilled_tokens"] += len(prompt)
-        history = [t for turn in self.turns for t in turn] + new
-        self.turns.append(new)
-        reply: list[int] = []
-        sd = StreamDecoder(self.model.tokenizer)
-        eos = self.model.eos
-        for ids in generate_ids(self.model.decoder, [prompt], opts, eos, keep_cache=keep, history=[history]):
-            t = int(ids[0])
-            if t < 0:
-                break
-            reply.append(t)
-            if t != eos:
-                piece = sd.push(t)
-                if piece:
-                    yield piece
-        dec.owner = self
-        tail = sd.flush()
-        if tail:
-            yield tail
-        # The last token generated is not in the cache; a reply cut by max_new_tokens still ends its turn.
-        self._cached = self._history_tokens() + len(reply) - 1
-        if not reply or reply[-1] != eos:
-            reply.append(eos)
-        self.turns.append(reply)
-
+    # -- turns ---------------------------------------------------------------------------------
     def send(self, user_text: str, **options: Any) -> str:
         return "".join(self.stream(user_text, **options))
+
+    def stream(self, user_text: str, **options: Any) -> Iterator[str]:
+        """The reply to one user turn, as text pieces. Arguments are checked here, before any piece."""
+        opts = self._model.options(**{**self._opts.__dict__, **options}) if options else self._opts
+        new = self._model.encode_turn(user_text)
+        if len(new) + opts.max_new_tokens > self._limit:
+            raise ValueError(f"a turn of {len(new)} tokens + max_new_tokens {opts.max_new_tokens} exceeds the "
+                             f"context of {self._limit} tokens: shorten the message")
+        with self._lock:
+            self._finish_active()
+            gen = self._turn(new, opts)
+            self._active = weakref.ref(gen)
+        return gen
+
+    def _finish_active(self) -> None:
+        """End the previous turn's stream if it was left unfinished (it keeps its partial reply)."""
+        gen = self._active() if self._active is not None else None
+        self._active = None
+        if gen is None:
+            return
+        try:
+            gen.close()
+        except ValueError:  # "generator already executing": another thread is generating that turn
+            raise RuntimeError("this chat is answering another turn in another thread: a ChatSession serves "
+                               "one turn at a time; use one chat per conversation") from None
+
+    def _fit(self, new: list[int], opts: SamplingOptions) -> bool:
+        """Drop the oldest whole turns until history + new turn fit the budget, and with the reply the
+        context. True when turns were dropped (positions shift: the cache must be recomputed)."""
+        dropped = False
+        while self._turns:
+            held = sum(map(len, self._turns))
+            if held + len(new) <= self._budget and held + len(new) + opts.max_new_tokens <= self._limit:
+                break
+            self._turns.pop(0)
+            dropped = True
+        return dropped
+
+    def _turn(self, new: list[int], opts: SamplingOptions) -> Generator[str, None, None]:
+        before = [list(t) for t in self._turns]
+        if self._fit(new, opts):
+            self._cached = 0
+        flat = [t for turn in self._turns for t in turn]
+        if self._cached == 0:
+            prompt, keep = flat + new, False
+            if self._turns:
+                self.stats["recomputes"] += 1
+        else:  # only what the cache lacks: the last reply's final token(s) and the new turn
+            prompt, keep = flat[self._cached:] + new, True
+        reply: list[int] = []
+        keep_turn = True
+        try:
+            if not keep:
+                self._cache.reset(1, reserve=self._budget + opts.max_new_tokens)
+            self.stats["prefilled_tokens"] += len(prompt)
+            sd = StreamDecoder(self._model.tokenizer)
+            eos = self._model.eos
+            for ids in generate_ids(self._cache, [prompt], opts, eos, keep_cache=keep, history=[flat + new]):
+                t = int(ids[0])
+                if t < 0:
+                    break
+                reply.append(t)
+                if t != eos:
+                    piece = sd.push(t)
+                    if piece:
+                        yield piece
+            tail = sd.flush()
+            if tail:
+                yield tail
+        except GeneratorExit:  # abandoned: keep what was said
+            raise
+        except BaseException:
+            keep_turn = False
+            raise
+        finally:
+            if keep_turn:
+                # The cache holds history + new turn + the reply but its last token (nobody needed its
+                # logits); a reply cut short still ends its turn with EOS, fed at the next turn.
+                self._cached = int(self._cache.lengths[0]) if self._cache.batch == 1 else 0
+                if not reply or reply[-1] != self._model.eos:
+                    reply.append(self._model.eos)
+                self._turns += [new, reply]
+            else:  # an error mid-turn: the conversation is as before it, the cache is rebuilt next turn
+                self._turns = before
+                self._cached = 0

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from .sampling import SamplingOptions, choose, process
-from .session import DecoderSession
+from .session import KVCache
 
 
 def _plain_greedy(opts: SamplingOptions) -> bool:
@@ -15,7 +15,7 @@ def _plain_greedy(opts: SamplingOptions) -> bool:
             and opts.min_new_tokens == 0)
 
 
-def generate_ids(dec: DecoderSession, prompts: list[list[int]], opts: SamplingOptions, eos: int,
+def generate_ids(dec: KVCache, prompts: list[list[int]], opts: SamplingOptions, eos: int,
                  stop_at_eos: bool = True, keep_cache: bool = False,
                  on_logits: Callable[[int, np.ndarray], None] | None = None,
                  history: list[list[int]] | None = None) -> Iterator[np.ndarray]:

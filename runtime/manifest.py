@@ -57,6 +57,19 @@ class Manifest:
         return self.raw["io"]
 
     @property
+    def inputs(self) -> dict[str, str]:
+        return self.raw["io"]["inputs"]
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return self.raw["io"]["outputs"]
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV cache bytes one token costs per row: K and V, every layer, float32."""
+        return 2 * self.n_layer * self.n_head * self.head_dim * 4
+
+    @property
     def variant(self) -> str:
         return str(self.raw["variant"])
 
@@ -69,8 +82,38 @@ class Manifest:
         return self.raw["io"]["logits"] == "all"
 
 
-def read_manifest(model_dir: Path, check_files: bool = True) -> Manifest:
-    """Read and check a model dir: manifest present, known version, every listed file present and intact."""
+# What the runtime reads from a manifest; a manifest lacking any of it is refused in one line.
+_MODEL_KEYS = ("n_layer", "n_head", "head_dim", "n_positions", "vocab_size", "eos_token_id")
+_IO_KEYS = ("inputs", "outputs", "past_key", "past_value", "present_key", "present_value", "logits")
+
+
+def _check_structure(raw: dict[str, Any], path: Path) -> None:
+    def bad(what: str) -> ModelDirError:
+        return ModelDirError(f"{path} {what}: re-export the model")
+
+    if not isinstance(raw.get("files"), dict) or not all(isinstance(v, str) for v in raw["files"].values()):
+        raise bad("has no valid 'files' table")
+    model, io = raw.get("model"), raw.get("io")
+    if not isinstance(model, dict):
+        raise bad("lacks 'model'")
+    for k in _MODEL_KEYS:
+        if isinstance(model.get(k), bool) or not isinstance(model.get(k), int) or model[k] < (0 if k == "eos_token_id"
+                                                                                              else 1):
+            raise bad(f"lacks a valid model.{k}")
+    if not isinstance(io, dict):
+        raise bad("lacks 'io'")
+    for k in _IO_KEYS:
+        if k not in io:
+            raise bad(f"lacks io.{k}")
+    if not isinstance(io["inputs"], dict) or not isinstance(io["outputs"], dict) or "logits" not in io["outputs"]:
+        raise bad("has malformed io.inputs / io.outputs")
+    if not isinstance(raw.get("variant"), str):
+        raise bad("lacks 'variant'")
+
+
+def read_manifest(model_dir: Path, verify: bool = True) -> Manifest:
+    """Read and check a model dir: manifest present, known version, well formed, every listed file present
+    with its recorded size, and (verify=True) its sha256 intact. Hashing costs ~1 s per GB."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelDirError(f"model dir {model_dir} does not exist: export one with `python -m export SOURCE DIR`")
@@ -78,22 +121,32 @@ def read_manifest(model_dir: Path, check_files: bool = True) -> Manifest:
     if not path.is_file():
         raise ModelDirError(f"{model_dir} has no {MANIFEST}: it is not an exported model dir; re-export it")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ModelDirError(f"{path} is not valid JSON: re-export the model") from None
-    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict):
+        raise ModelDirError(f"{path} is not a JSON object: re-export the model")
+    version = raw.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise ModelDirError(f"{path} has format version {version}, written by a newer dialogpt-onnx; this one "
+                            f"reads version {FORMAT_VERSION}: upgrade dialogpt-onnx")
     if version != FORMAT_VERSION:
         raise ModelDirError(f"{path} has format version {version!r}, this runtime reads {FORMAT_VERSION}: "
                             "re-export the model with this version of dialogpt-onnx")
-    files: dict[str, str] = raw.get("files", {})
+    _check_structure(raw, path)
+    files: dict[str, str] = raw["files"]
+    sizes: dict[str, int] = raw.get("file_sizes", {})
     for name in (MODEL_FILE, TOKENIZER_FILE):
         if name not in files:
             raise ModelDirError(f"{path} lists no {name}: re-export the model")
     for name, digest in files.items():
         f = model_dir / name
-        if not f.is_file():
+        if Path(name).name != name or not f.is_file():
             raise ModelDirError(f"{model_dir} is incomplete: {name} is missing; re-export or copy the whole dir")
-        if check_files and sha256(f) != digest:
+        if name in sizes and f.stat().st_size != sizes[name]:
+            raise ModelDirError(f"{f} is {f.stat().st_size} bytes, the manifest says {sizes[name]} (truncated or "
+                                "replaced): re-export or copy the file again")
+        if verify and sha256(f) != digest:
             raise ModelDirError(f"{f} does not match the sha256 in {MANIFEST} (corrupted or replaced): "
                                 "re-export or copy the file again")
     return Manifest(raw)
@@ -102,6 +155,7 @@ def read_manifest(model_dir: Path, check_files: bool = True) -> Manifest:
 def write_manifest(model_dir: Path, raw: dict[str, Any]) -> None:
     """Fill in format version and file digests, then write manifest.json (called by the exporter)."""
     raw = {"format_version": FORMAT_VERSION, **raw}
-    raw["files"] = {f.name: sha256(f) for f in sorted(model_dir.iterdir())
-                    if f.is_file() and f.name != MANIFEST}
-    (model_dir / MANIFEST).write_text(json.dumps(raw, indent=2) + "\n")
+    written = [f for f in sorted(model_dir.iterdir()) if f.is_file() and f.name != MANIFEST]
+    raw["files"] = {f.name: sha256(f) for f in written}
+    raw["file_sizes"] = {f.name: f.stat().st_size for f in written}  # checked at every load, even unverified
+    (model_dir / MANIFEST).write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")

@@ -1,18 +1,26 @@
-"""The public runtime API: load a model dir, generate, stream, chat."""
+"""The public runtime API: load a model dir, generate, stream, chat.
+
+A loaded DialogModel is safe to share between threads: it holds the onnxruntime session (whose `run`
+is thread-safe), the tokenizer and the manifest, all read-only after load. Every call to generate() or
+stream() owns a fresh KV cache, and every ChatSession owns its own, so concurrent callers never share
+mutable state and each gets exactly the reply it would get alone.
+"""
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .generate import generate_ids
 from .manifest import TOKENIZER_FILE, Manifest, read_manifest
 from .sampling import SamplingOptions
-from .session import open_session
-from .text import StreamDecoder, load_tokenizer
+from .session import open_graph
+from .text import StreamDecoder, encode_turn, load_tokenizer
 
 if TYPE_CHECKING:
     from .chat import ChatSession
@@ -24,15 +32,35 @@ class Generation:
     ids: list[int]
 
 
+def _check_positive_int(name: str, value: object, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+        raise ValueError(f"{name} must be None ({what}) or an integer >= 1, got {value!r}")
+
+
+def _is_ids(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool | np.bool_)
+
+
 class DialogModel:
     def __init__(self, model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-                 verify_files: bool = True) -> None:
+                 verify: bool = True) -> None:
+        _check_positive_int("threads", threads, "all cores")
+        _check_positive_int("max_length", max_length, "the model's context")
         self.dir = Path(model_dir)
-        self.manifest: Manifest = read_manifest(self.dir, check_files=verify_files)
+        self.manifest: Manifest = read_manifest(self.dir, verify=verify)
         self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)
-        self.decoder = open_session(self.dir, self.manifest, threads=threads, max_length=max_length)
-        self.decoder.check_io()
+        self.graph = open_graph(self.dir, self.manifest, threads=threads, max_length=max_length)
         self.eos = self.manifest.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        """Tokens of context a generation or chat may use (history + reply)."""
+        return self.graph.max_length
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV cache memory one token of context costs (per batch row)."""
+        return self.manifest.kv_bytes_per_token
 
     # -- helpers -------------------------------------------------------------------------------
     def options(self, **kw: Any) -> SamplingOptions:
@@ -44,14 +72,17 @@ class DialogModel:
         return opts
 
     def encode_turn(self, text: str) -> list[int]:
-        """A DialoGPT turn: the text's tokens followed by <|endoftext|>."""
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("text must be a non-empty string")
-        return self.tokenizer.encode(text, add_special_tokens=False).ids + [self.eos]
+        """A DialoGPT turn: the text's tokens followed by <|endoftext|>. Special-token text typed by a
+        user is plain text: only the runtime ends turns."""
+        return encode_turn(self.tokenizer, text, self.eos)
 
-    def _prompt(self, item: str | list[int]) -> list[int]:
+    def _prompt(self, item: object) -> list[int]:
         if isinstance(item, str):
             return self.encode_turn(item)
+        if isinstance(item, np.ndarray):
+            item = item.tolist()
+        if not isinstance(item, Sequence) or isinstance(item, bytes | bytearray) or not all(map(_is_ids, item)):
+            raise TypeError(f"each input must be a str or a list of token ids, got {_describe(item)}")
         ids = [int(t) for t in item]
         if not ids:
             raise ValueError("input ids must be a non-empty list")
@@ -59,8 +90,24 @@ class DialogModel:
             raise ValueError(f"input ids must lie in [0, {self.manifest.vocab_size})")
         return ids
 
+    def _prompts(self, inputs: object) -> tuple[list[list[int]], bool]:
+        """(prompts, single): one text or id list, or a batch of them."""
+        if isinstance(inputs, bytes | bytearray):
+            raise TypeError("inputs is bytes: decode it to str first (e.g. data.decode('utf-8'))")
+        if isinstance(inputs, np.ndarray):
+            inputs = inputs.tolist()
+        if isinstance(inputs, str):
+            return [self.encode_turn(inputs)], True
+        if not isinstance(inputs, Sequence):
+            raise TypeError(f"inputs must be a str, a list of token ids, or a list of those; got {_describe(inputs)}")
+        if not inputs:
+            raise ValueError("inputs must not be empty")
+        if all(map(_is_ids, inputs)):  # numpy ints count too
+            return [self._prompt(inputs)], True
+        return [self._prompt(x) for x in inputs], False
+
     def _check_fits(self, n_prompt: int, opts: SamplingOptions) -> None:
-        limit = self.decoder.max_length
+        limit = self.max_length
         if n_prompt + opts.max_new_tokens > limit:
             raise ValueError(f"input of {n_prompt} tokens + max_new_tokens {opts.max_new_tokens} exceeds the "
                              f"context of {limit}: shorten the input or lower max_new_tokens")
@@ -73,16 +120,10 @@ class DialogModel:
                  ) -> Generation | list[Generation]:
         """Reply to one prompt (text or ids) or a batch of them. Text is encoded as one DialoGPT turn."""
         opts = self.options(**options)
-        seq = list(inputs) if not isinstance(inputs, str) else None
-        single = seq is None or (bool(seq) and isinstance(seq[0], numbers.Integral))  # numpy ints count too
-        items = [inputs] if single else seq
-        if not items:
-            raise ValueError("inputs must not be empty")
-        prompts = [self._prompt(x) for x in items]
+        prompts, single = self._prompts(inputs)
         self._check_fits(max(map(len, prompts)), opts)
         replies: list[list[int]] = [[] for _ in prompts]
-        self.decoder.owner = None
-        for step_ids in generate_ids(self.decoder, prompts, opts, self.eos):
+        for step_ids in generate_ids(self.graph.new_cache(), prompts, opts, self.eos):
             for b, t in enumerate(step_ids):
                 if t >= 0:
                     replies[b].append(int(t))
@@ -90,13 +131,18 @@ class DialogModel:
         return out[0] if single else out
 
     def stream(self, inputs: str | list[int], **options: Any) -> Iterator[str]:
-        """Text pieces of the reply as they are produced (never a broken multi-byte character)."""
+        """Text pieces of the reply as they are produced (never a broken multi-byte character).
+        Arguments are checked at the call, before the first piece is asked for."""
         opts = self.options(**options)
-        prompt = self._prompt(inputs)
-        self._check_fits(len(prompt), opts)
+        prompts, single = self._prompts(inputs)
+        if not single:
+            raise ValueError("stream() takes one prompt: call it once per prompt, or generate() for a batch")
+        self._check_fits(len(prompts[0]), opts)
+        return self._stream(prompts[0], opts)
+
+    def _stream(self, prompt: list[int], opts: SamplingOptions) -> Iterator[str]:
         sd = StreamDecoder(self.tokenizer)
-        self.decoder.owner = None
-        for step_ids in generate_ids(self.decoder, [prompt], opts, self.eos):
+        for step_ids in generate_ids(self.graph.new_cache(), [prompt], opts, self.eos):
             if step_ids[0] >= 0 and step_ids[0] != self.eos:
                 piece = sd.push(int(step_ids[0]))
                 if piece:
@@ -106,14 +152,21 @@ class DialogModel:
             yield tail
 
     def chat(self, max_history_tokens: int | None = None, **options: Any) -> ChatSession:
+        """A new conversation with its own history and KV cache (see ChatSession)."""
         from .chat import ChatSession
 
         return ChatSession(self, self.options(**options), max_history_tokens)
 
 
-def load(model_dir: str | Path, threads: int | None = None, max_length: int | None = None) -> DialogModel:
-    """Open an exported model dir (checks the manifest and every file's sha256)."""
-    return DialogModel(model_dir, threads=threads, max_length=max_length)
+def _describe(x: object) -> str:
+    return "None" if x is None else f"{type(x).__name__} {x!r}"[:80]
+
+
+def load(model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
+         verify: bool = True) -> DialogModel:
+    """Open an exported model dir. Checks the manifest and every file's size; verify=True (the default)
+    also checks every file's sha256 (~1 s per GB: pass verify=False for a dir you trust and load often)."""
+    return DialogModel(model_dir, threads=threads, max_length=max_length, verify=verify)
 
 
 __all__ = ["DialogModel", "Generation", "load"]

@@ -1,7 +1,8 @@
 """Session for the portable (standard-ops) graph: optimum's I/O, past and present concatenated each step.
 
 Slower by design (a copy of the whole cache per step): it exists for engines without onnxruntime's
-contrib ops and as the benchmark's baseline. Same interface as DecoderSession.
+contrib ops and as the benchmark's baseline. Same interface as DecoderGraph / KVCache: the graph is
+shared and read-only, each generation or chat owns a PortableCache.
 """
 
 from __future__ import annotations
@@ -14,23 +15,42 @@ from .manifest import MODEL_FILE, Manifest
 from .session import check_inputs, make_session
 
 
-class PortableSession:
+class PortableGraph:
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
                  max_length: int | None = None) -> None:
         self.m = manifest
         self.sess = make_session(Path(model_dir) / MODEL_FILE, threads)
-        self.names = manifest.io["inputs"]
-        self.logits_name = manifest.io["outputs"]["logits"]
+        self.names = manifest.inputs
+        self.logits_name = manifest.outputs["logits"]
         self.max_length = min(max_length or manifest.n_positions, manifest.n_positions)
         self.out_names = [self.logits_name] + [manifest.io[f"present_{k}"].format(i)
                                                for i in range(manifest.n_layer) for k in ("key", "value")]
+        check_inputs(self.sess, self.names)
+
+    def new_cache(self) -> PortableCache:
+        return PortableCache(self)
+
+
+class PortableCache:
+    def __init__(self, graph: PortableGraph) -> None:
+        self.graph = graph
+        self.m = graph.m
+        self.max_length = graph.max_length
         self.batch = 0
         self.capacity = 0
         self.lengths = np.zeros(0, dtype=np.int64)
-        self.owner: object = None
+        self._past: list[np.ndarray] = []
         self.last_all_logits: np.ndarray | None = None
 
-    def reset(self, batch: int = 1) -> None:
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._past)
+
+    def release(self) -> None:
+        self._past, self.batch, self.capacity = [], 0, 0
+        self.lengths = np.zeros(0, dtype=np.int64)
+
+    def reset(self, batch: int = 1, reserve: int = 0) -> None:
         self.batch = batch
         self.lengths = np.zeros(batch, dtype=np.int64)
         shape = (batch, self.m.n_head, 0, self.m.head_dim)
@@ -42,11 +62,12 @@ class PortableSession:
         if mask.shape[1] > self.max_length:
             raise ValueError(f"sequence of {mask.shape[1]} positions exceeds the context of {self.max_length}: "
                              "shorten the history or lower max_new_tokens")
-        feeds = {self.names["input_ids"]: ids, self.names["position_ids"]: pos, self.names["attention_mask"]: mask}
+        names = self.graph.names
+        feeds = {names["input_ids"]: ids, names["position_ids"]: pos, names["attention_mask"]: mask}
         for i in range(self.m.n_layer):
             feeds[self.m.io["past_key"].format(i)] = self._past[2 * i]
             feeds[self.m.io["past_value"].format(i)] = self._past[2 * i + 1]
-        out = self.sess.run(self.out_names, feeds)
+        out = self.graph.sess.run(self.graph.out_names, feeds)
         self._past, self._mask = out[1:], mask
         self.capacity = mask.shape[1]
         return out[0]
@@ -72,6 +93,3 @@ class PortableSession:
                            np.minimum(self.lengths, self.max_length - 1)[:, None], act[:, None])
         self.lengths = self.lengths + act
         return logits[:, -1]
-
-    def check_io(self) -> None:
-        check_inputs(self.sess, self.names)

@@ -1,4 +1,8 @@
-"""The decoder session: onnxruntime + a KV cache bound once as shared past/present buffers.
+"""The decoder graph (shared, read-only) and the KV cache (one per generation or chat).
+
+`DecoderGraph` owns the onnxruntime session; onnxruntime's `run` is thread-safe, and the graph keeps
+no per-call state, so one loaded model serves any number of threads. Every generation and every chat
+owns a `KVCache`: its buffers, its own IO binding and its row lengths. Nothing else writes them.
 
 The cache is one preallocated buffer per layer and K/V ([batch, heads, capacity, head_dim]), bound as
 both past and present, so GroupQueryAttention appends in place: no per-step copies. Each row keeps its
@@ -42,63 +46,94 @@ def check_inputs(sess: ort.InferenceSession, names: dict[str, str]) -> None:
         raise ModelDirError(f"model.onnx lacks inputs {sorted(want - have)} listed in the manifest: re-export")
 
 
-def open_session(model_dir: Path, manifest: Manifest, threads: int | None = None,
-                 max_length: int | None = None):  # -> DecoderSession | PortableSession
-    """The session class that fits the manifest's graph: the fast contrib graph or the portable one."""
+def open_graph(model_dir: Path, manifest: Manifest, threads: int | None = None,
+               max_length: int | None = None):  # -> DecoderGraph | PortableGraph
+    """The graph class that fits the manifest: the fast contrib graph or the portable one."""
     if manifest.graph == "portable":
-        from .portable_session import PortableSession
+        from .portable_session import PortableGraph
 
-        return PortableSession(model_dir, manifest, threads=threads, max_length=max_length)
-    return DecoderSession(model_dir, manifest, threads=threads, max_length=max_length)
+        return PortableGraph(model_dir, manifest, threads=threads, max_length=max_length)
+    return DecoderGraph(model_dir, manifest, threads=threads, max_length=max_length)
 
 
-class DecoderSession:
+class DecoderGraph:
+    """The contrib-op graph. Read-only after construction: safe to share between threads."""
+
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
                  max_length: int | None = None) -> None:
         self.m = manifest
         self.sess = make_session(Path(model_dir) / MODEL_FILE, threads)
-        io = manifest.io
-        self.names = io["inputs"]
-        self.logits_name = io["outputs"]["logits"]
+        self.names = manifest.inputs
+        self.logits_name = manifest.outputs["logits"]
         self.max_length = min(max_length or manifest.n_positions, manifest.n_positions)
-        self.binding = self.sess.io_binding()
+        check_inputs(self.sess, self.names)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self)
+
+
+class KVCache:
+    """One caller's KV state: buffers, IO binding and per-row lengths. Not shared between threads."""
+
+    def __init__(self, graph: DecoderGraph) -> None:
+        self.graph = graph
+        self.m = graph.m
+        self.max_length = graph.max_length
+        self.binding = graph.sess.io_binding()
         self.batch = 0
         self.capacity = 0
         self.lengths = np.zeros(0, dtype=np.int64)  # tokens cached per row
         self._kv: list[np.ndarray] = []
-        self.owner: object = None  # the chat session whose history the cache holds, if any
+        self._reserve = 0
+        self.last_all_logits: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the KV buffers (0 once released)."""
+        return sum(a.nbytes for a in self._kv)
+
+    def release(self) -> None:
+        """Free the buffers; the next prefill allocates again (the caller must reset first)."""
+        self._kv = []
+        self.binding = self.graph.sess.io_binding()
+        self.capacity = 0
+        self.batch = 0
+        self.lengths = np.zeros(0, dtype=np.int64)
 
     # -- cache ---------------------------------------------------------------------------------
-    def reset(self, batch: int = 1) -> None:
-        """Empty the cache for `batch` rows (buffers are reused when the batch size is unchanged)."""
-        if batch != self.batch or not self._kv:
+    def reset(self, batch: int = 1, reserve: int = 0) -> None:
+        """Empty the cache for `batch` rows. Buffers are reused when the batch size is unchanged;
+        otherwise they are allocated at the first prefill, at least `reserve` tokens long."""
+        if batch != self.batch:
+            self._kv = []
+            self.capacity = 0
             self.batch = batch
-            self._allocate(min(MIN_CAPACITY, self.max_length))
+        self._reserve = min(reserve, self.max_length)
         self.lengths = np.zeros(batch, dtype=np.int64)
 
     def _allocate(self, capacity: int, keep: int = 0) -> None:
         shape = (self.batch, self.m.n_head, capacity, self.m.head_dim)
         old = self._kv
         self._kv = [np.zeros(shape, dtype=np.float32) for _ in range(2 * self.m.n_layer)]
-        for new, prev in zip(self._kv, old, strict=False):  # old is empty at first
-            if keep:
+        if keep:
+            for new, prev in zip(self._kv, old, strict=True):
                 new[:, :, :keep] = prev[:, :, :keep]
         self.capacity = capacity
         b = self.binding
-        names = self.m.io
+        io = self.m.io
         for i in range(self.m.n_layer):
             for j, kind in enumerate(("key", "value")):
                 buf = ort.OrtValue.ortvalue_from_numpy(self._kv[2 * i + j])
-                b.bind_ortvalue_input(names[f"past_{kind}"].format(i), buf)
-                b.bind_ortvalue_output(names[f"present_{kind}"].format(i), buf)
+                b.bind_ortvalue_input(io[f"past_{kind}"].format(i), buf)
+                b.bind_ortvalue_output(io[f"present_{kind}"].format(i), buf)
         self._total = np.array(capacity, dtype=np.int32)  # an upper bound is all GQA needs
-        b.bind_cpu_input(self.names["total_sequence_length"], self._total)
+        b.bind_cpu_input(self.graph.names["total_sequence_length"], self._total)
         if self.m.all_logits:  # [batch, seq, vocab] varies per call: let onnxruntime allocate it
-            b.bind_output(self.logits_name, "cpu")
+            b.bind_output(self.graph.logits_name, "cpu")
             self._logits_slot = 2 * self.m.n_layer  # outputs come back in binding order: KV first
         else:  # [batch, 1, vocab]: one buffer serves every call
             self._logits = np.empty((self.batch, 1, self.m.vocab_size), dtype=np.float32)
-            b.bind_ortvalue_output(self.logits_name, ort.OrtValue.ortvalue_from_numpy(self._logits))
+            b.bind_ortvalue_output(self.graph.logits_name, ort.OrtValue.ortvalue_from_numpy(self._logits))
         self._step_ready = False
 
     def _ensure_capacity(self, needed: int) -> None:
@@ -106,7 +141,7 @@ class DecoderSession:
             raise ValueError(f"sequence of {needed} tokens exceeds the context of {self.max_length}: "
                              "shorten the history or lower max_new_tokens")
         if needed > self.capacity:
-            cap = self.capacity
+            cap = max(self.capacity, MIN_CAPACITY, self._reserve)
             while cap < needed:
                 cap *= 2
             self._allocate(min(cap, self.max_length), keep=int(self.lengths.max(initial=0)))
@@ -149,14 +184,13 @@ class DecoderSession:
         if active is None:
             self._q[:] = 1
             self._seqk[:] = self.lengths
-            self.lengths += 1
         else:
             self._q[:] = active
             self._seqk[:] = np.where(active, self.lengths, np.maximum(self.lengths - 1, 0))
-            self.lengths += active
         if self.m.all_logits:
-            self.binding.bind_output(self.logits_name, "cpu")
-        self.sess.run_with_iobinding(self.binding)
+            self.binding.bind_output(self.graph.logits_name, "cpu")
+        self.graph.sess.run_with_iobinding(self.binding)
+        self.lengths += 1 if active is None else active  # only once the cache really holds the token
         if self.m.all_logits:
             return self.binding.get_outputs()[self._logits_slot].numpy()[:, 0]
         return self._logits[:, 0]
@@ -168,15 +202,12 @@ class DecoderSession:
         self._q = np.ones(self.batch, dtype=np.int32)
         for key, arr in (("input_ids", self._ids), ("position_ids", self._pos), ("seqlens_k", self._seqk),
                          ("query_seqlens", self._q)):
-            self.binding.bind_ortvalue_input(self.names[key], ort.OrtValue.ortvalue_from_numpy(arr))
+            self.binding.bind_ortvalue_input(self.graph.names[key], ort.OrtValue.ortvalue_from_numpy(arr))
         self._step_ready = True
 
     def _run(self, feeds: dict[str, np.ndarray]) -> None:
         for key, arr in feeds.items():
-            self.binding.bind_cpu_input(self.names[key], arr)
+            self.binding.bind_cpu_input(self.graph.names[key], arr)
         if self.m.all_logits:  # the shape changes with the step: let onnxruntime allocate anew
-            self.binding.bind_output(self.logits_name, "cpu")
-        self.sess.run_with_iobinding(self.binding)
-
-    def check_io(self) -> None:
-        check_inputs(self.sess, self.names)
+            self.binding.bind_output(self.graph.logits_name, "cpu")
+        self.graph.sess.run_with_iobinding(self.binding)

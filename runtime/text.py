@@ -8,12 +8,36 @@ from tokenizers import Tokenizer
 
 from .errors import ModelDirError
 
+# <|endoftext|> in GPT-2's vocabulary: DialoGPT ends every turn with it. Checkpoints name their own in
+# config.json (and the manifest carries it); this is the default when they do not.
+EOS_TOKEN_ID = 50256
+
 
 def load_tokenizer(path: Path) -> Tokenizer:
     try:
-        return Tokenizer.from_file(str(path))
+        tok = Tokenizer.from_file(str(path))
     except Exception:  # noqa: BLE001
         raise ModelDirError(f"{path} is not a readable tokenizer.json: re-export the model") from None
+    tok.encode_special_tokens = True  # "<|endoftext|>" typed by a user is plain text, not a turn boundary
+    return tok
+
+
+def encode_turn(tok: Tokenizer, text: str, eos: int) -> list[int]:
+    """One DialoGPT turn: the text's tokens followed by <|endoftext|>."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError("text must be a non-empty string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: what Python makes of invalid UTF-8 bytes on argv/stdin
+        raise ValueError("text is not valid UTF-8: fix the input's encoding") from None
+    return tok.encode(text, add_special_tokens=False).ids + [eos]
+
+
+def encode_dialogue(tok: Tokenizer, turns: list[str], eos: int) -> list[int]:
+    """A dialogue as DialoGPT reads it: every turn followed by <|endoftext|>, all in one sequence."""
+    return [t for turn in turns for t in encode_turn(tok, turn, eos)]
 
 
 class StreamDecoder:

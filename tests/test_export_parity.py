@@ -10,31 +10,13 @@ import onnx
 import pytest
 import torch
 from checkpoints import TOKENIZER
+from reference import assert_greedy_parity, contexts_ids
 
 import runtime
 from export import ExportOptions, export_model
+from runtime.text import EOS_TOKEN_ID
 
-EOS = 50256
-
-
-def _contexts_ids(model, contexts: list[list[str]]) -> list[list[int]]:
-    return [[t for turn in c for t in model.encode_turn(turn)] for c in contexts]
-
-
-def _torch_greedy(ref: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
-    with torch.no_grad():
-        out = ref.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                           pad_token_id=EOS, attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
-    return out[0, len(prompt):].tolist()
-
-
-def _assert_greedy_parity(model_dir, ref, contexts, n=64):
-    model = runtime.load(model_dir)
-    prompts = _contexts_ids(model, contexts)
-    for prompt in prompts:
-        # min_new_tokens = max: EOS cannot stop either side early, so all 64 tokens are compared
-        ours = model.generate(prompt, max_new_tokens=n, min_new_tokens=n).ids
-        assert ours == _torch_greedy(ref, prompt, n)
+EOS = EOS_TOKEN_ID
 
 
 @pytest.mark.parametrize("form,reference", [("hf_dir", "tiny"), ("hf_bin_dir", "tiny"),
@@ -45,7 +27,7 @@ def test_fp32_export_matches_transformers(request, tmp_path, form, reference, to
                          tokenizer_dir=str(TOKENIZER) if form == "original_dir" else None)
     res = export_model(src, tmp_path / "m", opts)
     assert res.parity.max_abs_logit_diff <= 1e-3 and not res.failures
-    _assert_greedy_parity(tmp_path / "m", ref, topical_contexts[:3])
+    assert_greedy_parity(tmp_path / "m", ref, topical_contexts[:3])
 
 
 def test_fp32_logits_every_step(exported, tiny, topical_contexts):
@@ -53,10 +35,10 @@ def test_fp32_logits_every_step(exported, tiny, topical_contexts):
     model = runtime.load(exported("fp32"))
     from runtime.generate import generate_ids
 
-    for prompt in _contexts_ids(model, topical_contexts[:2]):
+    for prompt in contexts_ids(model, topical_contexts[:2]):
         steps: list[np.ndarray] = []
         opts = model.options(max_new_tokens=32)
-        ids = [int(t[0]) for t in generate_ids(model.decoder, [prompt], opts, EOS, stop_at_eos=False,
+        ids = [int(t[0]) for t in generate_ids(model.graph.new_cache(), [prompt], opts, EOS, stop_at_eos=False,
                                                on_logits=lambda _, lg, s=steps: s.append(lg[0].copy()))]
         with torch.no_grad():
             ref = tiny(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1].numpy()
@@ -67,24 +49,24 @@ def test_fp32_logits_every_step(exported, tiny, topical_contexts):
 def test_quantized_variants(exported, tiny, variant, topical_contexts):
     d = exported(variant)
     manifest = json.loads((d / "manifest.json").read_text())
-    p = manifest["parity"]
-    for key in ("top1_agreement", "greedy_agreement", "max_abs_logit_diff"):
-        assert 0.0 <= p[key] <= (1.0 if key != "max_abs_logit_diff" else 1e9)
+    p = manifest["parity"]  # the exporter's own report, recorded for users: present and consistent
+    assert 0.0 <= p["greedy_agreement"] <= 1.0 and 0.0 < p["top1_agreement"] <= 1.0
+    assert 0.0 < p["mean_abs_logit_diff"] <= p["max_abs_logit_diff"] < 5.0
     # independent check: top-1 agreement with transformers on real dialogue, teacher-forced
     model = runtime.load(d)
     agree, rel = [], []
-    for prompt in _contexts_ids(model, topical_contexts[:4]):
+    for prompt in contexts_ids(model, topical_contexts[:4]):
         with torch.no_grad():
             ref = tiny(torch.tensor([prompt])).logits[0, -1].numpy()
-        ours = model.decoder  # prefill only: the last position's logits
-        ours.reset(1)
-        lg = ours.prefill([prompt])[0]
+        cache = model.graph.new_cache()  # prefill only: the last position's logits
+        cache.reset(1)
+        lg = cache.prefill([prompt])[0]
         agree.append(int(lg.argmax() == ref.argmax()))
         rel.append(np.linalg.norm(lg - ref) / np.linalg.norm(ref - ref.mean()))
-    print(variant, agree, rel)
     # quantization noise stays small against the logits' own spread (random tiny weights give flat
-    # logits, so top-1 flips easily: the relative error is the meaningful bound here)
+    # logits, so top-1 flips easily: the relative error is the tight bound here, agreement a loose one)
     assert max(rel) < (0.15 if variant == "int8" else 0.6)
+    assert sum(agree) >= (3 if variant == "int8" else 2), agree
     assert (d / "model.onnx").stat().st_size < (exported("fp32") / "model.onnx").stat().st_size / 2.5
 
 
@@ -124,10 +106,11 @@ def test_all_logits_graph(tmp_path, hf_dir, tiny, topical_contexts):
                                                   n_prompts=1, parity_tokens=8))
     assert not res.failures
     model = runtime.load(out)
-    prompt = _contexts_ids(model, topical_contexts[:1])[0]
-    model.decoder.reset(1)
-    model.decoder.prefill([prompt])
-    ours = model.decoder.last_all_logits[0]
+    prompt = contexts_ids(model, topical_contexts[:1])[0]
+    cache = model.graph.new_cache()
+    cache.reset(1)
+    cache.prefill([prompt])
+    ours = cache.last_all_logits[0]
     with torch.no_grad():
         ref = tiny(torch.tensor([prompt])).logits[0].numpy()
     assert ours.shape == ref.shape
@@ -178,4 +161,4 @@ def test_config_variants_exact_gelu_and_inverse_layer_scaling(tmp_path, topical_
     res = export_model(src, tmp_path / "m", ExportOptions(variant="fp32", progress=False, n_prompts=2,
                                                           parity_tokens=16))
     assert res.parity.max_abs_logit_diff <= 1e-3 and not res.failures
-    _assert_greedy_parity(tmp_path / "m", ref, topical_contexts[:2])
+    assert_greedy_parity(tmp_path / "m", ref, topical_contexts[:2])

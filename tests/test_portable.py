@@ -7,7 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from test_export_parity import _assert_greedy_parity
+from reference import assert_greedy_parity
 
 import runtime
 from export import ExportOptions, export_model
@@ -41,7 +41,7 @@ def test_standard_ops_only_and_tied_once(portable, variant):
 def test_portable_fp32_matches_transformers(portable, tiny, topical_contexts):
     p = json.loads((portable("fp32") / "manifest.json").read_text())["parity"]
     assert p["max_abs_logit_diff"] <= 1e-3
-    _assert_greedy_parity(portable("fp32"), tiny, topical_contexts[:2])
+    assert_greedy_parity(portable("fp32"), tiny, topical_contexts[:2])
 
 
 def test_portable_ragged_batch(portable):

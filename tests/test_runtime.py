@@ -13,19 +13,19 @@ import pytest
 
 import runtime
 from runtime.errors import ModelDirError
+from runtime.generate import generate_ids
+from runtime.text import EOS_TOKEN_ID, encode_dialogue
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ragged_batch_equals_each_prompt_alone(exported, topical_contexts):
     model = runtime.load(exported("fp32"))
-    texts = [c[0] for c in topical_contexts[:4]]
-    prompts = [[t for turn in topical_contexts[i][: i + 1] for t in model.encode_turn(turn)] for i in range(4)]
+    prompts = [encode_dialogue(model.tokenizer, topical_contexts[i][: i + 1], model.eos) for i in range(4)]
     assert len({len(p) for p in prompts}) > 1  # really ragged
     batch = model.generate(prompts, max_new_tokens=24, min_new_tokens=24)
     for p, b in zip(prompts, batch, strict=True):
         assert b.ids == model.generate(p, max_new_tokens=24, min_new_tokens=24).ids
-    assert len(texts) == 4
 
 
 def test_batch_rows_stop_independently(exported):
@@ -33,7 +33,7 @@ def test_batch_rows_stop_independently(exported):
     out = model.generate(["Hello there", "What is your favourite food?"], max_new_tokens=16)
     for g in out:
         assert len(g.ids) <= 16
-        assert 50256 not in g.ids[:-1]  # nothing after EOS
+        assert EOS_TOKEN_ID not in g.ids[:-1]  # nothing after EOS
 
 
 def test_chat_keeps_cache_and_matches_full_recompute(exported, topical_contexts):
@@ -52,7 +52,7 @@ def test_chat_keeps_cache_and_matches_full_recompute(exported, topical_contexts)
         history += fresh.encode_turn(user)
         g = fresh.generate(history, max_new_tokens=12)
         assert fresh.decode(g.ids) == reply
-        history += g.ids if g.ids and g.ids[-1] == 50256 else g.ids + [50256]
+        history += g.ids if g.ids and g.ids[-1] == EOS_TOKEN_ID else g.ids + [EOS_TOKEN_ID]
 
 
 def test_chat_drops_oldest_turns_beyond_budget(exported):
@@ -123,7 +123,8 @@ def test_bad_model_dirs(tmp_path, exported):
     m = json.loads((d / "manifest.json").read_text())
     from runtime.manifest import sha256
 
-    m["files"]["model.onnx"] = sha256(d / "model.onnx")  # consistent digest: the file itself is broken
+    m["files"]["model.onnx"] = sha256(d / "model.onnx")  # consistent digest and size: the file itself is broken
+    m["file_sizes"]["model.onnx"] = (d / "model.onnx").stat().st_size
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ModelDirError, match="not a loadable ONNX model"):
         runtime.load(d)
@@ -177,19 +178,16 @@ def test_cli_generate_and_piped_chat(exported):
 
 def test_kv_capacity_grows_without_changing_results(exported):
     model = runtime.load(exported("fp32"))
-    assert model.decoder.capacity == 0
     long_prompt = [int(t) for t in np.random.default_rng(0).integers(100, 5000, 150)]
-    g = model.generate(long_prompt, max_new_tokens=20, min_new_tokens=20)
-    assert model.decoder.capacity >= 170
-    capped = runtime.load(exported("fp32"), max_length=1024)
-    capped.decoder.reset(1)
-    capped.decoder._allocate(1024)  # one big buffer from the start
-    capped.decoder.lengths = np.zeros(1, dtype=np.int64)
-    from runtime.generate import generate_ids
-
-    ids = [int(t[0]) for t in generate_ids(capped.decoder, [long_prompt], capped.options(max_new_tokens=20,
-                                           min_new_tokens=20), 50256, keep_cache=True)]
-    assert ids == g.ids
+    opts = model.options(max_new_tokens=20, min_new_tokens=20)
+    grown = model.graph.new_cache()
+    assert grown.capacity == 0
+    ids = [int(t[0]) for t in generate_ids(grown, [long_prompt], opts, model.eos)]
+    assert grown.capacity >= 170
+    big = model.graph.new_cache()
+    big.reset(1, reserve=1024)  # one big buffer from the start
+    same = [int(t[0]) for t in generate_ids(big, [long_prompt], opts, model.eos, keep_cache=True)]
+    assert big.capacity == 1024 and same == ids == model.generate(long_prompt, **opts.__dict__).ids
 
 
 def _rss_mb() -> float:

@@ -1,0 +1,30 @@
+"""Checks against transformers shared by the test modules: greedy decoding token for token."""
+
+from __future__ import annotations
+
+import torch
+
+import runtime
+from runtime.text import EOS_TOKEN_ID, encode_dialogue
+
+EOS = EOS_TOKEN_ID
+
+
+def contexts_ids(model, contexts: list[list[str]]) -> list[list[int]]:
+    return [encode_dialogue(model.tokenizer, c, model.eos) for c in contexts]
+
+
+def torch_greedy(ref: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
+    with torch.no_grad():
+        out = ref.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           pad_token_id=EOS, attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+    return out[0, len(prompt):].tolist()
+
+
+def assert_greedy_parity(model_dir, ref, contexts, n=64):
+    model = runtime.load(model_dir)
+    prompts = contexts_ids(model, contexts)
+    for prompt in prompts:
+        # min_new_tokens = max: EOS cannot stop either side early, so all 64 tokens are compared
+        ours = model.generate(prompt, max_new_tokens=n, min_new_tokens=n).ids
+        assert ours == torch_greedy(ref, prompt, n)
