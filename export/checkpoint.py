@@ -89,8 +89,8 @@ def validate(cfg: ModelConfig, weights: WeightDict, where: str) -> None:
     if unused:  # e.g. a 4-layer checkpoint read with a 2-layer config: refuse, never truncate silently
         groups: dict[str, int] = {}
         for n in unused:
-            m = re.match(r"(h\.\d+)\.", n)
-            key = f"{m.group(1)}.*" if m else n
+            m = re.match(r"h\.(\d+)\.", n)  # a whole layer beyond n_layer reads as one group
+            key = f"h.{m.group(1)}.*" if m and int(m.group(1)) >= cfg.n_layer else n
             groups[key] = groups.get(key, 0) + 1
         shown = ", ".join(f"{k} ({v} tensors)" if v > 1 else k for k, v in list(groups.items())[:4])
         more = f" and {len(groups) - 4} more" if len(groups) > 4 else ""
