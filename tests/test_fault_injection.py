@@ -16,10 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from checkpoints import save_hf, tiny_model
+
+import runtime
+from runtime.errors import ModelDirError
+from runtime.manifest import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ("--n-prompts", "1", "--parity-tokens", "4")
@@ -395,3 +398,368 @@ def test_overwrite_onto_a_mount_point(small_disk, hf_dir):
         mnt = Path("/proc")
     proc = run_export(hf_dir, mnt, "--overwrite", *FAST)
     one_line(proc, 2, "is a mount point")
+
+
+# -- runtime: model dirs -------------------------------------------------------------------------
+def run_runtime(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runtime", *map(str, args)], cwd=ROOT, input=stdin,
+                          capture_output=True, timeout=300)
+
+
+def _edit_manifest(d: Path, edit) -> None:
+    m = json.loads((d / "manifest.json").read_text())
+    edit(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def _break_onnx_consistently(d: Path, data: bytes) -> None:
+    """Replace model.onnx and record its digest and size: the file itself is what is broken."""
+    (d / "model.onnx").write_bytes(data)
+
+    def fix(m):
+        m["files"]["model.onnx"] = sha256(d / "model.onnx")
+        m["file_sizes"]["model.onnx"] = len(data)
+
+    _edit_manifest(d, fix)
+
+
+def _flip_bytes(f: Path) -> None:
+    with open(f, "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\x00\x01\x02")
+
+
+BAD_DIRS = {
+    "missing": (lambda d: shutil.rmtree(d), "does not exist"),
+    "wrong sha256": (lambda d: _flip_bytes(d / "model.onnx"), "does not match the sha256"),
+    "truncated onnx": (lambda d: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:5000]),
+                       "is 5000 bytes, the manifest says"),
+    "truncated onnx, digest fixed": (lambda d: _break_onnx_consistently(d, (d / "model.onnx").read_bytes()[:9999]),
+                                     "not a loadable ONNX model"),
+    "random bytes as onnx": (lambda d: _break_onnx_consistently(d, os.urandom(20000)), "not a loadable ONNX model"),
+    "newer format": (lambda d: _edit_manifest(d, lambda m: m.update(format_version=99)),
+                     "written by a newer dialogpt-onnx; this one reads version 1: upgrade dialogpt-onnx"),
+    "older format": (lambda d: _edit_manifest(d, lambda m: m.update(format_version=0)), "re-export the model"),
+    "manifest without io": (lambda d: _edit_manifest(d, lambda m: m.pop("io")), "lacks 'io'"),
+    "manifest without n_layer": (lambda d: _edit_manifest(d, lambda m: m["model"].pop("n_layer")),
+                                 "lacks a valid model.n_layer"),
+    "manifest a list": (lambda d: (d / "manifest.json").write_text("[1, 2]"), "is not a JSON object"),
+    "manifest binary": (lambda d: (d / "manifest.json").write_bytes(os.urandom(300)), "is not valid JSON"),
+    "tokenizer missing": (lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json is missing"),
+    "corrupt tokenizer.json": (lambda d: _corrupt_tokenizer(d), "not a readable tokenizer.json"),
+}
+
+
+def _corrupt_tokenizer(d: Path) -> None:
+    data = b"{not json" + b" " * ((d / "tokenizer.json").stat().st_size - 9)
+    (d / "tokenizer.json").write_bytes(data)
+
+    def fix(m):
+        m["files"]["tokenizer.json"] = sha256(d / "tokenizer.json")
+
+    _edit_manifest(d, fix)
+
+
+@pytest.mark.parametrize("case", list(BAD_DIRS))
+def test_bad_model_dir(tmp_path, exported, case):
+    d = _copy(exported("int8"), tmp_path / "m")
+    breaker, phrase = BAD_DIRS[case]
+    breaker(d)
+    with pytest.raises(ModelDirError, match=None) as e:
+        runtime.load(d)
+    assert phrase in str(e.value)
+    proc = run_runtime("generate", d, "Hello")
+    one_line(type("P", (), {"returncode": proc.returncode, "stderr": proc.stderr.decode()}), 2, phrase)
+
+
+def test_no_verify_skips_hashing_but_not_sizes(tmp_path, exported):
+    d = _copy(exported("int8"), tmp_path / "m")
+    _flip_bytes(d / "tokenizer.json")  # same size, different bytes: only a hash sees it
+    with pytest.raises(ModelDirError, match="sha256"):
+        runtime.load(d)
+    with open(d / "tokenizer.json", "rb+") as f:  # restore: only model.onnx differs now, harmlessly
+        f.write((exported("int8") / "tokenizer.json").read_bytes())
+    onnx_bytes = bytearray((d / "model.onnx").read_bytes())
+    onnx_bytes[-1] ^= 0  # unchanged content; then a real byte change inside a weight
+    model_ok = runtime.load(d, verify=False)
+    assert model_ok.generate("Hi", max_new_tokens=2).ids
+    _flip_bytes(d / "model.onnx")
+    assert run_runtime("generate", d, "Hi", "--no-verify", "--max-new-tokens", "2").returncode in (0, 2)
+    assert run_runtime("generate", d, "Hi", "--max-new-tokens", "2").returncode == 2
+    (d / "model.onnx").write_bytes(b"short")
+    with pytest.raises(ModelDirError, match="bytes, the manifest says"):
+        runtime.load(d, verify=False)
+
+
+# -- runtime: API arguments ----------------------------------------------------------------------
+@pytest.mark.parametrize("inputs,error,phrase", [
+    (b"hello", TypeError, "inputs is bytes: decode it to str first"),
+    (None, TypeError, "inputs must be a str, a list of token ids"),
+    (42, TypeError, "inputs must be a str, a list of token ids"),
+    ([1.5, 2.5], TypeError, "each input must be a str or a list of token ids"),
+    ([[1, 2], None], TypeError, "each input must be a str or a list of token ids"),
+    ([], ValueError, "inputs must not be empty"),
+    ("   ", ValueError, "non-empty"),
+    ("bad \udcff utf-8", ValueError, "text is not valid UTF-8"),
+    ([1, 99999999], ValueError, "input ids must lie in"),
+])
+def test_generate_refuses_bad_inputs(exported, inputs, error, phrase):
+    model = runtime.load(exported("int8"))
+    with pytest.raises(error, match=None) as e:
+        model.generate(inputs, max_new_tokens=2)
+    assert phrase in str(e.value)
+
+
+@pytest.mark.parametrize("kw,phrase", [
+    ({"do_sample": "no"}, "do_sample must be True or False, got 'no'"),
+    ({"seed": "abc"}, "seed must be None or an integer"),
+    ({"seed": -1}, "seed must be None or an integer"),
+    ({"seed": 1.5}, "seed must be None or an integer"),
+    ({"do_sample": True, "temperature": 1e-45}, "temperature must be a number >= 0.0001"),
+    ({"temperature": float("nan")}, "temperature must be a number"),
+    ({"top_p": "0.9"}, "top_p must be a number in (0, 1]"),
+    ({"top_k": 2.0}, "top_k must be an integer >= 0"),
+    ({"max_new_tokens": True}, "max_new_tokens must be an integer >= 0"),
+    ({"repetition_penalty": float("inf")}, "repetition_penalty must be a number > 0"),
+    ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"do_sample": True, "temperature": 0.0}, "temperature"),
+    ({"top_k": -1}, "top_k"), ({"max_new_tokens": -1}, "max_new_tokens"), ({"min_new_tokens": -2}, "min_new_tokens"),
+    ({"beams": 4}, "unknown generation option"),
+])
+def test_bad_options_name_the_argument(exported, kw, phrase):
+    model = runtime.load(exported("int8"))
+    for call in (lambda: model.generate("hi", **kw), lambda: model.stream("hi", **kw),
+                 lambda: model.chat(**kw), lambda: model.chat().send("hi", **kw)):
+        with pytest.raises(ValueError) as e:
+            call()
+        assert phrase in str(e.value)
+
+
+@pytest.mark.parametrize("kw,phrase", [
+    ({"max_length": 0}, "max_length must be None"), ({"threads": -1}, "threads must be None"),
+    ({"threads": 0}, "threads must be None"), ({"threads": "2"}, "threads must be None"),
+])
+def test_load_arguments(exported, kw, phrase):
+    with pytest.raises(ValueError, match=None) as e:
+        runtime.load(exported("int8"), **kw)
+    assert phrase in str(e.value)
+
+
+@pytest.mark.parametrize("budget", [0, -5, 2.5, "100"])
+def test_history_budget_checked(exported, budget):
+    with pytest.raises(ValueError, match="max_history_tokens must be"):
+        runtime.load(exported("int8")).chat(max_history_tokens=budget)
+
+
+def test_special_token_text_is_plain_text(exported):
+    model = runtime.load(exported("int8"))
+    chat = model.chat(max_new_tokens=4)
+    chat.send("Hello <|endoftext|> there")
+    user = chat.turns[0]
+    assert user.count(model.eos) == 1 and user[-1] == model.eos  # one turn, ended by the runtime only
+    assert chat.history[0] == "Hello <|endoftext|> there"
+
+
+# -- runtime: chat state -------------------------------------------------------------------------
+def test_abandoned_stream_keeps_partial_reply_and_stays_consistent(exported):
+    model = runtime.load(exported("fp32"))
+    chat = model.chat(max_new_tokens=16, min_new_tokens=16)
+    chat.send("Hi there")
+    gen = chat.stream("Tell me a story")
+    first = next(gen)
+    nxt = next(gen)
+    said = first + nxt
+    del gen  # abandoned: dropped by the caller
+    assert chat.history[-2:] == ["Tell me a story", said]
+    assert all(t[-1] == model.eos for t in chat.turns)
+    # the next turn answers exactly as a fresh model reading the same history
+    reply = chat.send("And then?")
+    fresh = runtime.load(exported("fp32"))
+    history = [t for turn in chat.turns[:-1] for t in turn]
+    assert reply == fresh.generate(history, max_new_tokens=16, min_new_tokens=16).text
+
+
+def test_resuming_a_stream_after_another_turn_appends_nothing(exported):
+    model = runtime.load(exported("fp32"))
+    chat = model.chat(max_new_tokens=12, min_new_tokens=12)
+    gen = chat.stream("First question")
+    next(gen)
+    chat.send("Second question")  # starts a turn: the first stream is closed, keeping what it said
+    assert list(gen) == []
+    assert [t for i, t in enumerate(chat.history) if i % 2 == 0] == ["First question", "Second question"]
+    assert len(chat.turns) == 4
+
+
+def test_stream_never_started_adds_nothing(exported):
+    model = runtime.load(exported("fp32"))
+    chat = model.chat(max_new_tokens=4)
+    chat.stream("Never read")
+    chat.send("Read me")
+    assert chat.history[0] == "Read me" and len(chat.turns) == 2
+
+
+def test_failed_turn_is_rolled_back(exported, monkeypatch):
+    model = runtime.load(exported("fp32"))
+    chat = model.chat(max_new_tokens=8)
+    chat.send("Hello")
+    before = chat.turns
+    calls = [0]
+    real = model.graph.sess.run_with_iobinding
+
+    def failing(binding):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("onnxruntime failed")
+        return real(binding)
+
+    model.graph.sess.run_with_iobinding = failing
+    with pytest.raises(RuntimeError):
+        chat.send("Will fail")
+    assert chat.turns == before
+    model.graph.sess.run_with_iobinding = real
+    chat.send("Works again")
+    assert chat.history[-2] == "Works again" and chat.stats["recomputes"] == 1
+
+
+def test_idle_chat_memory_is_bounded_and_releasable(exported):
+    model = runtime.load(exported("fp32"))
+    chat = model.chat(max_new_tokens=16, max_history_tokens=64)
+    for i in range(20):
+        chat.send(f"Message {i} about the weather and my garden.")
+    per_token = model.kv_bytes_per_token
+    assert per_token == 2 * 2 * 64 * 4  # K and V, 2 layers, width 64, float32
+    assert chat.kv_bytes <= per_token * 2 * (64 + 16)  # capacity at most doubles what a turn holds
+    chat.release()
+    assert chat.kv_bytes == 0
+    chat.send("Still here?")
+    assert chat.kv_bytes > 0
+
+
+# -- runtime: CLI --------------------------------------------------------------------------------
+def test_cli_generate_invalid_utf8_argument(exported):
+    proc = subprocess.run([sys.executable.encode(), b"-m", b"runtime", b"generate",
+                           str(exported("int8")).encode(), b"caf\xe9 \xff"],
+                          cwd=ROOT, capture_output=True, timeout=120)
+    one_line(type("P", (), {"returncode": proc.returncode, "stderr": proc.stderr.decode()}), 2,
+             "text is not valid UTF-8")
+
+
+@pytest.mark.parametrize("args,phrase", [
+    (("--threads", "-1"), "--threads: must be >= 1"), (("--max-length", "0"), "--max-length: must be >= 1"),
+    (("--top-p", "2"), "top_p must be a number in (0, 1]"), (("--seed", "-3"), "--seed: must be >= 0"),
+    (("--max-history-tokens", "0"), "--max-history-tokens: must be >= 1"),
+    (("--temperature", "inf"), "--temperature: must be a finite number"),
+])
+def test_cli_bad_arguments_one_line(exported, args, phrase):
+    proc = run_runtime("chat", exported("int8"), *args, stdin=b"Hello\n")
+    one_line(type("P", (), {"returncode": proc.returncode, "stderr": proc.stderr.decode()}), 2, phrase)
+
+
+def test_piped_chat_one_line_per_input_line(exported):
+    lines = [b"Hello there", b"", b"caf\xe9 \xff broken", b"word " * 1100, b"Are you still there?", b"   ",
+             b"Bye <|endoftext|> now"]
+    proc = run_runtime("chat", exported("int8"), "--max-new-tokens", "8", stdin=b"\n".join(lines) + b"\n")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.decode().split("\n")
+    assert out[-1] == "" and len(out) - 1 == len(lines)  # exactly one line per input line
+    assert out[1] == "" and out[2] == "" and out[3] == "" and out[5] == ""
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 2 and "not valid UTF-8" in err[0] and "exceeds the context" in err[1]
+    assert "Traceback" not in proc.stderr.decode()
+    # the chat went on after the bad lines: the reply to line 5 is the one a model gives to that history
+    model = runtime.load(exported("int8"))
+    chat = model.chat(max_new_tokens=8)
+    assert chat.send("Hello there") == out[0]
+    assert chat.send("Are you still there?") == out[4]
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, s: str) -> None:
+        self.parts.append(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_piped_reply_line_breaks_become_spaces():
+    from runtime.__main__ import _reply
+
+    def pieces():
+        yield from ["one\ntwo", "\r\nthree\u2028four", "\x0bfive"]
+
+    out = _Out()
+    wrote, stopped = _reply(pieces(), out, piped=True)
+    text = "".join(out.parts)
+    assert wrote and not stopped and text == "one two  three four five" and len(text.splitlines()) == 1
+
+
+def test_ctrl_c_stops_the_reply_and_keeps_the_turn(exported):
+    """The first Ctrl-C during a reply ends that reply (what was written becomes the bot's turn); the
+    chat goes on."""
+    from runtime.__main__ import _reply
+
+    model = runtime.load(exported("fp32"))
+    chat = model.chat(max_new_tokens=40, min_new_tokens=40)
+
+    def interrupted(it):
+        for i, piece in enumerate(it):
+            if i == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C: delivered to this main thread
+            yield piece
+
+    stream = chat.stream("Tell me everything")
+    out = _Out()
+    wrapper = interrupted(stream)
+    wrote, stopped = _reply(wrapper, out, piped=True)
+    stream.close()  # the REPL closes the chat's stream through the wrapper; here the wrapper is ours
+    assert wrote and stopped
+    assert chat.history[-1] == "".join(out.parts).strip() or chat.history[-1].startswith("".join(out.parts)[:5])
+    assert len(chat.turns) == 2 and len(chat.turns[1]) < 40
+    assert chat.send("Go on")  # the chat continues
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+PTY_DRIVER = r"""
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "runtime", "chat", sys.argv[1],
+                              "--max-new-tokens", "1000", "--min-new-tokens", "1000"])
+screen = b""
+def read_until(marker, start=0, timeout=30):
+    global screen
+    end = time.time() + timeout
+    while marker not in screen[start:] and time.time() < end:
+        try:
+            screen += os.read(fd, 4096)
+        except OSError:
+            break
+    return marker in screen[start:]
+steps = [read_until(b">>> You: ")]
+os.write(fd, b"Tell me a very long story\n")
+steps.append(read_until(b"Bot: "))
+time.sleep(0.3)
+os.write(fd, b"\x03")                      # Ctrl-C during the reply
+steps.append(read_until(b"(stopped)"))
+steps.append(read_until(b">>> You: ", start=screen.find(b"(stopped)")))
+time.sleep(0.3)
+os.write(fd, b"\x03")                      # Ctrl-C at the prompt
+read_until(b"never printed", timeout=15)   # drain until the child closes the terminal
+done, status = os.waitpid(pid, os.WNOHANG)
+if not done:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+print(steps, os.waitstatus_to_exitcode(status) if done else "still running")
+"""
+
+
+def test_ctrl_c_interactive_session(exported, tmp_path):
+    """Interactive chat on a terminal: Ctrl-C during a reply prints (stopped) and the prompt returns;
+    Ctrl-C at the prompt exits 130. Driven through a pseudo-terminal by a separate process."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(PTY_DRIVER)
+    proc = subprocess.run([sys.executable, str(driver), str(exported("fp32"))], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.stdout.strip() == "[True, True, True, True] 130", (proc.stdout, proc.stderr)
