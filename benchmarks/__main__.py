@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .engines import Engine, all_engines, dir_size, greedy_agreement
 from .machine import machine_info
-from .random_checkpoint import LABEL, SHARED, make_random_checkpoint
+from .random_checkpoint import LABEL, make_random_checkpoint
 from .report import write_report
 
 REFERENCE = "pytorch-fp32"
@@ -32,14 +32,13 @@ QUICK_ENGINES = "pytorch-fp32,ours-fp32,ours-int8,ours-int4,ctranslate2-int8,opt
 def dialogue_tokens(n_tokens: int, offset: int = 0) -> list[int]:
     """Real dialogue (Topical-Chat test turns, each followed by EOS), cut to n_tokens."""
     from export.tokenizer import build_tokenizer
+    from runtime.text import EOS_TOKEN_ID, encode_dialogue
+    from training.corpora import tokenizer_files, topical_chat
 
-    tok = build_tokenizer({"vocab.json": SHARED / "dialogpt-tokenizer" / "vocab.json",
-                           "merges.txt": SHARED / "dialogpt-tokenizer" / "merges.txt"})
-    data = json.loads((SHARED / "topical-chat" / "test_freq.json").read_text())
+    tok = build_tokenizer(tokenizer_files())
     ids: list[int] = []
-    for conv in list(data.values())[offset:]:
-        for m in conv["content"]:
-            ids += tok.encode(m["message"], add_special_tokens=False).ids + [50256]
+    for conv in topical_chat("test_freq")[offset:]:
+        ids += encode_dialogue(tok, conv, EOS_TOKEN_ID)
         if len(ids) >= n_tokens:
             break
     return ids[:n_tokens]

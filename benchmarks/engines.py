@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-EOS = 50256
+from runtime.text import EOS_TOKEN_ID
+
+EOS = EOS_TOKEN_ID
 
 
 class Engine:

@@ -11,12 +11,8 @@ chat runtime's default budget is the smallest one within 1% of the best.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def measure(ckpt_dir: str, conversations: int, budgets: list[int], min_turn: int = 8) -> dict[int, float]:
@@ -26,14 +22,15 @@ def measure(ckpt_dir: str, conversations: int, budgets: list[int], min_turn: int
     from export.checkpoint import load_checkpoint
     from export.parity import torch_model
     from export.tokenizer import build_tokenizer
+    from runtime.text import encode_turn
+    from training.corpora import DIALOGPT_TOKENIZER, topical_chat
 
-    ck = load_checkpoint(ckpt_dir, SHARED / "dialogpt-tokenizer")
+    ck = load_checkpoint(ckpt_dir, DIALOGPT_TOKENIZER)
     model, tok, eos = torch_model(ck), build_tokenizer(ck.tokenizer_files), ck.config.eos_token_id
-    data = json.loads((SHARED / "topical-chat" / "test_freq.json").read_text())
-    convs = [[m["message"] for m in c["content"]] for c in list(data.values())[:conversations]]
+    convs = topical_chat("test_freq", limit=conversations)
     nll: dict[int, list[float]] = {b: [] for b in budgets}
     for conv in tqdm(convs, desc="conversations"):
-        turns = [tok.encode(t, add_special_tokens=False).ids + [eos] for t in conv]
+        turns = [encode_turn(tok, t, eos) for t in conv]
         for t in range(min_turn, len(turns)):
             target = turns[t]
             for b in budgets:  # every target is scored at every budget: a paired comparison

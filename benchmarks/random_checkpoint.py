@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # name -> (DialoGPT config it derives from, overrides). "tiny" is the demo / test size: the real
 # vocabulary and context, 2 layers of width 64.
 SIZES: dict[str, tuple[str, dict[str, int]]] = {
@@ -20,13 +19,15 @@ SIZES: dict[str, tuple[str, dict[str, int]]] = {
 LABEL = "random weights — speed only"
 
 
-def make_random_checkpoint(size: str, out: Path, seed: int = 0, shared: Path = SHARED) -> Path:
+def make_random_checkpoint(size: str, out: Path, seed: int = 0) -> Path:
     """Write an HF-format dir (config.json, model.safetensors, vocab.json, merges.txt)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from training.corpora import dialogpt_config, tokenizer_files
+
     base, overrides = SIZES[size]
-    raw = {**json.loads((shared / "dialogpt-configs" / base / "config.json").read_text()), **overrides}
+    raw = {**dialogpt_config(base), **overrides}
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(**raw)).eval()
     out.mkdir(parents=True, exist_ok=True)
@@ -34,8 +35,8 @@ def make_random_checkpoint(size: str, out: Path, seed: int = 0, shared: Path = S
     cfg = json.loads((out / "config.json").read_text())
     cfg["_weights"] = LABEL
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    for f in ("vocab.json", "merges.txt"):
-        shutil.copyfile(shared / "dialogpt-tokenizer" / f, out / f)
+    for name, path in tokenizer_files().items():
+        shutil.copyfile(path, out / name)
     return out
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CONFIGS = SHARED / "dialogpt-configs"
-TOKENIZER = SHARED / "dialogpt-tokenizer"
-TOPICAL_CHAT = SHARED / "topical-chat"
+from training.corpora import DIALOGPT_CONFIGS as CONFIGS
+from training.corpora import DIALOGPT_TOKENIZER as TOKENIZER
+from training.corpora import TOPICAL_CHAT, dialogpt_config
+
+__all__ = ["CONFIGS", "TOKENIZER", "TOPICAL_CHAT"]
 
 # Small enough for CI, big enough that attention, MLP and the tied head all matter.
 TINY = {"n_layer": 2, "n_embd": 64, "n_head": 4}
@@ -20,7 +21,7 @@ TINY = {"n_layer": 2, "n_embd": 64, "n_head": 4}
 
 def original_config(size: str = "small", **overrides: int) -> dict:
     """The original DialoGPT config (no model_type), shrunk by overrides."""
-    raw = json.loads((CONFIGS / size / "config.json").read_text())
+    raw = dialogpt_config(size)
     raw.update(overrides)
     return raw
 

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import TOPICAL_CHAT, fp16_rounded, save_hf, save_original, tiny_model
+from checkpoints import fp16_rounded, save_hf, save_original, tiny_model
 
 from export import ExportOptions, export_model
+from training.corpora import topical_chat
 
 
 @pytest.fixture(scope="session")
@@ -40,9 +40,7 @@ def tiny_fp16(tiny) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def topical_contexts() -> list[list[str]]:
     """Real dialogue: the first three turns of Topical-Chat test conversations."""
-    data = json.loads((TOPICAL_CHAT / "test_freq.json").read_text())
-    convs = list(data.values())[:6]
-    return [[m["message"] for m in c["content"][:3]] for c in convs]
+    return [c[:3] for c in topical_chat("test_freq", limit=6)]
 
 
 @pytest.fixture(scope="session")

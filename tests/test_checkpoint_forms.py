@@ -12,6 +12,7 @@ from checkpoints import CONFIGS
 from export.checkpoint import canonical_name, load_checkpoint
 from export.config import config_from_dict
 from export.errors import ExportError
+from runtime.text import EOS_TOKEN_ID
 
 
 def _reference(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -45,7 +46,7 @@ def test_original_configs_are_accepted_as_gpt2():
     for size, (layers, embd) in {"small": (12, 768), "medium": (24, 1024), "large": (36, 1280)}.items():
         cfg = config_from_dict(json.loads((CONFIGS / size / "config.json").read_text()))
         assert (cfg.n_layer, cfg.n_embd, cfg.n_positions, cfg.vocab_size) == (layers, embd, 1024, 50257)
-        assert cfg.n_inner == 4 * embd and cfg.eos_token_id == 50256
+        assert cfg.n_inner == 4 * embd and cfg.eos_token_id == EOS_TOKEN_ID
 
 
 @pytest.mark.parametrize("name,canonical", [

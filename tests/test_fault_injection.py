@@ -474,18 +474,16 @@ def test_bad_model_dir(tmp_path, exported, case):
 
 def test_no_verify_skips_hashing_but_not_sizes(tmp_path, exported):
     d = _copy(exported("int8"), tmp_path / "m")
-    _flip_bytes(d / "tokenizer.json")  # same size, different bytes: only a hash sees it
+    tok = (d / "tokenizer.json").read_bytes()
+    i = tok.index(b",")  # same size, still valid JSON: only a hash can tell
+    (d / "tokenizer.json").write_bytes(tok[:i + 1] + b" " + tok[i + 1:].replace(b" ", b"", 1)
+                                       if b" " in tok[i + 1:] else tok[:i] + b"\n" + tok[i:-1])
+    assert (d / "tokenizer.json").stat().st_size == len(tok)
     with pytest.raises(ModelDirError, match="sha256"):
         runtime.load(d)
-    with open(d / "tokenizer.json", "rb+") as f:  # restore: only model.onnx differs now, harmlessly
-        f.write((exported("int8") / "tokenizer.json").read_bytes())
-    onnx_bytes = bytearray((d / "model.onnx").read_bytes())
-    onnx_bytes[-1] ^= 0  # unchanged content; then a real byte change inside a weight
-    model_ok = runtime.load(d, verify=False)
-    assert model_ok.generate("Hi", max_new_tokens=2).ids
-    _flip_bytes(d / "model.onnx")
-    assert run_runtime("generate", d, "Hi", "--no-verify", "--max-new-tokens", "2").returncode in (0, 2)
+    assert runtime.load(d, verify=False).generate("Hi", max_new_tokens=2).ids
     assert run_runtime("generate", d, "Hi", "--max-new-tokens", "2").returncode == 2
+    assert run_runtime("generate", d, "Hi", "--no-verify", "--max-new-tokens", "2").returncode == 0
     (d / "model.onnx").write_bytes(b"short")
     with pytest.raises(ModelDirError, match="bytes, the manifest says"):
         runtime.load(d, verify=False)

@@ -16,8 +16,9 @@ from transformers import (
 )
 
 from runtime.sampling import SamplingOptions, process
+from runtime.text import EOS_TOKEN_ID
 
-EOS, VOCAB = 50256, 50257
+EOS, VOCAB = EOS_TOKEN_ID, 50257
 
 
 def _reference(logits: np.ndarray, history: list[int], prompt_len: int, o: SamplingOptions) -> np.ndarray:

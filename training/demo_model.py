@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-EOS = 50256
+from runtime.text import EOS_TOKEN_ID as EOS
+from runtime.text import encode_turn
+from training.corpora import DIALOGPT_TOKENIZER, TOPICAL_CHAT, dialogpt_config, tokenizer_files
+
 LABEL = "demo: trained {minutes:.0f} min on Topical-Chat valid splits; not DialoGPT quality"
 
 
@@ -33,7 +35,7 @@ def windows(tok, convs: list[list[str]], length: int) -> np.ndarray:
     """Token windows of `length` that start at a turn boundary, padded with EOS."""
     rows = []
     for conv in convs:
-        ids = [tok.encode(t, add_special_tokens=False).ids + [EOS] for t in conv]
+        ids = [encode_turn(tok, t, EOS) for t in conv]
         for start in range(0, len(ids), 2):
             seq = [t for turn in ids[start:] for t in turn][:length]
             if len(seq) >= 16:
@@ -50,12 +52,12 @@ def train(out: Path, minutes: float, layers: int, width: int, heads: int, length
 
     from export.tokenizer import build_tokenizer
 
-    tokdir = SHARED / "dialogpt-tokenizer"
-    tok: Tokenizer = build_tokenizer({"vocab.json": tokdir / "vocab.json", "merges.txt": tokdir / "merges.txt"})
-    tc = SHARED / "topical-chat"
+    tokdir = DIALOGPT_TOKENIZER
+    tok: Tokenizer = build_tokenizer(tokenizer_files())
+    tc = TOPICAL_CHAT
     train_rows = windows(tok, dialogues([tc / "valid_freq.json", tc / "valid_rare.json"]), length)
     eval_rows = windows(tok, dialogues([tc / "test_freq.json"]), length)[:256]
-    raw = json.loads((SHARED / "dialogpt-configs" / "small" / "config.json").read_text())
+    raw = dialogpt_config("small")
     raw.update(n_layer=layers, n_embd=width, n_head=heads)
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
