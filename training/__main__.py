@@ -1,0 +1,77 @@
+"""CLI: python -m training --data PATH [--data PATH ...] [--init CKPT_DIR] --out DIR
+                          [--max-steps N] [--minutes M] [--eval PATH] ...
+
+Trains (or fine-tunes, with --init) a DialoGPT-format model: causal LM over dialogues whose turns each
+end with <|endoftext|>. Run the same command again to resume from OUT's last checkpoint. OUT is a
+checkpoint `python -m export OUT MODEL_DIR` takes as is. Exit codes: 0 done (or stopped by --minutes,
+resumable), 2 a user error (one line), 130 interrupted (the last checkpoint is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from runtime.cli import OneLineParser, finite_float, nonnegative_int, positive_int
+
+from .corpora import DataError
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = OneLineParser(prog="python -m training", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", action="append", required=True,
+                   help="Topical-Chat .json, .jsonl ({\"turns\": [...]} per line), .tsv (turns split by ' EOS '), "
+                        "or 'chitchat' (the chitchat-dataset package); repeatable")
+    p.add_argument("--out", required=True, help="output dir: an export-ready checkpoint + train_state/ to resume")
+    p.add_argument("--init", help="checkpoint dir to fine-tune (any form the exporter reads)")
+    p.add_argument("--eval", help="held-out dialogue file (default: the shipped Topical-Chat test_freq)")
+    p.add_argument("--max-steps", type=nonnegative_int, default=0, help="optimizer steps (default: one epoch)")
+    p.add_argument("--minutes", type=finite_float, default=None, help="stop (resumably) after this long")
+    p.add_argument("--layers", type=positive_int, default=6)
+    p.add_argument("--width", type=positive_int, default=256)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--length", type=positive_int, default=256, help="tokens per training window")
+    p.add_argument("--batch", type=positive_int, default=16)
+    p.add_argument("--accum", type=positive_int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=finite_float, default=None, help="peak learning rate (default 1e-3; 5e-5 with --init)")
+    p.add_argument("--warmup", type=nonnegative_int, default=200)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--no-mask-first-turn", action="store_true",
+                   help="also train on each window's first turn (it has no context)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--eval-every", type=nonnegative_int, default=500)
+    p.add_argument("--eval-conversations", type=positive_int, default=50)
+    p.add_argument("--save-every-minutes", type=finite_float, default=10.0)
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    from .trainer import Settings, Trainer
+
+    settings = Settings(
+        data=tuple(a.data), eval=a.eval, init=a.init, layers=a.layers, width=a.width, heads=a.heads,
+        length=a.length, batch=a.batch, accum=a.accum, lr=a.lr or (5e-5 if a.init else 1e-3), warmup=a.warmup,
+        max_steps=a.max_steps, seed=a.seed, mask_first_turn=not a.no_mask_first_turn, dtype=a.dtype,
+        eval_every=a.eval_every, eval_conversations=a.eval_conversations)
+    try:
+        trainer = Trainer(settings, Path(a.out), threads=a.threads, progress=not a.quiet)
+        p = trainer.run(minutes=a.minutes, save_every_minutes=a.save_every_minutes)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint in --out is kept; run the same command to resume", file=sys.stderr)
+        return 130
+    state = "finished" if p.finished else "stopped (run the same command to resume)"
+    ppl = f", held-out reply perplexity {p.eval_ppl:.1f}" if p.eval_ppl is not None else ""
+    print(f"{state} at step {p.step}/{p.max_steps}: train loss {p.train_loss:.3f}{ppl}; checkpoint in {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Reply perplexity on held-out dialogue, the number the bundled model is chosen by.
+
+For every turn t >= 1 of a conversation: context = the earlier turns (each + EOS) cut to their last
+`context_tokens` tokens, target = turn t + EOS. Perplexity = exp(total target NLL / target tokens).
+This is what chat asks of the model: the next turn given the history it keeps (128 tokens by default).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from runtime.text import encode_turn
+
+
+def reply_pairs(tok, convs: list[list[str]], eos: int, context_tokens: int = 128) -> list[tuple[list[int], list[int]]]:
+    pairs = []
+    for conv in convs:
+        turns = [encode_turn(tok, t, eos) for t in conv]
+        for t in range(1, len(turns)):
+            ctx = [x for turn in turns[:t] for x in turn][-context_tokens:]
+            pairs.append((ctx, turns[t]))
+    return pairs
+
+
+def reply_nll(model, pairs: list[tuple[list[int], list[int]]], batch: int = 16) -> tuple[float, int]:
+    """(summed NLL over target tokens, target token count); the head runs on target positions only."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    model.eval()
+    with torch.no_grad():
+        for b in range(0, len(order), batch):
+            rows = [pairs[i] for i in order[b:b + batch]]
+            width = max(len(c) + len(t) for c, t in rows)
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            labels = np.full((len(rows), width), -100, dtype=np.int64)
+            for r, (c, t) in enumerate(rows):
+                ids[r, : len(c) + len(t)] = c + t
+                labels[r, len(c): len(c) + len(t)] = t
+            ids_t, labels_t = torch.from_numpy(ids), torch.from_numpy(labels)
+            hidden = model.transformer(input_ids=ids_t).last_hidden_state[:, :-1]
+            target = labels_t[:, 1:]
+            keep = target != -100
+            logits = model.lm_head(hidden[keep]).float()
+            total += F.cross_entropy(logits, target[keep], reduction="sum").item()
+            count += int(keep.sum())
+    return total, count
+
+
+def reply_perplexity(model, pairs: list[tuple[list[int], list[int]]], batch: int = 16) -> float:
+    total, count = reply_nll(model, pairs, batch)
+    return math.exp(total / count)
