@@ -11,21 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import MODEL_FILE, Manifest
-from .session import check_inputs, make_session
+from .manifest import Manifest
+from .session import Graph
 
 
-class PortableGraph:
+class PortableGraph(Graph):
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
                  max_length: int | None = None) -> None:
-        self.m = manifest
-        self.sess = make_session(Path(model_dir) / MODEL_FILE, threads)
-        self.names = manifest.inputs
-        self.logits_name = manifest.outputs["logits"]
-        self.max_length = min(max_length or manifest.n_positions, manifest.n_positions)
+        super().__init__(model_dir, manifest, threads=threads, max_length=max_length)
         self.out_names = [self.logits_name] + [manifest.io[f"present_{k}"].format(i)
                                                for i in range(manifest.n_layer) for k in ("key", "value")]
-        check_inputs(self.sess, self.names)
 
     def new_cache(self) -> PortableCache:
         return PortableCache(self)

@@ -56,8 +56,8 @@ def open_graph(model_dir: Path, manifest: Manifest, threads: int | None = None,
     return DecoderGraph(model_dir, manifest, threads=threads, max_length=max_length)
 
 
-class DecoderGraph:
-    """The contrib-op graph. Read-only after construction: safe to share between threads."""
+class Graph:
+    """A loaded graph: session, I/O names, context. Read-only after construction: safe to share."""
 
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
                  max_length: int | None = None) -> None:
@@ -67,6 +67,10 @@ class DecoderGraph:
         self.logits_name = manifest.outputs["logits"]
         self.max_length = min(max_length or manifest.n_positions, manifest.n_positions)
         check_inputs(self.sess, self.names)
+
+
+class DecoderGraph(Graph):
+    """The contrib-op graph; each caller's state lives in a KVCache."""
 
     def new_cache(self) -> KVCache:
         return KVCache(self)
