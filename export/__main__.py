@@ -1,8 +1,8 @@
 """CLI: python -m export SOURCE OUT_DIR --variant fp32|int8|int4 [--verify] [--overwrite] ...
 
 Exit codes: 0 written, 1 parity below the --verify thresholds (nothing written), 2 a user error (one
-line on stderr, nothing written), 128 + N ended by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129;
-nothing written, temporary files removed).
+line on stderr, nothing written), 3 an internal error (a bug: trace shown, nothing written), 128 + N
+ended by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129; nothing written, temporary files removed).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import traceback
 
 from runtime.cli import OneLineParser, finite_float, positive_int
 
@@ -17,6 +18,8 @@ from .errors import ExportError, Interrupted, ParityError
 from .outdir import interruptible
 from .parity import Thresholds
 from .pipeline import VARIANTS, ExportOptions, export_model
+
+INTERNAL_ERROR = 3  # exit 1 is "parity failed" only
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(f"interrupted by {signal.Signals(signum).name}: nothing written", file=sys.stderr)
         return 128 + signum
+    except Exception:  # a bug, not a user error: keep exit 1 for "parity failed" only
+        traceback.print_exc()
+        print("internal error (a bug in dialogpt-onnx; nothing written): please report it with the trace above",
+              file=sys.stderr)
+        return INTERNAL_ERROR
     status = "passed" if not res.failures else "BELOW THRESHOLDS: " + "; ".join(res.failures)
     print(f"wrote {res.out_dir} ({res.bytes_on_disk / 1e6:.1f} MB, {a.variant})")
     print(f"parity vs transformers fp32 on {res.parity.prompts} prompts x {res.parity.new_tokens} tokens: "

@@ -1,6 +1,7 @@
 """CLI: python -m runtime chat MODEL_DIR [options] | python -m runtime generate MODEL_DIR "text" [options]
 
-Exit codes: 0 done, 2 a user error (one line on stderr), 130 interrupted by Ctrl-C.
+Exit codes: 0 done, 2 a user error (one line on stderr), 3 an internal error (a bug: trace shown),
+130 interrupted by Ctrl-C.
 
 Chat, piped (stdin not a terminal): exactly one output line per input line. An empty input line gives
 an empty output line; a line the model cannot take (invalid UTF-8, longer than the context) gives an
@@ -17,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 from collections.abc import Iterator
 from typing import TextIO
 
@@ -175,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("", file=sys.stderr)
         return 130
+    except Exception:  # a bug, not a user error
+        traceback.print_exc()
+        print("internal error (a bug in dialogpt-onnx): please report it with the trace above", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

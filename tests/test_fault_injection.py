@@ -761,3 +761,19 @@ def test_ctrl_c_interactive_session(exported, tmp_path):
     proc = subprocess.run([sys.executable, str(driver), str(exported("fp32"))], cwd=ROOT, capture_output=True,
                           text=True, timeout=180)
     assert proc.stdout.strip() == "[True, True, True, True] 130", (proc.stdout, proc.stderr)
+
+
+def test_internal_errors_are_not_exit_1(tmp_path, hf_dir, monkeypatch, capsys):
+    """Exit 1 means "parity failed" only: a bug exits 3 with its trace, and leaves nothing behind."""
+    import export.__main__ as export_cli
+    import export.pipeline as pipeline
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(pipeline, "build_graph", broken)
+    out = tmp_path / "out"
+    assert export_cli.main([str(hf_dir), str(out), "--quiet", *FAST]) == export_cli.INTERNAL_ERROR
+    assert "simulated bug" in capsys.readouterr().err
+    assert not out.exists()
+    no_partials(tmp_path)
