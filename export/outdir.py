@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import json
 import os
 import shutil
@@ -120,7 +121,7 @@ class TempDir:
 
 def _remove_stale_partials(out: Path) -> None:
     """Temporary dirs of exports to the same OUT_DIR that were killed (SIGKILL, power loss): ours to remove."""
-    for p in out.parent.glob(f".{out.name}{PARTIAL}*"):
+    for p in out.parent.glob(f".{glob.escape(out.name)}{PARTIAL}*"):
         pid = p.name[len(f".{out.name}{PARTIAL}"):].split("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)

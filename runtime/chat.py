@@ -148,7 +148,8 @@ class ChatSession:
             self.stats["prefilled_tokens"] += len(prompt)
             sd = StreamDecoder(self._model.tokenizer)
             eos = self._model.eos
-            for ids in generate_ids(self._cache, [prompt], opts, eos, keep_cache=keep, history=[flat + new]):
+            # the cache is ours: emptied above when recomputing, so generate_ids must not reset it again
+            for ids in generate_ids(self._cache, [prompt], opts, eos, keep_cache=True, history=[flat + new]):
                 t = int(ids[0])
                 if t < 0:
                     break
