@@ -132,6 +132,7 @@ def test_loss_falls_and_result_exports_and_chats(tmp_path, files):
     assert p.eval_ppl == log[-1]["eval_reply_ppl"] or abs(p.eval_ppl - log[-1]["eval_reply_ppl"]) < 0.01
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["n_layer"] == 2 and cfg["_training"]["step"] == 30
+    assert (out / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = export_model(out, tmp_path / "onnx", ExportOptions(variant="fp32", progress=False, n_prompts=1,
                                                              parity_tokens=8))
     assert not res.failures

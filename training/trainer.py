@@ -21,6 +21,7 @@ from runtime.text import EOS_TOKEN_ID, encode_turn
 
 from .corpora import DIALOGPT_TOKENIZER, DataError, dialogpt_config, read_dialogues, tokenizer_files, topical_chat
 from .evaluate import reply_pairs, reply_perplexity
+from .report import CURVE_FILE, plot_curve
 from .windows import IGNORE, Batches, dialogue_windows
 
 STATE_DIR = "train_state"
@@ -274,6 +275,10 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / LOG_FILE, "a") as f:
             f.write(json.dumps(entry) + "\n")
+        s = self.s
+        shape = f"from {Path(s.init).name}" if s.init else f"{s.layers}x{s.width}"
+        plot_curve(p.log, self.out / CURVE_FILE, f"{shape}, windows of {s.length}, batch {s.batch}x{s.accum}, "
+                                                 f"lr {s.lr:g}, {self.total} steps")
         if self.show:
             from tqdm import tqdm
 
