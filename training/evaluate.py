@@ -27,7 +27,6 @@ def reply_pairs(tok, convs: list[list[str]], eos: int, context_tokens: int = 128
 def reply_nll(model, pairs: list[tuple[list[int], list[int]]], batch: int = 16) -> tuple[float, int]:
     """(summed NLL over target tokens, target token count); the head runs on target positions only."""
     import torch
-    import torch.nn.functional as F
 
     total, count = 0.0, 0
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
@@ -41,14 +40,22 @@ def reply_nll(model, pairs: list[tuple[list[int], list[int]]], batch: int = 16) 
             for r, (c, t) in enumerate(rows):
                 ids[r, : len(c) + len(t)] = c + t
                 labels[r, len(c): len(c) + len(t)] = t
-            ids_t, labels_t = torch.from_numpy(ids), torch.from_numpy(labels)
-            hidden = model.transformer(input_ids=ids_t).last_hidden_state[:, :-1]
-            target = labels_t[:, 1:]
-            keep = target != -100
-            logits = model.lm_head(hidden[keep]).float()
-            total += F.cross_entropy(logits, target[keep], reduction="sum").item()
-            count += int(keep.sum())
+            nll, n = labelled_nll(model, torch.from_numpy(ids), torch.from_numpy(labels), reduction="sum")
+            total += nll.item()
+            count += n
     return total, count
+
+
+def labelled_nll(model, ids, labels, reduction: str = "mean"):
+    """(next-token NLL over labelled positions, their count). The vocabulary projection runs only where
+    there is a label (no padding, no masked context): with a 50k vocabulary that is most of the compute."""
+    import torch.nn.functional as F
+
+    hidden = model.transformer(input_ids=ids).last_hidden_state[:, :-1]
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = model.lm_head(hidden[keep]).float()
+    return F.cross_entropy(logits, target[keep], reduction=reduction), int(keep.sum())
 
 
 def reply_perplexity(model, pairs: list[tuple[list[int], list[int]]], batch: int = 16) -> float:

@@ -20,9 +20,9 @@ from pathlib import Path
 from runtime.text import EOS_TOKEN_ID, encode_turn
 
 from .corpora import DIALOGPT_TOKENIZER, DataError, dialogpt_config, read_dialogues, tokenizer_files, topical_chat
-from .evaluate import reply_pairs, reply_perplexity
+from .evaluate import labelled_nll, reply_pairs, reply_perplexity
 from .report import CURVE_FILE, plot_curve
-from .windows import IGNORE, Batches, dialogue_windows
+from .windows import Batches, dialogue_windows
 
 STATE_DIR = "train_state"
 STATE_FILE = "state.pt"
@@ -100,18 +100,6 @@ def _build_model(s: Settings):
     raw = {**dialogpt_config("small"), "n_layer": s.layers, "n_embd": s.width, "n_head": s.heads}
     torch.manual_seed(s.seed)
     return GPT2LMHeadModel(GPT2Config(**raw)).train()
-
-
-def _loss(model, ids, labels):
-    """Mean next-token NLL; the vocabulary projection runs only where there is a label (no padding,
-    no masked first turn): with a 50k vocabulary that is most of the compute of a small model."""
-    import torch.nn.functional as F
-
-    hidden = model.transformer(input_ids=ids).last_hidden_state[:, :-1]
-    target = labels[:, 1:]
-    keep = target != IGNORE
-    logits = model.lm_head(hidden[keep]).float()
-    return F.cross_entropy(logits, target[keep]), int(keep.sum())
 
 
 def _lr(s: Settings, step: int, total: int) -> float:
@@ -240,7 +228,7 @@ class Trainer:
             for a in range(s.accum):
                 ids, labels = self._micro_batch(p.step * s.accum + a)
                 with autocast:
-                    loss, n = _loss(self.model, ids, labels)
+                    loss, n = labelled_nll(self.model, ids, labels)
                 (loss / s.accum).backward()
                 total_loss += loss.item() / s.accum
                 tokens += n
