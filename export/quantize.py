@@ -29,11 +29,16 @@ HEAD_GEMM = "/lm_head/Gemm"
 @dataclass(frozen=True)
 class QuantConfig:
     variant: str  # "int8" | "int4"
-    layer_method: str = "dynamic"  # "dynamic" (int8 DynamicQuantizeMatMul) | "nbits" (MatMulNBits)
+    # "dynamic" (int8 DynamicQuantizeMatMul, one activation scale per tensor) | "rowwise" (int8, one
+    # activation scale per token row) | "nbits" (MatMulNBits)
+    layer_method: str = "dynamic"
     block_size: int = 32  # MatMulNBits block along K (nbits layers)
     head_bits: int = 8  # the tied embedding / lm_head
     head_block_size: int = 32
     per_channel: bool = False  # int8 dynamic quantization of layer weights
+    # int8 layers: 7-bit weights, so AVX2's u8×s8 multiply-add (VPMADDUBSW, int16 pairs) cannot saturate.
+    # rowwise without it stores 8-bit weights as uint8 (u8×u8 kernels: exact, slower).
+    reduce_range: bool = False
     accuracy_level: int = 4  # MatMulNBits: quantize activations to int8 and use VNNI kernels
 
 
@@ -68,7 +73,9 @@ def _quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
     if bits is None:
         raise ValueError(f"unknown quantized variant {qc.variant!r}")
     if qc.layer_method == "dynamic" and bits == 8:
-        return dynamic_int8(model, qc.per_channel)
+        return dynamic_int8(model, qc.per_channel, reduce_range=qc.reduce_range)
+    if qc.layer_method == "rowwise" and bits == 8:
+        return rowwise_int8(model, qc.reduce_range)
     return _nbits(model, bits, qc.block_size, qc.accuracy_level)
 
 
@@ -84,7 +91,7 @@ def _nbits(model: onnx.ModelProto, bits: int, block_size: int, accuracy_level: i
 
 
 def dynamic_int8(model: onnx.ModelProto, per_channel: bool = False, op_types: tuple[str, ...] = ("MatMul",),
-                 nodes: list[str] | None = None) -> onnx.ModelProto:
+                 nodes: list[str] | None = None, reduce_range: bool = False) -> onnx.ModelProto:
     """onnxruntime's dynamic quantization (int8 weights, activations quantized at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -94,8 +101,73 @@ def dynamic_int8(model: onnx.ModelProto, per_channel: bool = False, op_types: tu
         save_model(model, src, big)
         quantize_dynamic(src, dst, op_types_to_quantize=list(op_types), per_channel=per_channel,
                          nodes_to_quantize=nodes, weight_type=QuantType.QInt8, use_external_data_format=big,
+                         reduce_range=reduce_range,
                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         return onnx.load(dst)
+
+
+def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True) -> onnx.ModelProto:
+    """int8 layers whose activations are quantized one token row at a time, so a row's result does not
+    depend on the other rows of its batch or on how its history was chunked into the KV cache.
+
+    x ─Abs─ReduceMax(last axis)─×1/127─► s [rows, 1]
+    x ─÷s─+128.5─Cast(uint8)─► u8 (zero point 128) ─MatMulIntegerToFloat(W, per-column scale)─×s─► y
+
+    Written by hand: onnxruntime's DynamicQuantizeMatMul / MatMulIntegerToFloat take one activation scale
+    per tensor, MatMulInteger rejects per-row zero points, QuantizeLinear's blocked form wants a zero
+    point per row, and int8 activations hit a slow s8×s8 path on AVX2. An all-zero row gets scale 0: its
+    (meaningless) integers are multiplied by that 0.
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consts = [numpy_helper.from_array(np.asarray(1 / 127, np.float32), "rowwise/inv127"),
+              numpy_helper.from_array(np.asarray(128.5, np.float32), "rowwise/zero_point_and_half"),
+              numpy_helper.from_array(np.asarray(1.0, np.float32), "rowwise/one"),
+              numpy_helper.from_array(np.asarray(128, np.uint8), "rowwise/zero_point")]
+    levels = 63 if reduce_range else 127
+    nodes, drop, new_inits = [], set(), []
+    for node in graph.node:
+        w = inits.get(node.input[1]) if node.op_type == "MatMul" else None
+        if w is None or len(w.dims) != 2:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(w)
+        col_scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / levels
+        qweight = np.clip(np.round(weight / col_scale), -levels, levels)
+        w_inputs = [f"{w.name}/scale"]
+        if reduce_range:
+            new_inits.append(numpy_helper.from_array(qweight.astype(np.int8), f"{w.name}/int8"))
+        else:
+            new_inits.append(numpy_helper.from_array((qweight + 128).astype(np.uint8), f"{w.name}/int8"))
+            w_inputs += ["rowwise/zero_point"]
+        drop.add(w.name)
+        new_inits.append(numpy_helper.from_array(col_scale.astype(np.float32), f"{w.name}/scale"))
+        n, x = node.name.removesuffix("/MatMul"), node.input[0]
+        nodes += [
+            helper.make_node("Abs", [x], [f"{n}/abs"], name=f"{n}/rowwise/Abs"),
+            helper.make_node("ReduceMax", [f"{n}/abs"], [f"{n}/absmax"], name=f"{n}/rowwise/ReduceMax",
+                             axes=[-1], keepdims=1),  # opset 17: axes is an attribute
+            helper.make_node("Mul", [f"{n}/absmax", "rowwise/inv127"], [f"{n}/row_scale"],
+                             name=f"{n}/rowwise/RowScale"),
+            helper.make_node("Div", [x, f"{n}/row_scale"], [f"{n}/x_scaled"], name=f"{n}/rowwise/Div"),
+            # Cast truncates: +128.5 then truncation rounds half up into [1, 255]
+            helper.make_node("Add", [f"{n}/x_scaled", "rowwise/zero_point_and_half"], [f"{n}/x_shifted"],
+                             name=f"{n}/rowwise/Add"),
+            helper.make_node("Cast", [f"{n}/x_shifted"], [f"{n}/x_uint8"], name=f"{n}/rowwise/Cast",
+                             to=onnx.TensorProto.UINT8),
+            helper.make_node("MatMulIntegerToFloat",
+                             [f"{n}/x_uint8", f"{w.name}/int8", "rowwise/one", w_inputs[0], "rowwise/zero_point",
+                              *w_inputs[1:]], [f"{n}/y_unscaled"],
+                             name=f"{n}/rowwise/MatMulIntegerToFloat", domain=MS_DOMAIN),
+            helper.make_node("Mul", [f"{n}/y_unscaled", f"{n}/row_scale"], list(node.output),
+                             name=f"{n}/rowwise/Mul"),
+        ]
+    kept = [t for t in graph.initializer if t.name not in drop]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + consts + new_inits)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
 
 
 def quantize_tied_head(model: onnx.ModelProto, bits: int, block_size: int,

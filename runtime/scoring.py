@@ -1,0 +1,35 @@
+"""Log-probabilities of a given reply after a given context, computed by the runtime's own graph.
+
+With a last-logits graph (the default export) the reply is teacher-forced one token per step through
+the KV cache, exactly the computation chat does; an `--all-logits` export reads the whole reply in one
+pass. Either way the numbers are what this model file computes, so they measure its quantization.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def reply_logprobs(cache, context: list[int], reply: list[int]) -> np.ndarray:
+    """log p(reply[i] | context + reply[:i]) for every i, as float64 [len(reply)].
+
+    `cache` is a KVCache or PortableCache (from `model.graph.new_cache()`); it is reset first."""
+    if not context or not reply:
+        raise ValueError("context and reply must both be non-empty token lists")
+    cache.reset(1, reserve=len(context) + len(reply))
+    if cache.m.all_logits:
+        cache.prefill([context + reply])
+        rows = cache.last_all_logits[0, len(context) - 1: len(context) + len(reply) - 1]
+        return log_softmax(rows)[np.arange(len(reply)), reply]
+    out = np.empty(len(reply))
+    logits = cache.prefill([context])[0]
+    for i, tok in enumerate(reply):
+        out[i] = log_softmax(logits)[tok]
+        if i + 1 < len(reply):
+            logits = cache.step(np.array([tok]))[0]
+    return out
