@@ -110,22 +110,31 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True) -> onnx.Mode
     """int8 layers whose activations are quantized one token row at a time, so a row's result does not
     depend on the other rows of its batch or on how its history was chunked into the KV cache.
 
-    x ─Abs─ReduceMax(last axis)─×1/127─► s [rows, 1]
-    x ─÷s─+128.5─Cast(uint8)─► u8 (zero point 128) ─MatMulIntegerToFloat(W, per-column scale)─×s─► y
+    x ─Abs─ReduceMax(last axis)─×1/127─► s [batch, seq, 1]
+    x ─QuantizeLinear(s, one block per row, zero point 128)─► uint8 ─MatMulIntegerToFloat(W, per-column
+      scale)─×s─► y
 
     Written by hand: onnxruntime's DynamicQuantizeMatMul / MatMulIntegerToFloat take one activation scale
-    per tensor, MatMulInteger rejects per-row zero points, QuantizeLinear's blocked form wants a zero
-    point per row, and int8 activations hit a slow s8×s8 path on AVX2. An all-zero row gets scale 0: its
-    (meaningless) integers are multiplied by that 0.
+    per tensor and MatMulInteger rejects per-row zero points. Activations are uint8 with zero point 128
+    because int8 ones hit a slow s8×s8 path on AVX2. An all-zero row gets scale 0: its (meaningless)
+    integers are multiplied by that 0.
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
+    ids = graph.input[0].name  # [batch, seq]: every layer input is [batch, seq, width]
     consts = [numpy_helper.from_array(np.asarray(1 / 127, np.float32), "rowwise/inv127"),
-              numpy_helper.from_array(np.asarray(128.5, np.float32), "rowwise/zero_point_and_half"),
               numpy_helper.from_array(np.asarray(1.0, np.float32), "rowwise/one"),
-              numpy_helper.from_array(np.asarray(128, np.uint8), "rowwise/zero_point")]
+              numpy_helper.from_array(np.asarray(128, np.uint8), "rowwise/zero_point"),
+              numpy_helper.from_array(np.asarray([-1], np.int64), "rowwise/last_axis")]
+    # QuantizeLinear's blocked form wants a zero point per row: one [batch, seq, 1] tensor of 128 serves all
+    zero_points = "rowwise/zero_points"
+    nodes = [helper.make_node("Shape", [ids], ["rowwise/rows"], name="rowwise/Shape"),
+             helper.make_node("Expand", ["rowwise/zero_point", "rowwise/rows"], ["rowwise/zero_points_2d"],
+                              name="rowwise/Expand"),
+             helper.make_node("Unsqueeze", ["rowwise/zero_points_2d", "rowwise/last_axis"], [zero_points],
+                              name="rowwise/Unsqueeze")]
     levels = 63 if reduce_range else 127
-    nodes, drop, new_inits = [], set(), []
+    drop, new_inits = set(), []
     for node in graph.node:
         w = inits.get(node.input[1]) if node.op_type == "MatMul" else None
         if w is None or len(w.dims) != 2:
@@ -145,16 +154,12 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True) -> onnx.Mode
         n, x = node.name.removesuffix("/MatMul"), node.input[0]
         nodes += [
             helper.make_node("Abs", [x], [f"{n}/abs"], name=f"{n}/rowwise/Abs"),
-            helper.make_node("ReduceMax", [f"{n}/abs"], [f"{n}/absmax"], name=f"{n}/rowwise/ReduceMax",
-                             axes=[-1], keepdims=1),  # opset 17: axes is an attribute
+            helper.make_node("ReduceMax", [f"{n}/abs", "rowwise/last_axis"], [f"{n}/absmax"],
+                             name=f"{n}/rowwise/ReduceMax", keepdims=1),
             helper.make_node("Mul", [f"{n}/absmax", "rowwise/inv127"], [f"{n}/row_scale"],
                              name=f"{n}/rowwise/RowScale"),
-            helper.make_node("Div", [x, f"{n}/row_scale"], [f"{n}/x_scaled"], name=f"{n}/rowwise/Div"),
-            # Cast truncates: +128.5 then truncation rounds half up into [1, 255]
-            helper.make_node("Add", [f"{n}/x_scaled", "rowwise/zero_point_and_half"], [f"{n}/x_shifted"],
-                             name=f"{n}/rowwise/Add"),
-            helper.make_node("Cast", [f"{n}/x_shifted"], [f"{n}/x_uint8"], name=f"{n}/rowwise/Cast",
-                             to=onnx.TensorProto.UINT8),
+            helper.make_node("QuantizeLinear", [x, f"{n}/row_scale", zero_points], [f"{n}/x_uint8"],
+                             name=f"{n}/rowwise/QuantizeLinear", axis=-1, block_size=int(w.dims[0])),
             helper.make_node("MatMulIntegerToFloat",
                              [f"{n}/x_uint8", f"{w.name}/int8", "rowwise/one", w_inputs[0], "rowwise/zero_point",
                               *w_inputs[1:]], [f"{n}/y_unscaled"],
@@ -167,6 +172,10 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True) -> onnx.Mode
     graph.initializer.extend(kept + consts + new_inits)
     del graph.node[:]
     graph.node.extend(nodes)
+    for op in model.opset_import:  # QuantizeLinear's blocked form (block_size) is opset 21
+        if op.domain in ("", "ai.onnx"):
+            op.version = max(op.version, 21)
+    model.ir_version = max(model.ir_version, 10)
     return model
 
 
