@@ -45,7 +45,12 @@ CANDIDATES: dict[str, tuple[str, QuantConfig]] = {
     "int8-nbits8-b256": ("int8", QuantConfig("int8", "nbits", block_size=256, head_bits=8, head_block_size=128)),
     "int4-b128-head4": ("int4", QuantConfig("int4", "nbits", block_size=128, head_bits=4, head_block_size=128)),
     "int4-b128-head8": ("int4", QuantConfig("int4", "nbits", block_size=128, head_bits=8, head_block_size=128)),
-    "int4-b32-head8": ("int4", QuantConfig("int4", "nbits", block_size=32, head_bits=8, head_block_size=32)),
+    "int4-b64-head8": ("int4", QuantConfig("int4", "nbits", block_size=64, head_bits=8, head_block_size=128)),
+    "int4-b32-head8": ("int4", QuantConfig("int4", "nbits", block_size=32, head_bits=8, head_block_size=128)),
+    "int4-hqq-b128-head8": ("int4", QuantConfig("int4", "nbits", block_size=128, head_bits=8, head_block_size=128,
+                                                algorithm="hqq")),
+    "int4-hqq-b64-head8": ("int4", QuantConfig("int4", "nbits", block_size=64, head_bits=8, head_block_size=128,
+                                               algorithm="hqq")),
 }
 
 FULL = {"contexts": 200, "new_tokens": 32, "ppl_conversations": 50, "chats": 20, "chat_turns": 6,
@@ -221,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", action="store_true", help="also the alternative quantizations")
     ap.add_argument("--variants", help=f"comma-separated, from: {', '.join([*VARIANTS, *CANDIDATES])}")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--contexts", type=int, help="greedy contexts (default 200; --quick 16)")
     args = ap.parse_args(argv)
     names = args.variants.split(",") if args.variants else [*VARIANTS, *(CANDIDATES if args.candidates else [])]
     unknown = [n for n in names if n not in VARIANTS and n not in CANDIDATES]
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    p = QUICK if args.quick else FULL
+    p = {**(QUICK if args.quick else FULL), **({"contexts": args.contexts} if args.contexts else {})}
     results, n_pairs = measure(args.checkpoint, names, out, p, args.threads)
     run = {"checkpoint": str(args.checkpoint), "quick": args.quick, "threads": args.threads, "params": p,
            "ppl_pairs": n_pairs, "machine": machine_info(), "results": results}

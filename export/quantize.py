@@ -40,6 +40,7 @@ class QuantConfig:
     # rowwise without it stores 8-bit weights as uint8 (u8×u8 kernels: exact, slower).
     reduce_range: bool = False
     accuracy_level: int = 4  # MatMulNBits: quantize activations to int8 and use VNNI kernels
+    algorithm: str = "rtn"  # nbits layers: "rtn" (round to nearest, asymmetric) | "hqq" (half-quadratic)
 
 
 def fit_to_model(qc: QuantConfig, n_embd: int) -> QuantConfig:
@@ -76,18 +77,33 @@ def _quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
         return dynamic_int8(model, qc.per_channel, reduce_range=qc.reduce_range)
     if qc.layer_method == "rowwise" and bits == 8:
         return rowwise_int8(model, qc.reduce_range)
-    return _nbits(model, bits, qc.block_size, qc.accuracy_level)
+    return _nbits(model, bits, qc.block_size, qc.accuracy_level, algorithm=qc.algorithm)
 
 
 def _nbits(model: onnx.ModelProto, bits: int, block_size: int, accuracy_level: int,
-           nodes: list[str] | None = None) -> onnx.ModelProto:
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+           nodes: list[str] | None = None, algorithm: str = "rtn") -> onnx.ModelProto:
+    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False,
-                             accuracy_level=accuracy_level, nodes_to_include=nodes,
-                             op_types_to_quantize=("MatMul",))
+    if algorithm == "hqq":  # onnxruntime's HQQ quantizer fits scales and zero points (needs torch)
+        q = MatMulNBitsQuantizer(model, nodes_to_include=nodes, op_types_to_quantize=("MatMul",),
+                                 algo_config=HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits,
+                                                                      op_types_to_quantize=("MatMul",)))
+    elif algorithm == "rtn":
+        q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False,
+                                 accuracy_level=accuracy_level, nodes_to_include=nodes,
+                                 op_types_to_quantize=("MatMul",))
+    else:
+        raise ValueError(f"unknown MatMulNBits algorithm {algorithm!r}")
     q.process()
-    return q.model.model
+    out = q.model.model
+    for node in out.graph.node:  # HQQ leaves accuracy_level unset (fp32 compute)
+        if node.op_type == "MatMulNBits":
+            for a in node.attribute:
+                if a.name == "accuracy_level":
+                    a.i = accuracy_level
+            if not any(a.name == "accuracy_level" for a in node.attribute):
+                node.attribute.append(helper.make_attribute("accuracy_level", accuracy_level))
+    return out
 
 
 def dynamic_int8(model: onnx.ModelProto, per_channel: bool = False, op_types: tuple[str, ...] = ("MatMul",),
