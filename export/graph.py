@@ -9,47 +9,16 @@ Quantization is a separate pass (quantize.py): this builder never branches on pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 
+from runtime.graph_io import CONTRIB_IO
+
 from .checkpoint import Checkpoint
 from .config import ERF_GELUS, ModelConfig
-from .onnx_ops import FLOAT, INT32, INT64, MS_DOMAIN, GraphWriter
+from .onnx_ops import FLOAT, INT32, INT64, MS_DOMAIN, GraphEditor
 
-
-@dataclass(frozen=True)
-class GraphIO:
-    """Graph input/output names: written to the manifest, the runtime reads them from there."""
-
-    input_ids: str = "input_ids"
-    position_ids: str = "position_ids"
-    seqlens_k: str = "seqlens_k"  # per row: tokens in cache after this step - 1
-    query_seqlens: str = "query_seqlens"  # per row: real (non-padding) tokens in this step
-    total_sequence_length: str = "total_sequence_length"
-    logits: str = "logits"
-    past_key: str = "past_key.{}"
-    past_value: str = "past_value.{}"
-    present_key: str = "present_key.{}"
-    present_value: str = "present_value.{}"
-
-
-IO = GraphIO()
-
-
-def manifest_io(all_logits: bool) -> dict:
-    """The graph's I/O contract as written to the manifest."""
-    return {
-        "inputs": {k: getattr(IO, k) for k in ("input_ids", "position_ids", "seqlens_k", "query_seqlens",
-                                               "total_sequence_length")},
-        "outputs": {"logits": IO.logits},
-        "past_key": IO.past_key, "past_value": IO.past_value,
-        "present_key": IO.present_key, "present_value": IO.present_value,
-        "kv_layout": "BNSH [batch, n_head, capacity, head_dim], float32",
-        "kv_buffer": "shared: bind one buffer as past and present; GroupQueryAttention appends in place",
-        "logits": "all" if all_logits else "last",
-    }
+IO = CONTRIB_IO  # the names this builder gives the graph's inputs and outputs (written to the manifest)
 
 
 def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
@@ -58,13 +27,13 @@ def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
     position_ids ─Gather(wpe)─SkipLN(ln_1) ─► [layer × n_layer] ─► SkipLN(ln_f) ─► last row ─► Gemm(wteᵀ) ─► logits
     """
     cfg, w = ckpt.config, ckpt.weights
-    g = GraphWriter()
+    g = GraphEditor()
     b, s = "batch", "sequence"
-    ids = g.input(IO.input_ids, INT64, [b, s])
-    pos = g.input(IO.position_ids, INT64, [b, s])
-    seqlens_k = g.input(IO.seqlens_k, INT32, [b])
-    q_lens = g.input(IO.query_seqlens, INT32, [b])
-    total = g.input(IO.total_sequence_length, INT32, [])
+    ids = g.input(IO.inputs["input_ids"], INT64, [b, s])
+    pos = g.input(IO.inputs["position_ids"], INT64, [b, s])
+    seqlens_k = g.input(IO.inputs["seqlens_k"], INT32, [b])  # per row: tokens cached after this step - 1
+    q_lens = g.input(IO.inputs["query_seqlens"], INT32, [b])  # per row: real (non-padding) tokens this step
+    total = g.input(IO.inputs["total_sequence_length"], INT32, [])
     g.output(IO.logits, FLOAT, [b, s if all_logits else 1, cfg.vocab_size])
 
     wte = g.weight("wte.weight", w["wte.weight"])
@@ -85,7 +54,7 @@ def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
     return g.model("dialogpt", "dialogpt-onnx")
 
 
-def _skip_layer_norm(g: GraphWriter, cfg: ModelConfig, w: dict, x: str, skip: str, ln: str,
+def _skip_layer_norm(g: GraphEditor, cfg: ModelConfig, w: dict, x: str, skip: str, ln: str,
                      bias: str | None, name: str) -> tuple[str, str]:
     """(normed, x + skip + bias): SkipLayerNormalization's outputs 0 and 3."""
     gamma = g.weight(f"{ln}.weight", w[f"{ln}.weight"])
@@ -96,7 +65,7 @@ def _skip_layer_norm(g: GraphWriter, cfg: ModelConfig, w: dict, x: str, skip: st
     return outs[0], outs[3]
 
 
-def _layer(g: GraphWriter, cfg: ModelConfig, w: dict, i: int, x: str, residual: str, seqlens_k: str,
+def _layer(g: GraphEditor, cfg: ModelConfig, w: dict, i: int, x: str, residual: str, seqlens_k: str,
            q_lens: str, total: str) -> tuple[str, str, str]:
     """
     x ─MatMul(c_attn)+b─► GQA(KV buffer) ─MatMul(c_proj)─► SkipLN(ln_2, +residual, +c_proj.b)
@@ -109,15 +78,16 @@ def _layer(g: GraphWriter, cfg: ModelConfig, w: dict, i: int, x: str, residual: 
 
     qkv = g.op1("MatMul", [x, param("attn.c_attn.weight")], f"{n}/attn/qkv/MatMul")
     qkv = g.op1("Add", [qkv, param("attn.c_attn.bias")], f"{n}/attn/qkv/Add")
-    gqa_inputs = [qkv, "", "", IO.past_key.format(i), IO.past_value.format(i), seqlens_k, total] + [""] * 9
+    past = [IO.kv_name("past", k, i) for k in ("key", "value")]
+    present = [IO.kv_name("present", k, i) for k in ("key", "value")]
+    gqa_inputs = [qkv, "", "", *past, seqlens_k, total] + [""] * 9
     gqa_inputs.append(q_lens)  # input 16: right-padded rows of a ragged batch are not cached
-    for name in (IO.past_key.format(i), IO.past_value.format(i)):
+    for name in past:
         g.input(name, FLOAT, ["batch", cfg.n_head, "max_kv_length", cfg.head_dim])
-    for name in (IO.present_key.format(i), IO.present_value.format(i)):
+    for name in present:
         g.output(name, FLOAT, ["batch", cfg.n_head, "max_kv_length", cfg.head_dim])
     ctx = g.op("GroupQueryAttention", gqa_inputs, f"{n}/attn/GroupQueryAttention", domain=MS_DOMAIN,
-               outputs=[f"{n}/attn/GroupQueryAttention/output_0", IO.present_key.format(i),
-                        IO.present_value.format(i)],
+               outputs=[f"{n}/attn/GroupQueryAttention/output_0", *present],
                num_heads=cfg.n_head, kv_num_heads=cfg.n_head, scale=cfg.attention_scale(i))[0]
     o = g.op1("MatMul", [ctx, param("attn.c_proj.weight")], f"{n}/attn/o_proj/MatMul")
     h, residual = _skip_layer_norm(g, cfg, w, o, residual, p + "ln_2", param("attn.c_proj.bias"), f"{n}/ln_2")
@@ -129,7 +99,7 @@ def _layer(g: GraphWriter, cfg: ModelConfig, w: dict, i: int, x: str, residual: 
     return proj, param("mlp.c_proj.bias"), residual
 
 
-def _last_real_position(g: GraphWriter, hidden: str, q_lens: str, n_embd: int) -> str:
+def _last_real_position(g: GraphEditor, hidden: str, q_lens: str, n_embd: int) -> str:
     """hidden[b, query_seqlens[b] - 1, :] for each row: the last real token of a right-padded batch."""
     n = "/model/last_position"
     idx = g.op1("Sub", [q_lens, g.weight(f"{n}/one", np.array(1, dtype=np.int32))], f"{n}/Sub")
@@ -139,7 +109,7 @@ def _last_real_position(g: GraphWriter, hidden: str, q_lens: str, n_embd: int) -
     return g.op1("GatherElements", [hidden, idx], f"{n}/GatherElements", axis=1)
 
 
-def _lm_head(g: GraphWriter, cfg: ModelConfig, ckpt: Checkpoint, hidden: str, ids: str, wte: str) -> None:
+def _lm_head(g: GraphEditor, cfg: ModelConfig, ckpt: Checkpoint, hidden: str, ids: str, wte: str) -> None:
     """logits = hidden @ Wᵀ with W the tied embedding (stored once: Gemm reads it transposed)."""
     n = "/lm_head"
     flat = g.op1("Reshape", [hidden, g.const_i64(f"{n}/flat_shape", [-1, cfg.n_embd])], f"{n}/Flatten")

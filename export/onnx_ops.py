@@ -1,5 +1,7 @@
-"""A thin graph writer: one helper call per ONNX node, node names as paths (`/model/layers.0/attn/qkv`)
-so a graph viewer reads like the model. Builders stay pure functions of (writer, weights)."""
+"""The one place graphs are built and edited: one helper call per ONNX node, node names as paths
+(`/model/layers.0/attn/qkv`) so a graph viewer reads like the model. The builder (graph.py), the
+quantization passes (quantize.py) and the portable graph's post-processing (portable.py) all go through
+GraphEditor; `model()` orders the nodes and drops initializers nothing reads any more."""
 
 from __future__ import annotations
 
@@ -11,18 +13,46 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 MS_DOMAIN = "com.microsoft"
+OPSET = 17
 
 
-class GraphWriter:
+class GraphEditor:
+    """Nodes, initializers and I/O of one graph, built from scratch or loaded from a model."""
+
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
+        self.opsets: dict[str, int] = {"": OPSET, MS_DOMAIN: 1}
         self._names: set[str] = set()
+        self._source: onnx.ModelProto | None = None
 
+    @classmethod
+    def edit(cls, model: onnx.ModelProto) -> GraphEditor:
+        ed = cls()
+        g = model.graph
+        ed.nodes = list(g.node)
+        ed.initializers = {t.name: t for t in g.initializer}
+        ed.inputs, ed.outputs = list(g.input), list(g.output)
+        ed.opsets = {o.domain: o.version for o in model.opset_import}
+        ed._names = {n.name for n in g.node}
+        ed._source = model
+        return ed
+
+    # -- reading -------------------------------------------------------------------------------
+    def array(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.initializers[name])
+
+    def node(self, name: str) -> onnx.NodeProto:
+        return next(n for n in self.nodes if n.name == name)
+
+    def find(self, op_type: str) -> list[onnx.NodeProto]:
+        return [n for n in self.nodes if n.op_type == op_type]
+
+    # -- writing -------------------------------------------------------------------------------
     def weight(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
         return name
 
     def const_i64(self, name: str, values: list[int]) -> str:
@@ -48,15 +78,47 @@ class GraphWriter:
     def op1(self, op_type: str, inputs: list[str], name: str, **kw: Any) -> str:
         return self.op(op_type, inputs, name, **kw)[0]
 
-    def model(self, graph_name: str, producer: str) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.initializers)
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)],
-            producer_name=producer,
-        )
-        model.ir_version = 8
+    def remove(self, node: onnx.NodeProto) -> None:
+        """Drop a node (its replacement is added with op(); model() puts every node in order)."""
+        self.nodes = [n for n in self.nodes if n is not node]
+        self._names.discard(node.name)
+
+    def require_opset(self, version: int, domain: str = "") -> None:
+        self.opsets[domain] = max(self.opsets.get(domain, 0), version)
+
+    def model(self, graph_name: str = "dialogpt", producer: str = "dialogpt-onnx") -> onnx.ModelProto:
+        used = {i for n in self.nodes for i in n.input}
+        inits = [t for name, t in self.initializers.items() if name in used]
+        graph = helper.make_graph(_toposort(self.nodes, self.inputs, inits), graph_name, self.inputs,
+                                  self.outputs, inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in self.opsets.items()],
+                                  producer_name=producer)
+        # onnx 1.23 writes IR 11 by default, newer than some onnxruntime builds read: pin what the ops need
+        model.ir_version = 10 if self.opsets.get("", 0) >= 21 else 8
+        if self._source is not None:
+            model.ir_version = max(model.ir_version, self._source.ir_version)
+            model.producer_name = self._source.producer_name or producer
         return model
+
+
+def _toposort(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+              inits: list[onnx.TensorProto]) -> list[onnx.NodeProto]:
+    """Order nodes so each comes after its producers, keeping the given order where it already holds."""
+    known = {i.name for i in inputs} | {t.name for t in inits} | {""}
+    done: list[onnx.NodeProto] = []
+    pending = list(nodes)
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in known for i in n.input):
+                done.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise RuntimeError(f"graph has a cycle or a missing input near {rest[0].name}")
+        pending = rest
+    return done
 
 
 PROTOBUF_LIMIT = 2_000_000_000  # bytes: larger models keep their weights in external data

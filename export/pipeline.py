@@ -10,15 +10,16 @@ import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from runtime.graph_io import PORTABLE_IO, contrib_io
 from runtime.manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, write_manifest
 from runtime.text import encode_dialogue
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import ExportError, ParityError
-from .graph import build_graph, manifest_io
+from .graph import build_graph
 from .onnx_ops import model_bytes, save_model
 from .outdir import TempDir, check_out_dir, disk_full, disk_full_error, publish
 from .parity import ParityReport, Thresholds, check_parity
@@ -106,17 +107,15 @@ def _versions() -> dict[str, str]:
 def _manifest(ckpt: Checkpoint, opts: ExportOptions, quant: QuantConfig | None) -> dict:
     cfg = ckpt.config
     if opts.graph == "portable":
-        from .portable import PORTABLE_IO
-
-        io = {**PORTABLE_IO, "max_kv_length": cfg.n_positions}
+        io = replace(PORTABLE_IO, max_kv_length=cfg.n_positions)
     else:
-        io = {**manifest_io(opts.all_logits), "max_kv_length": cfg.n_positions}
+        io = contrib_io(opts.all_logits, cfg.n_positions)
     return {
         "variant": opts.variant,
         "graph": opts.graph,
         "source": ckpt.source,
         "model": {**cfg.to_dict(), "head_dim": cfg.head_dim, "tied_embeddings": ckpt.tied},
-        "io": io,
+        "io": io.to_manifest(),
         "quantization": asdict(quant) if quant else None,
         "tools": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

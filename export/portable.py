@@ -15,21 +15,11 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .checkpoint import Checkpoint
+from .onnx_ops import GraphEditor
 from .quantize import QuantConfig, dynamic_int8, quiet
-
-# Names of the portable graph's I/O (optimum's), written to the manifest.
-PORTABLE_IO = {
-    "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids"},
-    "outputs": {"logits": "logits"},
-    "past_key": "past_key_values.{}.key", "past_value": "past_key_values.{}.value",
-    "present_key": "present.{}.key", "present_value": "present.{}.value",
-    "kv_layout": "BNSH [batch, n_head, past_length, head_dim], float32",
-    "kv_buffer": "concatenated: present = past + new, fed back as the next past",
-    "logits": "all",
-}
 
 
 def _write_hf_dir(ckpt: Checkpoint, d: Path) -> None:
@@ -54,76 +44,59 @@ def trace_with_optimum(ckpt: Checkpoint) -> onnx.ModelProto:
         return onnx.load(str(out / "model.onnx"))
 
 
-def _find_head(model: onnx.ModelProto, vocab: int) -> tuple[onnx.NodeProto, onnx.TensorProto]:
-    inits = {t.name: t for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type in ("MatMul", "MatMulInteger") and n.input[1] in inits \
-                and list(inits[n.input[1]].dims)[-1] == vocab:
-            return n, inits[n.input[1]]
+def _find_head(ed: GraphEditor, vocab: int) -> onnx.NodeProto:
+    for n in ed.nodes:
+        if n.op_type in ("MatMul", "MatMulInteger") and n.input[1] in ed.initializers \
+                and list(ed.initializers[n.input[1]].dims)[-1] == vocab:
+            return n
     raise RuntimeError("optimum's graph has no lm_head MatMul with a [n_embd, vocab] weight")
 
 
-def _embedding_gather(model: onnx.ModelProto, vocab: int) -> onnx.NodeProto:
-    inits = {t.name: t for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Gather" and n.input[0] in inits and list(inits[n.input[0]].dims)[0] == vocab:
+def _embedding_gather(ed: GraphEditor, vocab: int) -> onnx.NodeProto:
+    for n in ed.find("Gather"):
+        if n.input[0] in ed.initializers and list(ed.initializers[n.input[0]].dims)[0] == vocab:
             return n
     raise RuntimeError("optimum's graph has no token-embedding Gather")
 
 
-def _gemm_to_matmul(model: onnx.ModelProto) -> None:
+def _gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     """Linear layers come out as Gemm(A, B, C); the int4 QDQ quantizer only takes MatMul."""
-    inits = {t.name: t for t in model.graph.initializer}
-    nodes = []
-    for n in model.graph.node:
+    ed = GraphEditor.edit(model)
+    for n in ed.find("Gemm"):
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        if n.op_type != "Gemm" or n.input[1] not in inits or attrs.get("transA", 0) or \
-                attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
-            nodes.append(n)
+        if n.input[1] not in ed.initializers or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 \
+                or attrs.get("beta", 1.0) != 1.0:
             continue
         if attrs.get("transB", 0):
-            t = inits[n.input[1]]
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).T.copy(), t.name))
-        mm = f"{n.name}/MatMul_out"
-        nodes.append(helper.make_node("MatMul", [n.input[0], n.input[1]], [mm], name=f"{n.name}/MatMul"))
+            ed.weight(n.input[1], ed.array(n.input[1]).T.copy())
+        ed.remove(n)
+        mm = ed.op1("MatMul", [n.input[0], n.input[1]], f"{n.name}/MatMul")
         if len(n.input) > 2 and n.input[2]:
-            nodes.append(helper.make_node("Add", [mm, n.input[2]], list(n.output), name=f"{n.name}/Add"))
+            ed.op("Add", [mm, n.input[2]], f"{n.name}/Add", outputs=list(n.output))
         else:
-            nodes.append(helper.make_node("Identity", [mm], list(n.output), name=f"{n.name}/Identity"))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+            ed.op("Identity", [mm], f"{n.name}/Identity", outputs=list(n.output))
+    return ed.model()
 
 
-def _tie_embedding(model: onnx.ModelProto, vocab: int, n_embd: int) -> onnx.ModelProto:
-    """Make the token embedding read the head's [n_embd, vocab] tensor (fp32 or int8) and drop its own."""
-    head, head_w = _find_head(model, vocab)
-    gather = _embedding_gather(model, vocab)
-    inits = {t.name: t for t in model.graph.initializer}
-    old = gather.input[0]
+def _tie_embedding(model: onnx.ModelProto, vocab: int) -> onnx.ModelProto:
+    """Make the token embedding read the head's [n_embd, vocab] tensor (fp32 or int8); its own copy,
+    unread from then on, is dropped."""
+    ed = GraphEditor.edit(model)
+    head_w = _find_head(ed, vocab).input[1]
+    gather = _embedding_gather(ed, vocab)
     n = "/model/embed_tokens"
-    cols = f"{n}/columns"  # [n_embd, batch, seq]
-    new = [helper.make_node("Gather", [head_w.name, gather.input[1]], [cols], name=f"{n}/Gather", axis=1)]
-    if head_w.data_type == onnx.TensorProto.FLOAT:
-        new.append(helper.make_node("Transpose", [cols], list(gather.output), name=f"{n}/Transpose", perm=[1, 2, 0]))
+    ed.remove(gather)
+    cols = ed.op1("Gather", [head_w, gather.input[1]], f"{n}/Gather", axis=1)  # [n_embd, batch, seq]
+    if ed.initializers[head_w].data_type == onnx.TensorProto.FLOAT:
+        ed.op("Transpose", [cols], f"{n}/Transpose", outputs=list(gather.output), perm=[1, 2, 0])
     else:  # int8 head from dynamic quantization: dequantize with its own per-tensor scale / zero point
-        q = next(x for x in model.graph.node if x.op_type == "MatMulInteger" and x.input[1] == head_w.name)
+        q = next(x for x in ed.find("MatMulInteger") if x.input[1] == head_w)
         # onnxruntime names a quantized weight's scale after the weight: W_quantized -> W_scale
-        w_scale, w_zero = f"{head_w.name.removesuffix('_quantized')}_scale", q.input[3]
-        assert w_scale in inits, f"no {w_scale} in the quantized graph"
-        tr = f"{n}/Transpose_out"
-        new.append(helper.make_node("Transpose", [cols], [tr], name=f"{n}/Transpose", perm=[1, 2, 0]))
-        new.append(helper.make_node("DequantizeLinear", [tr, w_scale, w_zero], list(gather.output),
-                                    name=f"{n}/DequantizeLinear"))
-    nodes = []
-    for x in model.graph.node:
-        nodes.extend(new if x is gather else [x])
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    if not any(old in x.input for x in model.graph.node):
-        kept = [t for t in model.graph.initializer if t.name != old]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
-    return model
+        w_scale, w_zero = f"{head_w.removesuffix('_quantized')}_scale", q.input[3]
+        assert w_scale in ed.initializers, f"no {w_scale} in the quantized graph"
+        tr = ed.op1("Transpose", [cols], f"{n}/Transpose", perm=[1, 2, 0])
+        ed.op("DequantizeLinear", [tr, w_scale, w_zero], f"{n}/DequantizeLinear", outputs=list(gather.output))
+    return ed.model()
 
 
 def build_portable(ckpt: Checkpoint, quant: QuantConfig | None) -> onnx.ModelProto:
@@ -131,19 +104,19 @@ def build_portable(ckpt: Checkpoint, quant: QuantConfig | None) -> onnx.ModelPro
     model = trace_with_optimum(ckpt)
 
     def tie(m: onnx.ModelProto) -> onnx.ModelProto:
-        return _tie_embedding(m, cfg.vocab_size, cfg.n_embd) if ckpt.tied else m
+        return _tie_embedding(m, cfg.vocab_size) if ckpt.tied else m
 
     with quiet():
         if quant is None:
             return tie(model)
-        head, _ = _find_head(model, cfg.vocab_size)
+        head = _find_head(GraphEditor.edit(model), cfg.vocab_size)
         if quant.variant == "int8":
             model = dynamic_int8(model, op_types=("MatMul", "Gemm"))
         else:
             from onnxruntime.quantization import QuantFormat
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-            _gemm_to_matmul(model)
+            model = _gemm_to_matmul(model)
             model = dynamic_int8(model, nodes=[head.name])
             q = MatMulNBitsQuantizer(model, bits=4, block_size=quant.block_size, is_symmetric=False,
                                      quant_format=QuantFormat.QDQ, op_types_to_quantize=("MatMul",))

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from .onnx_ops import MS_DOMAIN, is_big, save_model
+from .onnx_ops import MS_DOMAIN, GraphEditor, is_big, save_model
 
 EMBED_GATHER = "/model/embed_tokens/Gather"
 HEAD_GEMM = "/lm_head/Gemm"
@@ -95,15 +95,14 @@ def _nbits(model: onnx.ModelProto, bits: int, block_size: int, accuracy_level: i
     else:
         raise ValueError(f"unknown MatMulNBits algorithm {algorithm!r}")
     q.process()
-    out = q.model.model
-    for node in out.graph.node:  # HQQ leaves accuracy_level unset (fp32 compute)
-        if node.op_type == "MatMulNBits":
-            for a in node.attribute:
-                if a.name == "accuracy_level":
-                    a.i = accuracy_level
-            if not any(a.name == "accuracy_level" for a in node.attribute):
-                node.attribute.append(helper.make_attribute("accuracy_level", accuracy_level))
-    return out
+    if algorithm == "rtn":
+        return q.model.model
+    ed = GraphEditor.edit(q.model.model)
+    for node in ed.find("MatMulNBits"):  # HQQ leaves accuracy_level unset (fp32 compute)
+        kept = [a for a in node.attribute if a.name != "accuracy_level"]
+        del node.attribute[:]
+        node.attribute.extend([*kept, helper.make_attribute("accuracy_level", accuracy_level)])
+    return ed.model()
 
 
 def dynamic_int8(model: onnx.ModelProto, per_channel: bool = False, op_types: tuple[str, ...] = ("MatMul",),
@@ -135,160 +134,92 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True) -> onnx.Mode
     because int8 ones hit a slow s8×s8 path on AVX2. An all-zero row gets scale 0: its (meaningless)
     integers are multiplied by that 0.
     """
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    ids = graph.input[0].name  # [batch, seq]: every layer input is [batch, seq, width]
-    consts = [numpy_helper.from_array(np.asarray(1 / 127, np.float32), "rowwise/inv127"),
-              numpy_helper.from_array(np.asarray(1.0, np.float32), "rowwise/one"),
-              numpy_helper.from_array(np.asarray(128, np.uint8), "rowwise/zero_point"),
-              numpy_helper.from_array(np.asarray([-1], np.int64), "rowwise/last_axis")]
-    # QuantizeLinear's blocked form wants a zero point per row: one [batch, seq, 1] tensor of 128 serves all
-    zero_points = "rowwise/zero_points"
-    nodes = [helper.make_node("Shape", [ids], ["rowwise/rows"], name="rowwise/Shape"),
-             helper.make_node("Expand", ["rowwise/zero_point", "rowwise/rows"], ["rowwise/zero_points_2d"],
-                              name="rowwise/Expand"),
-             helper.make_node("Unsqueeze", ["rowwise/zero_points_2d", "rowwise/last_axis"], [zero_points],
-                              name="rowwise/Unsqueeze")]
+    ed = GraphEditor.edit(model)
+    ed.require_opset(21)  # QuantizeLinear's blocked form (block_size)
+    inv127 = ed.weight("rowwise/inv127", np.asarray(1 / 127, np.float32))
+    one = ed.weight("rowwise/one", np.asarray(1.0, np.float32))
+    zero_point = ed.weight("rowwise/zero_point", np.asarray(128, np.uint8))
+    last_axis = ed.const_i64("rowwise/last_axis", [-1])
+    # the blocked form wants a zero point per row: one [batch, seq, 1] tensor of 128 serves every layer
+    rows = ed.op1("Shape", [ed.inputs[0].name], "rowwise/Shape")  # input_ids [batch, seq]
+    zero_points = ed.op1("Unsqueeze", [ed.op1("Expand", [zero_point, rows], "rowwise/Expand"), last_axis],
+                         "rowwise/Unsqueeze")
     levels = 63 if reduce_range else 127
-    drop, new_inits = set(), []
-    for node in graph.node:
-        w = inits.get(node.input[1]) if node.op_type == "MatMul" else None
-        if w is None or len(w.dims) != 2:
-            nodes.append(node)
+    for node in ed.find("MatMul"):
+        w = node.input[1]
+        if w not in ed.initializers or len(ed.initializers[w].dims) != 2:
             continue
-        weight = numpy_helper.to_array(w)
+        weight = ed.array(w)
         col_scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / levels
         qweight = np.clip(np.round(weight / col_scale), -levels, levels)
-        w_inputs = [f"{w.name}/scale"]
+        scale = ed.weight(f"{w}/scale", col_scale.astype(np.float32))
         if reduce_range:
-            new_inits.append(numpy_helper.from_array(qweight.astype(np.int8), f"{w.name}/int8"))
+            qw, w_zero = ed.weight(f"{w}/int8", qweight.astype(np.int8)), []
         else:
-            new_inits.append(numpy_helper.from_array((qweight + 128).astype(np.uint8), f"{w.name}/int8"))
-            w_inputs += ["rowwise/zero_point"]
-        drop.add(w.name)
-        new_inits.append(numpy_helper.from_array(col_scale.astype(np.float32), f"{w.name}/scale"))
+            qw, w_zero = ed.weight(f"{w}/int8", (qweight + 128).astype(np.uint8)), [zero_point]
         n, x = node.name.removesuffix("/MatMul"), node.input[0]
-        nodes += [
-            helper.make_node("Abs", [x], [f"{n}/abs"], name=f"{n}/rowwise/Abs"),
-            helper.make_node("ReduceMax", [f"{n}/abs", "rowwise/last_axis"], [f"{n}/absmax"],
-                             name=f"{n}/rowwise/ReduceMax", keepdims=1),
-            helper.make_node("Mul", [f"{n}/absmax", "rowwise/inv127"], [f"{n}/row_scale"],
-                             name=f"{n}/rowwise/RowScale"),
-            helper.make_node("QuantizeLinear", [x, f"{n}/row_scale", zero_points], [f"{n}/x_uint8"],
-                             name=f"{n}/rowwise/QuantizeLinear", axis=-1, block_size=int(w.dims[0])),
-            helper.make_node("MatMulIntegerToFloat",
-                             [f"{n}/x_uint8", f"{w.name}/int8", "rowwise/one", w_inputs[0], "rowwise/zero_point",
-                              *w_inputs[1:]], [f"{n}/y_unscaled"],
-                             name=f"{n}/rowwise/MatMulIntegerToFloat", domain=MS_DOMAIN),
-            helper.make_node("Mul", [f"{n}/y_unscaled", f"{n}/row_scale"], list(node.output),
-                             name=f"{n}/rowwise/Mul"),
-        ]
-    kept = [t for t in graph.initializer if t.name not in drop]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + consts + new_inits)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    for op in model.opset_import:  # QuantizeLinear's blocked form (block_size) is opset 21
-        if op.domain in ("", "ai.onnx"):
-            op.version = max(op.version, 21)
-    model.ir_version = max(model.ir_version, 10)
-    return model
+        ed.remove(node)
+        absmax = ed.op1("ReduceMax", [ed.op1("Abs", [x], f"{n}/rowwise/Abs"), last_axis],
+                        f"{n}/rowwise/ReduceMax", keepdims=1)
+        row_scale = ed.op1("Mul", [absmax, inv127], f"{n}/rowwise/RowScale")
+        xq = ed.op1("QuantizeLinear", [x, row_scale, zero_points], f"{n}/rowwise/QuantizeLinear", axis=-1,
+                    block_size=int(weight.shape[0]))
+        y = ed.op1("MatMulIntegerToFloat", [xq, qw, one, scale, zero_point, *w_zero],
+                   f"{n}/rowwise/MatMulIntegerToFloat", domain=MS_DOMAIN)
+        ed.op("Mul", [y, row_scale], f"{n}/rowwise/Mul", outputs=list(node.output))
+    return ed.model()
 
 
 def quantize_tied_head(model: onnx.ModelProto, bits: int, block_size: int,
                        accuracy_level: int) -> onnx.ModelProto:
     """Gemm(h, W, transB=1) → MatMulNBits(h, Wq) and Gather(W, ids) → GatherBlockQuantized(Wq, ids)."""
-    graph = model.graph
-    nodes = {n.name: n for n in graph.node}
-    gemm, gather = nodes[HEAD_GEMM], nodes[EMBED_GATHER]
-    inits = {t.name: t for t in graph.initializer}
+    ed = GraphEditor.edit(model)
+    gemm, gather = ed.node(HEAD_GEMM), ed.node(EMBED_GATHER)
     head_name = gemm.input[1]
-    head = numpy_helper.to_array(inits[head_name])  # [vocab, n_embd]
+    head = ed.array(head_name)  # [vocab, n_embd]
     vocab, n_embd = head.shape
 
     # Quantize with onnxruntime's own quantizer on a one-node model, then take its tensors.
-    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", n_embd])
-    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", vocab])
-    one = helper.make_model(helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="head")], "head", [x], [y],
-        [numpy_helper.from_array(np.ascontiguousarray(head.T), "w")]),
-        opset_imports=[helper.make_opsetid("", 17)])
-    q = _nbits(one, bits, block_size, accuracy_level)
-    qnode = next(n for n in q.graph.node if n.op_type == "MatMulNBits")
-    qinits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
-    packed, scales = qinits[qnode.input[1]], qinits[qnode.input[2]]
-    zeros = qinits[qnode.input[3]] if len(qnode.input) > 3 and qnode.input[3] else None
+    one = GraphEditor()
+    one.input("x", onnx.TensorProto.FLOAT, ["n", n_embd])
+    one.output("y", onnx.TensorProto.FLOAT, ["n", vocab])
+    one.op("MatMul", ["x", one.weight("w", np.ascontiguousarray(head.T))], "head", outputs=["y"])
+    q = GraphEditor.edit(_nbits(one.model(), bits, block_size, accuracy_level))
+    qnode = q.find("MatMulNBits")[0]
+    packed, scales = q.array(qnode.input[1]), q.array(qnode.input[2])
+    zeros = q.array(qnode.input[3]) if len(qnode.input) > 3 and qnode.input[3] else None
     k_blocks = packed.shape[1]
     # GatherBlockQuantized wants scales of the data's rank, MatMulNBits wants them 2-D: store the 3-D
     # ones and let onnxruntime fold a Reshape at load, so the file holds every head tensor once.
-    new_inits = [numpy_helper.from_array(packed, "lm_head.qweight"),
-                 numpy_helper.from_array(scales.reshape(vocab, k_blocks, 1), "lm_head.scales")]
-    head_inputs = [gemm.input[0], "lm_head.qweight", _reshaped(graph, "lm_head.scales", [vocab, k_blocks])]
-    gather_inputs = ["lm_head.qweight", gather.input[1], "lm_head.scales"]
+    qweight = ed.weight("lm_head.qweight", packed)
+    scales3 = ed.weight("lm_head.scales", scales.reshape(vocab, k_blocks, 1))
+    head_inputs = [gemm.input[0], qweight, _reshaped(ed, scales3, [vocab, k_blocks])]
+    gather_inputs = [qweight, gather.input[1], scales3]
     if zeros is not None:
         if bits == 8:  # one byte per block: the same bytes serve both ops
-            new_inits.append(numpy_helper.from_array(zeros.reshape(vocab, k_blocks, 1), "lm_head.zero_points"))
-            head_inputs.append(_reshaped(graph, "lm_head.zero_points", [vocab, k_blocks]))
+            zp = ed.weight("lm_head.zero_points", zeros.reshape(vocab, k_blocks, 1))
+            head_inputs.append(_reshaped(ed, zp, [vocab, k_blocks]))
         else:  # MatMulNBits packs two 4-bit zero points a byte, GatherBlockQuantized one: small, kept twice
-            new_inits.append(numpy_helper.from_array(zeros, "lm_head.zero_points_packed"))
-            new_inits.append(numpy_helper.from_array(_unpack4(zeros, k_blocks).reshape(vocab, k_blocks, 1),
-                                                     "lm_head.zero_points"))
-            head_inputs.append("lm_head.zero_points_packed")
-        gather_inputs.append("lm_head.zero_points")
+            head_inputs.append(ed.weight("lm_head.zero_points_packed", zeros))
+            zp = ed.weight("lm_head.zero_points", _unpack4(zeros, k_blocks).reshape(vocab, k_blocks, 1))
+        gather_inputs.append(zp)
     attrs = {a.name: helper.get_attribute_value(a) for a in qnode.attribute}
-    new_head = helper.make_node("MatMulNBits", head_inputs, list(gemm.output), name="/lm_head/MatMulNBits",
-                                domain=MS_DOMAIN, **attrs)
-    replace = {gemm.name: new_head}
-    drop = {head_name}
+    ed.remove(gemm)
+    ed.op("MatMulNBits", head_inputs, "/lm_head/MatMulNBits", outputs=list(gemm.output), domain=MS_DOMAIN, **attrs)
     if gather.input[0] == head_name:  # tied: the embedding reads the head's quantized tensor
-        replace[gather.name] = helper.make_node(
-            "GatherBlockQuantized", gather_inputs, ["/model/embed_tokens/blocks"],
-            name="/model/embed_tokens/GatherBlockQuantized", domain=MS_DOMAIN,
-            bits=bits, block_size=block_size, gather_axis=0, quantize_axis=2)
-        graph.node.append(helper.make_node(
-            "Reshape", ["/model/embed_tokens/blocks", _const(graph, "/model/embed_tokens/shape", [0, 0, n_embd])],
-            list(gather.output), name="/model/embed_tokens/Reshape"))
-    kept = [t for t in graph.initializer if t.name not in drop]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
-    new_nodes = [replace.get(n.name, n) for n in graph.node]
-    del graph.node[:]
-    graph.node.extend(_toposort(new_nodes, graph))
-    return model
+        ed.remove(gather)
+        blocks = ed.op1("GatherBlockQuantized", gather_inputs, "/model/embed_tokens/GatherBlockQuantized",
+                        domain=MS_DOMAIN, bits=bits, block_size=block_size, gather_axis=0, quantize_axis=2)
+        ed.op("Reshape", [blocks, ed.const_i64("/model/embed_tokens/shape", [0, 0, n_embd])],
+              "/model/embed_tokens/Reshape", outputs=list(gather.output))
+    return ed.model()  # the fp32 head, now unread, is dropped
 
 
-def _const(graph: onnx.GraphProto, name: str, values: list[int]) -> str:
-    graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
-    return name
-
-
-def _reshaped(graph: onnx.GraphProto, name: str, shape: list[int]) -> str:
-    out = f"{name}/2d"
-    graph.node.append(helper.make_node("Reshape", [name, _const(graph, f"{name}/2d_shape", shape)], [out],
-                                       name=f"/lm_head/{name}/Reshape"))
-    return out
+def _reshaped(ed: GraphEditor, name: str, shape: list[int]) -> str:
+    return ed.op1("Reshape", [name, ed.const_i64(f"{name}/2d_shape", shape)], f"/lm_head/{name}/Reshape")
 
 
 def _unpack4(packed: np.ndarray, n: int) -> np.ndarray:
     """[rows, ceil(n/2)] bytes of two 4-bit values (low nibble first) -> [rows, n] uint8."""
     both = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[0], -1)
     return np.ascontiguousarray(both[:, :n])
-
-
-def _toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Order nodes so each comes after its producers (the passes append helper nodes at the end)."""
-    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    done: list[onnx.NodeProto] = []
-    pending = list(nodes)
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in known for i in n.input):
-                done.append(n)
-                known.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise RuntimeError(f"graph has a cycle or a missing input near {rest[0].name}")
-        pending = rest
-    return done

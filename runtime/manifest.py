@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelDirError
+from .graph_io import GraphIO
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -27,6 +28,7 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
 @dataclass(frozen=True)
 class Manifest:
     raw: dict[str, Any]
+    io: GraphIO
 
     @property
     def n_layer(self) -> int:
@@ -53,18 +55,6 @@ class Manifest:
         return int(self.raw["model"]["eos_token_id"])
 
     @property
-    def io(self) -> dict[str, Any]:
-        return self.raw["io"]
-
-    @property
-    def inputs(self) -> dict[str, str]:
-        return self.raw["io"]["inputs"]
-
-    @property
-    def outputs(self) -> dict[str, str]:
-        return self.raw["io"]["outputs"]
-
-    @property
     def kv_bytes_per_token(self) -> int:
         """KV cache bytes one token costs per row: K and V, every layer, float32."""
         return 2 * self.n_layer * self.n_head * self.head_dim * 4
@@ -79,7 +69,7 @@ class Manifest:
 
     @property
     def all_logits(self) -> bool:
-        return self.raw["io"]["logits"] == "all"
+        return self.io.all_logits
 
 
 # What the runtime reads from a manifest; a manifest lacking any of it is refused in one line.
@@ -87,7 +77,7 @@ _MODEL_KEYS = ("n_layer", "n_head", "head_dim", "n_positions", "vocab_size", "eo
 _IO_KEYS = ("inputs", "outputs", "past_key", "past_value", "present_key", "present_value", "logits")
 
 
-def _check_structure(raw: dict[str, Any], path: Path) -> None:
+def _check_structure(raw: dict[str, Any], path: Path) -> GraphIO:
     def bad(what: str) -> ModelDirError:
         return ModelDirError(f"{path} {what}: re-export the model")
 
@@ -109,6 +99,10 @@ def _check_structure(raw: dict[str, Any], path: Path) -> None:
         raise bad("has malformed io.inputs / io.outputs")
     if not isinstance(raw.get("variant"), str):
         raise bad("lacks 'variant'")
+    try:
+        return GraphIO.from_manifest(io)
+    except (KeyError, TypeError) as e:
+        raise bad(f"has a malformed io table ({e})") from None
 
 
 def read_manifest(model_dir: Path, verify: bool = True) -> Manifest:
@@ -133,7 +127,7 @@ def read_manifest(model_dir: Path, verify: bool = True) -> Manifest:
     if version != FORMAT_VERSION:
         raise ModelDirError(f"{path} has format version {version!r}, this runtime reads {FORMAT_VERSION}: "
                             "re-export the model with this version of dialogpt-onnx")
-    _check_structure(raw, path)
+    io = _check_structure(raw, path)
     files: dict[str, str] = raw["files"]
     sizes: dict[str, int] = raw.get("file_sizes", {})
     for name in (MODEL_FILE, TOKENIZER_FILE):
@@ -149,7 +143,7 @@ def read_manifest(model_dir: Path, verify: bool = True) -> Manifest:
         if verify and sha256(f) != digest:
             raise ModelDirError(f"{f} does not match the sha256 in {MANIFEST} (corrupted or replaced): "
                                 "re-export or copy the file again")
-    return Manifest(raw)
+    return Manifest(raw, io)
 
 
 def write_manifest(model_dir: Path, raw: dict[str, Any]) -> None:

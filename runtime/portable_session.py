@@ -19,7 +19,7 @@ class PortableGraph(Graph):
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
                  max_length: int | None = None) -> None:
         super().__init__(model_dir, manifest, threads=threads, max_length=max_length)
-        self.out_names = [self.logits_name] + [manifest.io[f"present_{k}"].format(i)
+        self.out_names = [self.logits_name] + [manifest.io.kv_name("present", k, i)
                                                for i in range(manifest.n_layer) for k in ("key", "value")]
 
     def new_cache(self) -> PortableCache:
@@ -60,8 +60,8 @@ class PortableCache:
         names = self.graph.names
         feeds = {names["input_ids"]: ids, names["position_ids"]: pos, names["attention_mask"]: mask}
         for i in range(self.m.n_layer):
-            feeds[self.m.io["past_key"].format(i)] = self._past[2 * i]
-            feeds[self.m.io["past_value"].format(i)] = self._past[2 * i + 1]
+            feeds[self.m.io.kv_name("past", "key", i)] = self._past[2 * i]
+            feeds[self.m.io.kv_name("past", "value", i)] = self._past[2 * i + 1]
         out = self.graph.sess.run(self.graph.out_names, feeds)
         self._past, self._mask = out[1:], mask
         self.capacity = mask.shape[1]

@@ -63,8 +63,8 @@ class Graph:
                  max_length: int | None = None) -> None:
         self.m = manifest
         self.sess = make_session(Path(model_dir) / MODEL_FILE, threads)
-        self.names = manifest.inputs
-        self.logits_name = manifest.outputs["logits"]
+        self.names = manifest.io.inputs
+        self.logits_name = manifest.io.logits
         self.max_length = min(max_length or manifest.n_positions, manifest.n_positions)
         check_inputs(self.sess, self.names)
 
@@ -128,8 +128,8 @@ class KVCache:
         for i in range(self.m.n_layer):
             for j, kind in enumerate(("key", "value")):
                 buf = ort.OrtValue.ortvalue_from_numpy(self._kv[2 * i + j])
-                b.bind_ortvalue_input(io[f"past_{kind}"].format(i), buf)
-                b.bind_ortvalue_output(io[f"present_{kind}"].format(i), buf)
+                b.bind_ortvalue_input(io.kv_name("past", kind, i), buf)
+                b.bind_ortvalue_output(io.kv_name("present", kind, i), buf)
         self._total = np.array(capacity, dtype=np.int32)  # an upper bound is all GQA needs
         b.bind_cpu_input(self.graph.names["total_sequence_length"], self._total)
         if self.m.all_logits:  # [batch, seq, vocab] varies per call: let onnxruntime allocate it
