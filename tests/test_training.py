@@ -196,3 +196,17 @@ def test_resume_with_other_settings_is_refused(tmp_path, files):
     Trainer(_settings(files["jsonl"], max_steps=1), out, threads=1, progress=False).run()
     with pytest.raises(DataError, match="other settings \\(lr\\)"):
         Trainer(_settings(files["jsonl"], max_steps=1, lr=1.0), out, threads=1, progress=False)
+
+
+def test_evaluate_cli_reports_the_trainers_perplexity(tmp_path, files):
+    out = tmp_path / "run"
+    p = Trainer(_settings(files["jsonl"], max_steps=4, eval_every=4), out, threads=1, progress=False).run()
+    proc = subprocess.run([sys.executable, "-m", "training.evaluate", str(out), "--data", str(files["jsonl"]),
+                           "--conversations", "3"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    ppl = float(proc.stdout.split("reply perplexity ")[1].split()[0])
+    # the trainer's figure on the same 3 conversations, from its fp32 weights (the checkpoint is fp16)
+    assert abs(ppl / p.eval_ppl - 1) < 0.01, (ppl, p.eval_ppl)
+    bad = subprocess.run([sys.executable, "-m", "training.evaluate", str(tmp_path / "nope")], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr

@@ -61,3 +61,49 @@ def labelled_nll(model, ids, labels, reduction: str = "mean"):
 def reply_perplexity(model, pairs: list[tuple[list[int], list[int]]], batch: int = 16) -> float:
     total, count = reply_nll(model, pairs, batch)
     return math.exp(total / count)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m training.evaluate CKPT [CKPT ...] [--data FILE] [--conversations N] [--context-tokens T]"""
+    import argparse
+    import sys
+
+    from export.checkpoint import load_checkpoint
+    from export.errors import ExportError
+    from export.parity import torch_model
+    from export.tokenizer import build_tokenizer
+    from runtime.cli import OneLineParser, nonnegative_int, positive_int
+
+    from .corpora import DIALOGPT_TOKENIZER, TOPICAL_CHAT, DataError, read_dialogues
+
+    p = OneLineParser(prog="python -m training.evaluate", description="Reply perplexity on held-out dialogue "
+                      "(context: the last T tokens of the earlier turns; target: the next turn + EOS).",
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="checkpoint dirs (any form the exporter reads)")
+    p.add_argument("--data", default=str(TOPICAL_CHAT / "test_freq.json"),
+                   help="held-out dialogues (default: the shipped Topical-Chat test_freq)")
+    p.add_argument("--conversations", type=nonnegative_int, default=0, help="first N only (default: all)")
+    p.add_argument("--context-tokens", type=positive_int, default=128)
+    a = p.parse_args(argv)
+    try:
+        convs = read_dialogues(a.data)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    convs = convs[: a.conversations] if a.conversations else convs
+    for path in a.checkpoints:
+        try:
+            ckpt = load_checkpoint(path, DIALOGPT_TOKENIZER)
+        except ExportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        tok = build_tokenizer(ckpt.tokenizer_files)
+        pairs = reply_pairs(tok, convs, ckpt.config.eos_token_id, a.context_tokens)
+        total, count = reply_nll(torch_model(ckpt), pairs)
+        print(f"{path}: reply perplexity {math.exp(total / count):.2f} over {len(pairs)} replies "
+              f"({count} tokens) of {len(convs)} conversations in {a.data}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
