@@ -2,7 +2,7 @@
 
 from .chat import ChatSession
 from .errors import ModelDirError
-from .model import DialogModel, Generation, load
+from .model import DialogModel, Generation, Score, load
 from .sampling import SamplingOptions
 
-__all__ = ["ChatSession", "DialogModel", "Generation", "ModelDirError", "SamplingOptions", "load"]
+__all__ = ["ChatSession", "DialogModel", "Generation", "ModelDirError", "SamplingOptions", "Score", "load"]

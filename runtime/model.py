@@ -19,8 +19,9 @@ import numpy as np
 from .generate import generate_ids
 from .manifest import TOKENIZER_FILE, Manifest, read_manifest
 from .sampling import SamplingOptions
+from .scoring import batch_reply_logprobs
 from .session import open_graph
-from .text import StreamDecoder, encode_turn, load_tokenizer
+from .text import StreamDecoder, encode_dialogue, encode_turn, load_tokenizer
 
 if TYPE_CHECKING:
     from .chat import ChatSession
@@ -30,6 +31,21 @@ if TYPE_CHECKING:
 class Generation:
     text: str
     ids: list[int]
+
+
+@dataclass(frozen=True)
+class Score:
+    """log p(reply | context) under the model: natural-log probabilities of the reply's tokens (its
+    closing <|endoftext|> included when the reply was given as text)."""
+    token_logprobs: list[float]
+
+    @property
+    def sum_logprob(self) -> float:
+        return float(sum(self.token_logprobs))
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.sum_logprob / len(self.token_logprobs)
 
 
 def _check_positive_int(name: str, value: object, what: str) -> None:
@@ -151,6 +167,33 @@ class DialogModel:
         if tail:
             yield tail
 
+    def score(self, context: str | list[str] | list[int] | list, reply: str | list[int] | list
+              ) -> Score | list[Score]:
+        """How likely the model finds `reply` after `context`. One pair, or a batch given as two lists.
+
+        context: a turn (str), a dialogue (list of str, one per turn) or token ids (ending where the
+        reply starts, e.g. with EOS); reply: a turn (str: its tokens + EOS) or token ids. An export with
+        `--all-logits` scores a batch in one pass; the default export feeds the reply token by token."""
+        if isinstance(reply, str) or (isinstance(reply, Sequence) and reply and all(map(_is_ids, reply))):
+            return self._score_pairs([(self._context(context), self._prompt(reply))])[0]
+        if not isinstance(context, Sequence) or isinstance(context, str) or not isinstance(reply, Sequence) \
+                or len(context) != len(reply) or not reply:
+            raise TypeError("score() takes (context, reply) or two equally long non-empty lists of them")
+        return self._score_pairs([(self._context(c), self._prompt(r)) for c, r in zip(context, reply, strict=True)])
+
+    def _context(self, item: object) -> list[int]:
+        if isinstance(item, Sequence) and item and all(isinstance(t, str) for t in item) \
+                and not isinstance(item, str):
+            return encode_dialogue(self.tokenizer, list(item), self.eos)
+        return self._prompt(item)
+
+    def _score_pairs(self, pairs: list[tuple[list[int], list[int]]]) -> list[Score]:
+        longest = max(len(c) + len(r) for c, r in pairs)
+        if longest > self.max_length:
+            raise ValueError(f"context + reply of {longest} tokens exceeds the context of {self.max_length}: "
+                             "shorten the context")
+        return [Score([float(x) for x in lp]) for lp in batch_reply_logprobs(self.graph.new_cache(), pairs)]
+
     def chat(self, max_history_tokens: int | None = None, **options: Any) -> ChatSession:
         """A new conversation with its own history and KV cache (see ChatSession)."""
         from .chat import ChatSession
@@ -169,4 +212,4 @@ def load(model_dir: str | Path, threads: int | None = None, max_length: int | No
     return DialogModel(model_dir, threads=threads, max_length=max_length, verify=verify)
 
 
-__all__ = ["DialogModel", "Generation", "load"]
+__all__ = ["DialogModel", "Generation", "Score", "load"]

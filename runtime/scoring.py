@@ -15,6 +15,24 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def batch_reply_logprobs(cache, pairs: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
+    """reply_logprobs for many (context, reply) pairs: one ragged batch through an all-logits graph,
+    one pair at a time through a last-logits graph."""
+    if not cache.m.all_logits:
+        return [reply_logprobs(cache, c, r) for c, r in pairs]
+    for c, r in pairs:
+        if not c or not r:
+            raise ValueError("context and reply must both be non-empty token lists")
+    rows = [c + r for c, r in pairs]
+    cache.reset(len(rows), reserve=max(map(len, rows)))
+    cache.prefill(rows)
+    out = []
+    for b, (c, r) in enumerate(pairs):
+        lp = log_softmax(cache.last_all_logits[b, len(c) - 1: len(c) + len(r) - 1])
+        out.append(lp[np.arange(len(r)), r])
+    return out
+
+
 def reply_logprobs(cache, context: list[int], reply: list[int]) -> np.ndarray:
     """log p(reply[i] | context + reply[:i]) for every i, as float64 [len(reply)].
 
