@@ -210,3 +210,29 @@ def test_evaluate_cli_reports_the_trainers_perplexity(tmp_path, files):
     bad = subprocess.run([sys.executable, "-m", "training.evaluate", str(tmp_path / "nope")], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_a_run_from_before_a_new_setting_resumes(tmp_path, files):
+    """A setting added to the code after a run started counts as its default when resuming that run."""
+    s = _settings(files["jsonl"])
+    out = tmp_path / "run"
+    Trainer(s, out, threads=1, progress=False).run(minutes=1e-9)
+    path = out / "train_state" / "state.pt"
+    state = torch.load(path, weights_only=False)
+    del state["settings"]["reverse"]  # as written by the code before `reverse` existed
+    torch.save(state, path)
+    assert Trainer(s, out, threads=1, progress=False).run().finished
+    with pytest.raises(DataError, match="other settings \\(reverse\\)"):
+        Trainer(_settings(files["jsonl"], reverse=True), out, threads=1, progress=False)
+
+
+def test_reverse_trains_on_dialogues_read_backwards(tmp_path, files, tok):
+    fwd = Trainer(_settings(files["jsonl"]), tmp_path / "fwd", threads=1, progress=False)
+    bwd = Trainer(_settings(files["jsonl"], reverse=True), tmp_path / "bwd", threads=1, progress=False)
+    convs = read_dialogues(files["jsonl"])
+    first = [encode_turn(tok, t, EOS_TOKEN_ID) for t in convs[0]]
+    rev = [encode_turn(tok, t, EOS_TOKEN_ID) for t in convs[0][::-1]]
+    assert dialogue_windows(first, 64)[0] in fwd.batches.windows and dialogue_windows(rev, 64)[0] in bwd.batches.windows
+    assert bwd.eval_pairs[0][1] == encode_turn(tok, read_dialogues(files["jsonl"])[0][-2], EOS_TOKEN_ID)
+    p = bwd.run()
+    assert p.finished and json.loads((tmp_path / "bwd" / "config.json").read_text())["_training"]["settings"]["reverse"]

@@ -40,6 +40,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--no-mask-first-turn", action="store_true",
                    help="also train on each window's first turn (it has no context)")
+    p.add_argument("--reverse", action="store_true",
+                   help="train the backward model P(source | reply) for MMI reranking: dialogues read last turn first")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--eval-every", type=nonnegative_int, default=500)
     p.add_argument("--eval-conversations", type=positive_int, default=50)
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         data=tuple(a.data), eval=a.eval, init=a.init, layers=a.layers, width=a.width, heads=a.heads,
         length=a.length, batch=a.batch, accum=a.accum, lr=a.lr or (5e-5 if a.init else 1e-3), warmup=a.warmup,
-        max_steps=a.max_steps, seed=a.seed, mask_first_turn=not a.no_mask_first_turn, dtype=a.dtype,
+        max_steps=a.max_steps, seed=a.seed, mask_first_turn=not a.no_mask_first_turn, reverse=a.reverse, dtype=a.dtype,
         eval_every=a.eval_every, eval_conversations=a.eval_conversations)
     try:
         trainer = Trainer(settings, Path(a.out), threads=a.threads, progress=not a.quiet)

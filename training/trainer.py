@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from runtime.text import EOS_TOKEN_ID, encode_turn
@@ -48,6 +48,9 @@ class Settings:
     weight_decay: float = 0.01
     seed: int = 0
     mask_first_turn: bool = True  # see windows.py
+    # learn P(earlier turns | later turns): every dialogue read last turn first (the backward model that
+    # MMI reranking scores candidates with, as DialoGPT's reverse model)
+    reverse: bool = False
     dtype: str = "fp32"  # "bf16": autocast (measure: slower than fp32 without AVX-512 BF16)
     eval_every: int = 500  # steps between held-out evaluations (0: only at the end)
     eval_conversations: int = 50  # held-out conversations per periodic evaluation
@@ -137,11 +140,13 @@ class Trainer:
         windows = []
         for src in settings.data:
             for conv in read_dialogues(src):
+                conv = conv[::-1] if settings.reverse else conv
                 windows += dialogue_windows([encode_turn(self.tok, t, self.eos) for t in conv], settings.length)
         if not windows:
             raise DataError("the data gives no training window of two turns: check --data and --length")
         self.batches = Batches(windows, settings.batch, settings.mask_first_turn, self.eos, settings.seed)
         held_out = read_dialogues(settings.eval) if settings.eval else topical_chat("test_freq")
+        held_out = [c[::-1] for c in held_out] if settings.reverse else held_out
         self.eval_pairs = reply_pairs(self.tok, held_out[: settings.eval_conversations], self.eos)
         self.total = settings.max_steps or max(1, len(self.batches) // settings.accum)
         self.model = _build_model(settings)
@@ -158,8 +163,10 @@ class Trainer:
         if not path.is_file():
             return
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["settings"] != asdict(self.s):
-            changed = sorted(k for k, v in asdict(self.s).items() if state["settings"].get(k) != v)
+        # a setting added after the run started counts as its default
+        saved = {**{f.name: f.default for f in fields(Settings) if f.default is not MISSING}, **state["settings"]}
+        if saved != asdict(self.s):
+            changed = sorted(k for k, v in asdict(self.s).items() if saved.get(k) != v)
             raise DataError(f"{self.out} holds a run with other settings ({', '.join(changed)}): give the same "
                             "settings to resume, or another --out")
         self.model.load_state_dict(state["model"])
