@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", action="store_true", help="also the alternative quantizations")
     ap.add_argument("--variants", help=f"comma-separated, from: {', '.join([*VARIANTS, *CANDIDATES])}")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--contexts", type=int, help="greedy contexts (default 200; --quick 16)")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=N",
+                    help=f"override a measurement size: {', '.join(FULL)} (e.g. contexts=100)")
     args = ap.parse_args(argv)
     names = args.variants.split(",") if args.variants else [*VARIANTS, *(CANDIDATES if args.candidates else [])]
     unknown = [n for n in names if n not in VARIANTS and n not in CANDIDATES]
@@ -239,7 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    p = {**(QUICK if args.quick else FULL), **({"contexts": args.contexts} if args.contexts else {})}
+    p = dict(QUICK if args.quick else FULL)
+    for item in args.param:
+        key, _, value = item.partition("=")
+        if key not in p or not value.isdigit() or int(value) < 1:
+            print(f"error: --param {item!r}: give KEY=N with N >= 1 and KEY one of {', '.join(p)}", file=sys.stderr)
+            return 2
+        p[key] = int(value)
     results, n_pairs = measure(args.checkpoint, names, out, p, args.threads)
     run = {"checkpoint": str(args.checkpoint), "quick": args.quick, "threads": args.threads, "params": p,
            "ppl_pairs": n_pairs, "machine": machine_info(), "results": results}

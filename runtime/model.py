@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 class Generation:
     text: str
     ids: list[int]
+    logprob: float | None = None  # log p(ids | prompt) under the model's raw logits
 
 
 @dataclass(frozen=True)
@@ -132,18 +133,40 @@ class DialogModel:
         return self.tokenizer.decode([i for i in ids if i != self.eos], skip_special_tokens=True)
 
     # -- API -----------------------------------------------------------------------------------
-    def generate(self, inputs: str | list[int] | list[str] | list[list[int]], **options: Any
-                 ) -> Generation | list[Generation]:
-        """Reply to one prompt (text or ids) or a batch of them. Text is encoded as one DialoGPT turn."""
+    def generate(self, inputs: str | list[int] | list[str] | list[list[int]], num_return_sequences: int = 1,
+                 **options: Any) -> Generation | list[Generation] | list[list[Generation]]:
+        """Reply to one prompt (text or ids) or a batch of them. Text is encoded as one DialoGPT turn.
+        num_return_sequences=N (sampling only) gives N candidates per prompt, generated as one batch: a
+        list for one prompt, a list of lists for a batch. Every Generation carries its forward
+        log-probability under the model (sum over its tokens, EOS included when generated)."""
         opts = self.options(**options)
+        if isinstance(num_return_sequences, bool) or not isinstance(num_return_sequences, numbers.Integral) \
+                or num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences must be an integer >= 1, got {num_return_sequences!r}")
+        n = int(num_return_sequences)
+        if n > 1 and not opts.do_sample:
+            raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy gives one reply)")
         prompts, single = self._prompts(inputs)
         self._check_fits(max(map(len, prompts)), opts)
-        replies: list[list[int]] = [[] for _ in prompts]
-        for step_ids in generate_ids(self.graph.new_cache(), prompts, opts, self.eos):
+        rows = [p for p in prompts for _ in range(n)]
+        replies: list[list[int]] = [[] for _ in rows]
+        logprob = np.zeros(len(rows))
+        seen: list[np.ndarray] = []
+
+        def keep(_: int, logits: np.ndarray) -> None:
+            seen[:] = [logits]
+
+        for step_ids in generate_ids(self.graph.new_cache(), rows, opts, self.eos, on_logits=keep):
+            raw = seen[0]
             for b, t in enumerate(step_ids):
                 if t >= 0:
                     replies[b].append(int(t))
-        out = [Generation(self.decode(r), r) for r in replies]
+                    top = raw[b].max()  # log-softmax of the raw logits at the chosen token
+                    logprob[b] += float(raw[b, t] - top - np.log(np.exp(raw[b] - top).sum()))
+        out = [Generation(self.decode(r), r, float(lp)) for r, lp in zip(replies, logprob, strict=True)]
+        if n > 1:
+            groups = [out[i: i + n] for i in range(0, len(out), n)]
+            return groups[0] if single else groups
         return out[0] if single else out
 
     def stream(self, inputs: str | list[int], **options: Any) -> Iterator[str]:

@@ -60,3 +60,22 @@ def test_score_bad_input(exported):
         model.score([1] * 1020, [2] * 10)
     with pytest.raises(ValueError, match="non-empty"):
         model.score([], "hi")
+
+
+def test_candidates_carry_their_forward_logprob(exported, topical_contexts):
+    model = runtime.load(exported("fp32"))
+    prompt = encode_dialogue(model.tokenizer, topical_contexts[0][:2], model.eos)
+    cands = model.generate(prompt, num_return_sequences=4, do_sample=True, top_k=50, seed=3, max_new_tokens=10)
+    assert len(cands) == 4 and len({tuple(c.ids) for c in cands}) > 1  # sampled: not all the same
+    for c in cands:  # the generation loop's figure = scoring the same tokens afterwards
+        assert c.logprob == pytest.approx(model.score(prompt, c.ids).sum_logprob, abs=1e-3)
+    again = model.generate(prompt, num_return_sequences=4, do_sample=True, top_k=50, seed=3, max_new_tokens=10)
+    assert [c.ids for c in again] == [c.ids for c in cands]  # seeded
+    batch = model.generate([prompt, prompt[:-3]], num_return_sequences=2, do_sample=True, seed=1, max_new_tokens=5)
+    assert [len(g) for g in batch] == [2, 2]
+    greedy = model.generate(prompt, max_new_tokens=6)
+    assert greedy.logprob == pytest.approx(model.score(prompt, greedy.ids).sum_logprob, abs=1e-3)
+    with pytest.raises(ValueError, match="needs do_sample"):
+        model.generate(prompt, num_return_sequences=2)
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        model.generate(prompt, num_return_sequences=0, do_sample=True)
