@@ -238,8 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.checkpoint).is_dir():
         print(f"error: checkpoint {args.checkpoint} is not a directory: give a checkpoint dir", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     p = dict(QUICK if args.quick else FULL)
     for item in args.param:
         key, _, value = item.partition("=")
@@ -247,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --param {item!r}: give KEY=N with N >= 1 and KEY one of {', '.join(p)}", file=sys.stderr)
             return 2
         p[key] = int(value)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     results, n_pairs = measure(args.checkpoint, names, out, p, args.threads)
     run = {"checkpoint": str(args.checkpoint), "quick": args.quick, "threads": args.threads, "params": p,
            "ppl_pairs": n_pairs, "machine": machine_info(), "results": results}
