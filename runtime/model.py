@@ -107,6 +107,12 @@ class DialogModel:
             raise ValueError(f"input ids must lie in [0, {self.manifest.vocab_size})")
         return ids
 
+    def prompt_ids(self, item: str | list[int]) -> list[int]:
+        """One prompt as the model reads it: text is one DialoGPT turn (its tokens + EOS); ids as given."""
+        if isinstance(item, bytes | bytearray):
+            raise TypeError("the prompt is bytes: decode it to str first (e.g. data.decode('utf-8'))")
+        return self._prompt(item)
+
     def _prompts(self, inputs: object) -> tuple[list[list[int]], bool]:
         """(prompts, single): one text or id list, or a batch of them."""
         if isinstance(inputs, bytes | bytearray):

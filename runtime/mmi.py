@@ -1,0 +1,112 @@
+"""Maximum mutual information reranking, the DialoGPT paper's answer to bland replies.
+
+The forward model samples N candidate replies (one batch); a backward model, trained on dialogues read
+last turn first (`python -m training --reverse`), scores how well each candidate predicts the source:
+log p(source | candidate). Generic replies ("I don't know") fit any source, so they score low. The
+source is the most recent `source_turns` turns of the history, read newest first, as the backward
+model was trained. score = backward + forward_weight * forward, each a per-token mean (or a sum).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import DialogModel, Generation, Score
+
+
+@dataclass(frozen=True)
+class MMIOptions:
+    candidates: int = 8
+    forward_weight: float = 0.0  # λ: 0 ranks by the backward model alone, as the paper's reranker
+    reduce: str = "mean"  # "mean" (per token: no bias to short sources/replies) | "sum"
+    source_turns: int = 1  # history turns, newest first, that the backward model scores
+
+    def validate(self) -> None:
+        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
+            raise ValueError(f"candidates must be an integer >= 1, got {self.candidates!r}")
+        if isinstance(self.source_turns, bool) or not isinstance(self.source_turns, int) or self.source_turns < 1:
+            raise ValueError(f"source_turns must be an integer >= 1, got {self.source_turns!r}")
+        if self.reduce not in ("mean", "sum"):
+            raise ValueError(f"reduce must be 'mean' or 'sum', got {self.reduce!r}")
+        w = self.forward_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
+            raise ValueError(f"forward_weight must be a finite number, got {w!r}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    generation: Generation  # text, ids and forward log-probability (sum)
+    backward: Score  # log p(source | candidate) per source token
+    score: float  # what the ranking used
+
+
+@dataclass(frozen=True)
+class Reranked:
+    best: Generation
+    candidates: list[Candidate]  # best first
+
+
+def check_compatible(forward: DialogModel, backward: DialogModel) -> None:
+    """The backward model must read the forward model's tokens: same vocabulary, EOS and tokenizer."""
+    f, b = forward.manifest, backward.manifest
+    if f.vocab_size != b.vocab_size or f.eos_token_id != b.eos_token_id:
+        raise ValueError(f"backward model {backward.dir} has vocabulary {b.vocab_size} / EOS {b.eos_token_id}, the "
+                         f"forward model {f.vocab_size} / {f.eos_token_id}: give a backward model trained with the "
+                         "same tokenizer")
+    if forward.tokenizer.to_str() != backward.tokenizer.to_str():
+        raise ValueError(f"backward model {backward.dir} has another tokenizer than the forward model: give a "
+                         "backward model trained with the same tokenizer")
+
+
+def source_turns(ids: list[int], eos: int, n: int) -> list[int]:
+    """The last n turns of a history (each ending with EOS), newest first, as one token list."""
+    turns: list[list[int]] = []
+    current: list[int] = []
+    for t in ids:
+        current.append(t)
+        if t == eos:
+            turns.append(current)
+            current = []
+    if current:  # a history whose last turn lacks its EOS
+        turns.append([*current, eos])
+    return [t for turn in reversed(turns[-n:]) for t in turn]
+
+
+class MMIReranker:
+    """Forward and backward model, loaded once; safe to share between threads (both models are)."""
+
+    def __init__(self, forward: DialogModel, backward: DialogModel, options: MMIOptions | None = None) -> None:
+        check_compatible(forward, backward)
+        self.forward, self.backward = forward, backward
+        self.options = options or MMIOptions()
+        self.options.validate()
+
+    def _reduce(self, total: float, n: int) -> float:
+        return total / n if self.options.reduce == "mean" else total
+
+    def rerank(self, prompt: list[int], generations: list[Generation]) -> Reranked:
+        """Score candidates for one prompt (token ids ending where the reply starts) and sort them."""
+        if not generations:
+            raise ValueError("no candidates to rerank")
+        eos = self.forward.eos
+        source = source_turns(prompt, eos, self.options.source_turns)
+        replies = [g.ids if g.ids[-1:] == [eos] else [*g.ids, eos] for g in generations]
+        scores = self.backward.score(replies, [source] * len(replies))
+        scores = scores if isinstance(scores, list) else [scores]
+        ranked = []
+        for g, s in zip(generations, scores, strict=True):
+            fwd = self._reduce(g.logprob or 0.0, max(len(g.ids), 1))
+            ranked.append(Candidate(g, s, self._reduce(s.sum_logprob, len(s.token_logprobs))
+                                    + self.options.forward_weight * fwd))
+        ranked.sort(key=lambda c: c.score, reverse=True)
+        return Reranked(ranked[0].generation, ranked)
+
+    def reply(self, prompt: str | list[int], **sampling: Any) -> Reranked:
+        """Sample `candidates` replies (top-k 50 unless told otherwise) and return them reranked."""
+        sampling = {"do_sample": True, "top_k": 50, **sampling}
+        ids = self.forward.prompt_ids(prompt)
+        cands = self.forward.generate(ids, num_return_sequences=self.options.candidates, **sampling)
+        return self.rerank(ids, cands if isinstance(cands, list) else [cands])

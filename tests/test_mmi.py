@@ -1,0 +1,67 @@
+"""MMI reranking mechanics: candidates sampled as one batch, each scored by the backward model's
+log p(source | candidate) over the newest source turns read newest first; the best is returned."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tokenizers import AddedToken
+
+import runtime
+from export import ExportOptions, export_model
+from runtime.mmi import MMIOptions, MMIReranker, source_turns
+from runtime.text import encode_dialogue
+
+
+@pytest.fixture(scope="module")
+def backward_dir(tmp_path_factory, hf_bin_dir):
+    """Any model with the same tokenizer serves to test the mechanics (the real one is trained with
+    `python -m training --reverse`); exported with all-position logits, as a backward model should be."""
+    out = tmp_path_factory.mktemp("backward") / "model"
+    export_model(hf_bin_dir, out, ExportOptions(variant="fp32", all_logits=True, progress=False, n_prompts=1,
+                                                parity_tokens=4))
+    return out
+
+
+def test_source_turns_newest_first():
+    eos = 9
+    assert source_turns([1, 2, eos, 3, eos, 4, 5, eos], eos, 2) == [4, 5, eos, 3, eos]
+    assert source_turns([1, 2, eos, 3], eos, 1) == [3, eos]  # a last turn without its EOS gets one
+    assert source_turns([1, eos], eos, 5) == [1, eos]
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_rerank_returns_the_candidate_the_backward_model_prefers(exported, backward_dir, topical_contexts, reduce):
+    fwd, bwd = runtime.load(exported("int8")), runtime.load(backward_dir)
+    mmi = MMIReranker(fwd, bwd, MMIOptions(candidates=6, reduce=reduce, source_turns=2))
+    prompt = encode_dialogue(fwd.tokenizer, topical_contexts[1][:3], fwd.eos)
+    out = mmi.reply(prompt, seed=5, max_new_tokens=8)
+    assert len(out.candidates) == 6 and out.best is out.candidates[0].generation
+    source = source_turns(prompt, fwd.eos, 2)
+    for c in out.candidates:  # each score is the backward model's own figure for (candidate -> source)
+        reply = c.generation.ids if c.generation.ids[-1:] == [fwd.eos] else [*c.generation.ids, fwd.eos]
+        lp = bwd.score(reply, source).token_logprobs
+        expect = np.mean(lp) if reduce == "mean" else np.sum(lp)
+        assert c.score == pytest.approx(expect, abs=1e-4)
+    assert [c.score for c in out.candidates] == sorted((c.score for c in out.candidates), reverse=True)
+    # the forward weight mixes in the candidates' own log-probabilities
+    mixed = MMIReranker(fwd, bwd, MMIOptions(candidates=6, reduce=reduce, forward_weight=1.0, source_turns=2))
+    again = mixed.rerank(prompt, [c.generation for c in out.candidates])
+    for c in again.candidates:
+        n = len(c.generation.ids) if reduce == "mean" else 1
+        bwd_part = c.backward.sum_logprob / (len(c.backward.token_logprobs) if reduce == "mean" else 1)
+        assert c.score == pytest.approx(bwd_part + c.generation.logprob / n, abs=1e-6)
+
+
+def test_incompatible_backward_model_and_bad_options(exported, backward_dir):
+    fwd, bwd = runtime.load(exported("fp32")), runtime.load(backward_dir)
+    bwd.tokenizer.add_tokens([AddedToken("<|new|>", special=True)])
+    with pytest.raises(ValueError, match="another tokenizer"):
+        MMIReranker(fwd, bwd)
+    bwd = runtime.load(backward_dir)
+    for bad, match in [({"candidates": 0}, "candidates"), ({"reduce": "max"}, "reduce"),
+                       ({"source_turns": 0}, "source_turns"), ({"forward_weight": float("nan")}, "forward_weight")]:
+        with pytest.raises(ValueError, match=match):
+            MMIReranker(fwd, bwd, MMIOptions(**bad))
+    with pytest.raises(ValueError, match="no candidates"):
+        MMIReranker(fwd, bwd).rerank([1, 2], [])
