@@ -46,6 +46,17 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=finite_float, default=1.0)
     p.add_argument("--no-repeat-ngram-size", type=nonnegative_int, default=0)
     p.add_argument("--seed", type=nonnegative_int, default=None)
+    p.add_argument("--rerank", choices=("mmi",), default=None,
+                   help="mmi: the best of N sampled candidates by a backward model (needs --backward)")
+    p.add_argument("--backward", default=None, help="backward model dir for --rerank mmi")
+    p.add_argument("--mmi-candidates", type=positive_int, default=8)
+    p.add_argument("--mmi-forward-weight", type=finite_float, default=0.0)
+
+
+def _rerank(a: argparse.Namespace):  # -> MMIOptions | None
+    from .mmi import MMIOptions
+
+    return MMIOptions(candidates=a.mmi_candidates, forward_weight=a.mmi_forward_weight) if a.rerank else None
 
 
 def _gen_kwargs(a: argparse.Namespace) -> dict:
@@ -157,11 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .model import load
 
-        model = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify)
+        if a.backward and not a.rerank:
+            raise ValueError("--backward is used by --rerank mmi: add --rerank mmi, or drop --backward")
+        model = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify,
+                     backward=a.backward)
         if a.cmd == "generate":
-            print(model.generate(a.text, **_gen_kwargs(a)).text)
+            print(model.generate(a.text, rerank=_rerank(a), **_gen_kwargs(a)).text)
             return 0
-        session = model.chat(max_history_tokens=a.max_history_tokens, **_gen_kwargs(a))
+        session = model.chat(max_history_tokens=a.max_history_tokens, rerank=_rerank(a), **_gen_kwargs(a))
         _repl(session, interactive=sys.stdin.isatty())
         return 0
     except (ModelDirError, ValueError, TypeError) as e:

@@ -29,6 +29,7 @@ from .sampling import SamplingOptions
 from .text import StreamDecoder
 
 if TYPE_CHECKING:
+    from .mmi import MMIReranker
     from .model import DialogModel
 
 # Tokens of history (older turns + the new user turn) kept by default. Measured with
@@ -38,13 +39,15 @@ DEFAULT_HISTORY_TOKENS = 128
 
 
 class ChatSession:
-    def __init__(self, model: DialogModel, opts: SamplingOptions, max_history_tokens: int | None) -> None:
+    def __init__(self, model: DialogModel, opts: SamplingOptions, max_history_tokens: int | None,
+                 reranker: MMIReranker | None = None) -> None:
         budget = DEFAULT_HISTORY_TOKENS if max_history_tokens is None else max_history_tokens
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ValueError(f"max_history_tokens must be None (default {DEFAULT_HISTORY_TOKENS}) or an integer "
                              f">= 1, got {max_history_tokens!r}")
         self._model = model
         self._opts = opts
+        self._reranker = reranker  # MMI: each reply is the best of N sampled candidates, given whole
         self._limit = model.max_length
         self._budget = budget
         self._turns: list[list[int]] = []  # token ids per turn, each ending with EOS
@@ -129,6 +132,18 @@ class ChatSession:
             dropped = True
         return dropped
 
+    def _reranked(self, history: list[int], opts: SamplingOptions, reply: list[int]) -> Generator[str, None, None]:
+        """An MMI turn: candidates are sampled from the whole history in one batch with their own cache, and
+        the best is said whole. This chat's cache is left empty (the next turn samples from the whole
+        history again; branching this cache into the candidates' batch would save that prefill)."""
+        assert self._reranker is not None
+        best = self._reranker.candidates(history, opts).best
+        self._cache.reset(1)
+        reply.extend(best.ids)
+        text = self._model.decode(best.ids)
+        if text:
+            yield text
+
     def _turn(self, new: list[int], opts: SamplingOptions) -> Generator[str, None, None]:
         before = [list(t) for t in self._turns]
         if self._fit(new, opts):
@@ -145,6 +160,9 @@ class ChatSession:
         try:
             if not keep:
                 self._cache.reset(1, reserve=self._budget + opts.max_new_tokens)
+            if self._reranker is not None:
+                yield from self._reranked(flat + new, opts, reply)
+                return
             self.stats["prefilled_tokens"] += len(prompt)
             sd = StreamDecoder(self._model.tokenizer)
             eos = self._model.eos

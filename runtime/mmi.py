@@ -10,11 +10,12 @@ model was trained. score = backward + forward_weight * forward, each a per-token
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .model import DialogModel, Generation, Score
+    from .sampling import SamplingOptions
 
 
 @dataclass(frozen=True)
@@ -110,3 +111,9 @@ class MMIReranker:
         ids = self.forward.prompt_ids(prompt)
         cands = self.forward.generate(ids, num_return_sequences=self.options.candidates, **sampling)
         return self.rerank(ids, cands if isinstance(cands, list) else [cands])
+
+    def candidates(self, prompt: list[int], opts: SamplingOptions) -> Reranked:
+        """reply() with given sampling options (a chat's, the CLI's): candidates are always sampled, with
+        top-k 50 when the options set no top-k."""
+        sampling = {**asdict(opts), "do_sample": True, "top_k": opts.top_k or 50}
+        return self.reply(prompt, **sampling)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from .text import StreamDecoder, encode_dialogue, encode_turn, load_tokenizer
 
 if TYPE_CHECKING:
     from .chat import ChatSession
+    from .mmi import MMIOptions, MMIReranker
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Generation:
     text: str
     ids: list[int]
     logprob: float | None = None  # log p(ids | prompt) under the model's raw logits
+    candidates: list | None = None  # rerank="mmi": every candidate (runtime.mmi.Candidate), best first
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def _is_ids(x: object) -> bool:
 
 class DialogModel:
     def __init__(self, model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-                 verify: bool = True) -> None:
+                 verify: bool = True, backward: str | Path | None = None) -> None:
         _check_positive_int("threads", threads, "all cores")
         _check_positive_int("max_length", max_length, "the model's context")
         self.dir = Path(model_dir)
@@ -68,6 +70,13 @@ class DialogModel:
         self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)
         self.graph = open_graph(self.dir, self.manifest, threads=threads, max_length=max_length)
         self.eos = self.manifest.eos_token_id
+        # the backward model MMI reranking scores candidates with (python -m training --reverse)
+        self.backward: DialogModel | None = None
+        if backward is not None:
+            from .mmi import check_compatible
+
+            self.backward = DialogModel(backward, threads=threads, verify=verify)
+            check_compatible(self, self.backward)
 
     @property
     def max_length(self) -> int:
@@ -140,11 +149,21 @@ class DialogModel:
 
     # -- API -----------------------------------------------------------------------------------
     def generate(self, inputs: str | list[int] | list[str] | list[list[int]], num_return_sequences: int = 1,
-                 **options: Any) -> Generation | list[Generation] | list[list[Generation]]:
+                 rerank: str | MMIOptions | None = None, **options: Any
+                 ) -> Generation | list[Generation] | list[list[Generation]]:
         """Reply to one prompt (text or ids) or a batch of them. Text is encoded as one DialoGPT turn.
         num_return_sequences=N (sampling only) gives N candidates per prompt, generated as one batch: a
         list for one prompt, a list of lists for a batch. Every Generation carries its forward
-        log-probability under the model (sum over its tokens, EOS included when generated)."""
+        log-probability under the model (sum over its tokens, EOS included when generated).
+        rerank="mmi" (one prompt; needs load(..., backward=DIR)): the best of N sampled candidates by the
+        backward model, with every candidate's scores in `.candidates`."""
+        if rerank is not None:
+            reranker = self.reranker(rerank)
+            prompts, single = self._prompts(inputs)
+            if not single or num_return_sequences != 1:
+                raise ValueError("rerank takes one prompt and returns one reply (MMIOptions.candidates sets N)")
+            out = reranker.candidates(prompts[0], self.options(**options))
+            return replace(out.best, candidates=out.candidates)
         opts = self.options(**options)
         if isinstance(num_return_sequences, bool) or not isinstance(num_return_sequences, numbers.Integral) \
                 or num_return_sequences < 1:
@@ -223,11 +242,25 @@ class DialogModel:
                              "shorten the context")
         return [Score([float(x) for x in lp]) for lp in batch_reply_logprobs(self.graph.new_cache(), pairs)]
 
-    def chat(self, max_history_tokens: int | None = None, **options: Any) -> ChatSession:
-        """A new conversation with its own history and KV cache (see ChatSession)."""
+    def reranker(self, rerank: str | MMIOptions) -> MMIReranker:
+        """The MMI reranker for rerank="mmi" (default options) or an MMIOptions."""
+        from .mmi import MMIOptions, MMIReranker
+
+        if isinstance(rerank, str) and rerank != "mmi":
+            raise ValueError(f"rerank must be None, 'mmi' or an MMIOptions, got {rerank!r}")
+        if self.backward is None:
+            raise ValueError("rerank='mmi' needs a backward model: load with runtime.load(DIR, backward=BACKWARD_DIR)"
+                             " (CLI: --backward BACKWARD_DIR)")
+        return MMIReranker(self, self.backward, rerank if isinstance(rerank, MMIOptions) else MMIOptions())
+
+    def chat(self, max_history_tokens: int | None = None, rerank: str | MMIOptions | None = None,
+             **options: Any) -> ChatSession:
+        """A new conversation with its own history and KV cache (see ChatSession). rerank="mmi": every
+        reply is the best of N sampled candidates by the backward model (needs load(..., backward=DIR))."""
         from .chat import ChatSession
 
-        return ChatSession(self, self.options(**options), max_history_tokens)
+        reranker = self.reranker(rerank) if rerank is not None else None
+        return ChatSession(self, self.options(**options), max_history_tokens, reranker)
 
 
 def _describe(x: object) -> str:
@@ -235,10 +268,10 @@ def _describe(x: object) -> str:
 
 
 def load(model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-         verify: bool = True) -> DialogModel:
+         verify: bool = True, backward: str | Path | None = None) -> DialogModel:
     """Open an exported model dir. Checks the manifest and every file's size; verify=True (the default)
     also checks every file's sha256 (~1 s per GB: pass verify=False for a dir you trust and load often)."""
-    return DialogModel(model_dir, threads=threads, max_length=max_length, verify=verify)
+    return DialogModel(model_dir, threads=threads, max_length=max_length, verify=verify, backward=backward)
 
 
 __all__ = ["DialogModel", "Generation", "Score", "load"]

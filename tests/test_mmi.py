@@ -65,3 +65,45 @@ def test_incompatible_backward_model_and_bad_options(exported, backward_dir):
             MMIReranker(fwd, bwd, MMIOptions(**bad))
     with pytest.raises(ValueError, match="no candidates"):
         MMIReranker(fwd, bwd).rerank([1, 2], [])
+
+
+def test_mmi_through_generate_and_chat(exported, backward_dir, topical_contexts):
+    model = runtime.load(exported("int8"), backward=backward_dir)
+    g = model.generate("Do you like movies?", rerank=MMIOptions(candidates=4), seed=2, max_new_tokens=8)
+    assert len(g.candidates) == 4 and g.ids == g.candidates[0].generation.ids
+    assert g.candidates[0].score == max(c.score for c in g.candidates)
+    chat = model.chat(rerank="mmi", seed=2, max_new_tokens=8, max_history_tokens=model.max_length)
+    for text in topical_contexts[2][:3]:
+        reply = chat.send(text)
+        # the chosen reply is what the reranker picks for the same history, and it joins the history
+        history = [t for turn in chat.turns[:-1] for t in turn]
+        best = model.reranker("mmi").candidates(history, model.options(seed=2, max_new_tokens=8)).best
+        assert reply == best.text and chat.turns[-1] == (best.ids if best.ids[-1:] == [model.eos]
+                                                         else [*best.ids, model.eos])
+    plain = runtime.load(exported("int8"))
+    with pytest.raises(ValueError, match="needs a backward model"):
+        plain.generate("Hi", rerank="mmi")
+    with pytest.raises(ValueError, match="needs a backward model"):
+        plain.chat(rerank="mmi")
+    with pytest.raises(ValueError, match="rerank must be"):
+        model.generate("Hi", rerank="bleu")
+    with pytest.raises(ValueError, match="one prompt"):
+        model.generate(["Hi", "Yo"], rerank="mmi")
+
+
+def test_mmi_from_the_cli(exported, backward_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = [sys.executable, "-m", "runtime", "generate", str(exported("int8")), "Do you like movies?",
+           "--max-new-tokens", "8", "--seed", "2"]
+    ok = subprocess.run([*run, "--rerank", "mmi", "--backward", str(backward_dir), "--mmi-candidates", "4"],
+                        capture_output=True, text=True, timeout=300, cwd=root)
+    assert ok.returncode == 0 and ok.stdout.strip(), ok.stderr[-1500:]
+    model = runtime.load(exported("int8"), backward=backward_dir)
+    assert ok.stdout.rstrip("\n") == model.generate("Do you like movies?", rerank=MMIOptions(candidates=4), seed=2,
+                                                    max_new_tokens=8).text
+    missing = subprocess.run([*run, "--rerank", "mmi"], capture_output=True, text=True, timeout=300, cwd=root)
+    assert missing.returncode == 2 and "needs a backward model" in missing.stderr and "Traceback" not in missing.stderr
