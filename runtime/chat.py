@@ -24,7 +24,8 @@ import weakref
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .generate import generate_ids
+from .generate import generate_ids, sample_with_logprobs
+from .model import Generation
 from .sampling import SamplingOptions
 from .text import StreamDecoder
 
@@ -132,13 +133,23 @@ class ChatSession:
             dropped = True
         return dropped
 
-    def _reranked(self, history: list[int], opts: SamplingOptions, reply: list[int]) -> Generator[str, None, None]:
-        """An MMI turn: candidates are sampled from the whole history in one batch with their own cache, and
-        the best is said whole. This chat's cache is left empty (the next turn samples from the whole
-        history again; branching this cache into the candidates' batch would save that prefill)."""
+    def _reranked(self, history: list[int], prompt: list[int], opts: SamplingOptions,
+                  reply: list[int]) -> Generator[str, None, None]:
+        """An MMI turn: this chat's cache (the kept history) is forked into one row per candidate, the
+        candidates are sampled on top of it as one batch, and the best is fed to this chat's cache (all
+        but its last token, as a plain turn leaves it) and said whole."""
         assert self._reranker is not None
-        best = self._reranker.candidates(history, opts).best
-        self._cache.reset(1)
+        sampling = self._reranker.sampling(opts)
+        n = self._reranker.options.candidates
+        fork = self._cache.fork(n, reserve=len(history) + sampling.max_new_tokens)
+        try:
+            cands = sample_with_logprobs(fork, [prompt] * n, sampling, self._model.eos, keep_cache=True,
+                                         history=[history] * n)
+        finally:
+            fork.release()
+        best = self._reranker.rerank(history, [Generation(self._model.decode(r), r, lp) for r, lp in cands]).best
+        self._cache.prefill([prompt + best.ids[:-1]])
+        self.stats["prefilled_tokens"] += len(prompt) + len(best.ids) - 1
         reply.extend(best.ids)
         text = self._model.decode(best.ids)
         if text:
@@ -161,7 +172,7 @@ class ChatSession:
             if not keep:
                 self._cache.reset(1, reserve=self._budget + opts.max_new_tokens)
             if self._reranker is not None:
-                yield from self._reranked(flat + new, opts, reply)
+                yield from self._reranked(flat + new, prompt, opts, reply)
                 return
             self.stats["prefilled_tokens"] += len(prompt)
             sd = StreamDecoder(self._model.tokenizer)

@@ -52,3 +52,25 @@ def generate_ids(dec: KVCache, prompts: list[list[int]], opts: SamplingOptions, 
         if done.all() or step + 1 == opts.max_new_tokens:
             return
         logits = dec.step(nxt, active=None if not done.any() else ~done)
+
+
+def sample_with_logprobs(dec: KVCache, prompts: list[list[int]], opts: SamplingOptions, eos: int,
+                         keep_cache: bool = False, history: list[list[int]] | None = None
+                         ) -> list[tuple[list[int], float]]:
+    """generate_ids to the end, with each row's tokens and their summed log-probability under the raw
+    logits (EOS included when generated): what candidates for reranking need."""
+    replies: list[list[int]] = [[] for _ in prompts]
+    logprob = np.zeros(len(prompts))
+    seen: list[np.ndarray] = []
+
+    def keep(_: int, logits: np.ndarray) -> None:
+        seen[:] = [logits]
+
+    for step_ids in generate_ids(dec, prompts, opts, eos, keep_cache=keep_cache, on_logits=keep, history=history):
+        raw = seen[0]
+        for b, t in enumerate(step_ids):
+            if t >= 0:
+                replies[b].append(int(t))
+                top = raw[b].max()  # log-softmax of the raw logits at the chosen token
+                logprob[b] += float(raw[b, t] - top - np.log(np.exp(raw[b] - top).sum()))
+    return [(r, float(lp)) for r, lp in zip(replies, logprob, strict=True)]

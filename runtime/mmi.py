@@ -10,7 +10,7 @@ model was trained. score = backward + forward_weight * forward, each a per-token
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -112,8 +112,12 @@ class MMIReranker:
         cands = self.forward.generate(ids, num_return_sequences=self.options.candidates, **sampling)
         return self.rerank(ids, cands if isinstance(cands, list) else [cands])
 
+    @staticmethod
+    def sampling(opts: SamplingOptions) -> SamplingOptions:
+        """Candidates are always sampled: the given options (a chat's, the CLI's), with top-k 50 when
+        they set no top-k."""
+        return replace(opts, do_sample=True, top_k=opts.top_k or 50)
+
     def candidates(self, prompt: list[int], opts: SamplingOptions) -> Reranked:
-        """reply() with given sampling options (a chat's, the CLI's): candidates are always sampled, with
-        top-k 50 when the options set no top-k."""
-        sampling = {**asdict(opts), "do_sample": True, "top_k": opts.top_k or 50}
-        return self.reply(prompt, **sampling)
+        """reply() with given sampling options (see sampling())."""
+        return self.reply(prompt, **asdict(self.sampling(opts)))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .generate import generate_ids
+from .generate import generate_ids, sample_with_logprobs
 from .manifest import TOKENIZER_FILE, Manifest, read_manifest
 from .sampling import SamplingOptions
 from .scoring import batch_reply_logprobs
@@ -174,21 +174,8 @@ class DialogModel:
         prompts, single = self._prompts(inputs)
         self._check_fits(max(map(len, prompts)), opts)
         rows = [p for p in prompts for _ in range(n)]
-        replies: list[list[int]] = [[] for _ in rows]
-        logprob = np.zeros(len(rows))
-        seen: list[np.ndarray] = []
-
-        def keep(_: int, logits: np.ndarray) -> None:
-            seen[:] = [logits]
-
-        for step_ids in generate_ids(self.graph.new_cache(), rows, opts, self.eos, on_logits=keep):
-            raw = seen[0]
-            for b, t in enumerate(step_ids):
-                if t >= 0:
-                    replies[b].append(int(t))
-                    top = raw[b].max()  # log-softmax of the raw logits at the chosen token
-                    logprob[b] += float(raw[b, t] - top - np.log(np.exp(raw[b] - top).sum()))
-        out = [Generation(self.decode(r), r, float(lp)) for r, lp in zip(replies, logprob, strict=True)]
+        out = [Generation(self.decode(r), r, lp)
+               for r, lp in sample_with_logprobs(self.graph.new_cache(), rows, opts, self.eos)]
         if n > 1:
             groups = [out[i: i + n] for i in range(0, len(out), n)]
             return groups[0] if single else groups

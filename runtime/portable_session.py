@@ -52,6 +52,18 @@ class PortableCache:
         self._past = [np.zeros(shape, dtype=np.float32) for _ in range(2 * self.m.n_layer)]
         self._mask = np.zeros((batch, 0), dtype=np.int64)  # 1 where the cache holds a real token
 
+    def fork(self, n: int, reserve: int = 0) -> PortableCache:
+        """A new cache of n rows, each a copy of this one-row cache (see KVCache.fork)."""
+        if self.batch != 1:
+            raise ValueError("fork() copies a one-row cache")
+        out = PortableCache(self.graph)
+        out.reset(n, reserve)
+        out._past = [np.repeat(a, n, axis=0) for a in self._past]
+        out._mask = np.repeat(self._mask, n, axis=0)
+        out.lengths = np.repeat(self.lengths, n)
+        out.capacity = self.capacity
+        return out
+
     def _run(self, ids: np.ndarray, pos: np.ndarray, new_mask: np.ndarray) -> np.ndarray:
         mask = np.concatenate([self._mask, new_mask], axis=1)
         if mask.shape[1] > self.max_length:

@@ -115,6 +115,21 @@ class KVCache:
         self._reserve = min(reserve, self.max_length)
         self.lengths = np.zeros(batch, dtype=np.int64)
 
+    def fork(self, n: int, reserve: int = 0) -> KVCache:
+        """A new cache of n rows, each holding a copy of this one-row cache's tokens (the rows then grow
+        apart: N candidate replies to one history, without prefilling the history N times)."""
+        if self.batch != 1:
+            raise ValueError("fork() copies a one-row cache")
+        held = int(self.lengths[0])
+        out = KVCache(self.graph)
+        out.reset(n, reserve=max(reserve, held))
+        if held:
+            out._allocate(max(MIN_CAPACITY, out._reserve, held))
+            for dst, src in zip(out._kv, self._kv, strict=True):
+                dst[:, :, :held] = src[:1, :, :held]
+            out.lengths[:] = held
+        return out
+
     def _allocate(self, capacity: int, keep: int = 0) -> None:
         shape = (self.batch, self.m.n_head, capacity, self.m.head_dim)
         old = self._kv

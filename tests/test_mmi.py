@@ -80,6 +80,9 @@ def test_mmi_through_generate_and_chat(exported, backward_dir, topical_contexts)
         best = model.reranker("mmi").candidates(history, model.options(seed=2, max_new_tokens=8)).best
         assert reply == best.text and chat.turns[-1] == (best.ids if best.ids[-1:] == [model.eos]
                                                          else [*best.ids, model.eos])
+    # candidates branch from the chat's cache: the history was prefilled once, never recomputed
+    assert chat.stats["recomputes"] == 0
+    assert sum(map(len, chat.turns)) - 2 <= chat.stats["prefilled_tokens"] < sum(map(len, chat.turns))
     plain = runtime.load(exported("int8"))
     with pytest.raises(ValueError, match="needs a backward model"):
         plain.generate("Hi", rerank="mmi")

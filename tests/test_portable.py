@@ -59,3 +59,15 @@ def test_portable_int4_runs_and_stays_close(portable):
     assert isinstance(chat.send("Hello!"), str) and isinstance(chat.send("And then?"), str)
     p = json.loads((portable("int4") / "manifest.json").read_text())["parity"]
     assert p["mean_abs_logit_diff"] < 0.5
+
+
+def test_portable_fork(portable, topical_contexts):
+    model = runtime.load(portable("fp32"))
+    prompt = model.encode_turn(topical_contexts[0][0])
+    one = model.graph.new_cache()
+    one.reset(1)
+    one.prefill([prompt[:-2]])
+    forked = one.fork(2)
+    want = one.prefill([prompt[-2:]])[0]
+    for row in forked.prefill([prompt[-2:]] * 2):
+        np.testing.assert_allclose(row, want, atol=1e-4)

@@ -180,3 +180,21 @@ def test_ctrl_c_ends_chat_cleanly(exported):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in err
+
+
+def test_fork_gives_every_row_the_history(exported, topical_contexts):
+    """A forked cache's rows continue exactly as the one-row cache would (MMI candidates branch from a
+    chat's kept history this way)."""
+    import numpy as np
+
+    for variant in ("fp32", "int8"):
+        model = runtime.load(exported(variant))
+        prompt = model.encode_turn(topical_contexts[0][0])
+        one = model.graph.new_cache()
+        one.reset(1)
+        one.prefill([prompt[:-2]])
+        forked = one.fork(3, reserve=64)
+        want = one.prefill([prompt[-2:]])[0]
+        got = forked.prefill([prompt[-2:]] * 3)
+        for row in got:
+            np.testing.assert_allclose(row, want, atol=1e-4)
