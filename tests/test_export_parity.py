@@ -98,7 +98,10 @@ def test_int4_uses_matmulnbits_accuracy_level_4(exported):
     assert len(nbits) == 2 * 4 + 1  # 4 matmuls per layer + lm_head
     for n in nbits:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        assert attrs["accuracy_level"] == 4 and attrs["bits"] == 4
+        # layers at 4 bits; the tied head / embedding at 8 (a 4-bit head loses half the greedy tokens)
+        assert attrs["accuracy_level"] == 4 and attrs["bits"] == (8 if n.name == "/lm_head/MatMulNBits" else 4)
+    gather = next(n for n in g.node if n.op_type == "GatherBlockQuantized")
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in gather.attribute}["bits"] == 8
 
 
 def test_all_logits_graph(tmp_path, hf_dir, tiny, topical_contexts):
