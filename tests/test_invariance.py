@@ -86,3 +86,22 @@ def test_replies_do_not_depend_on_batch_or_cache(exported, dialogue_prompts, top
             fresh = model.generate(history, **opts)
             assert kept == fresh.text
             history += fresh.ids if fresh.ids[-1:] == [model.eos] else [*fresh.ids, model.eos]
+
+
+@pytest.mark.parametrize("name", ["int8-rowwise", "int8-nbits8-b256", "int4-hqq-b128-head8"])
+def test_candidate_quantizations_export_and_stay_row_independent(tmp_path, hf_dir, dialogue_prompts, name):
+    """The alternatives the fidelity report measures (benchmarks.quality --candidates) export, the int8 ones
+    pass parity (int4's fidelity on random weights says little: the report measures it on trained ones),
+    and all keep a row's logits independent of its batch."""
+    from benchmarks.quality import CANDIDATES
+    from export import ExportOptions, export_model
+
+    variant, quant = CANDIDATES[name]
+    res = export_model(hf_dir, tmp_path / name, ExportOptions(variant=variant, quant=quant, progress=False,
+                                                              n_prompts=2, parity_tokens=16))
+    assert variant == "int4" or not res.failures, res.failures
+    model = runtime.load(tmp_path / name)
+    cache = model.graph.new_cache()
+    alone = _alone(cache, dialogue_prompts)
+    cache.reset(len(dialogue_prompts))
+    same(cache.prefill(dialogue_prompts), alone)
