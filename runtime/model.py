@@ -138,7 +138,7 @@ class DialogModel:
             return [self._prompt(inputs)], True
         return [self._prompt(x) for x in inputs], False
 
-    def _check_fits(self, n_prompt: int, opts: SamplingOptions) -> None:
+    def check_fits(self, n_prompt: int, opts: SamplingOptions) -> None:
         limit = self.max_length
         if n_prompt + opts.max_new_tokens > limit:
             raise ValueError(f"input of {n_prompt} tokens + max_new_tokens {opts.max_new_tokens} exceeds the "
@@ -172,7 +172,7 @@ class DialogModel:
         if n > 1 and not opts.do_sample:
             raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy gives one reply)")
         prompts, single = self._prompts(inputs)
-        self._check_fits(max(map(len, prompts)), opts)
+        self.check_fits(max(map(len, prompts)), opts)
         rows = [p for p in prompts for _ in range(n)]
         out = [Generation(self.decode(r), r, lp)
                for r, lp in sample_with_logprobs(self.graph.new_cache(), rows, opts, self.eos)]
@@ -188,7 +188,7 @@ class DialogModel:
         prompts, single = self._prompts(inputs)
         if not single:
             raise ValueError("stream() takes one prompt: call it once per prompt, or generate() for a batch")
-        self._check_fits(len(prompts[0]), opts)
+        self.check_fits(len(prompts[0]), opts)
         return self._stream(prompts[0], opts)
 
     def _stream(self, prompt: list[int], opts: SamplingOptions) -> Iterator[str]:

@@ -115,6 +115,11 @@ class KVCache:
         self._reserve = min(reserve, self.max_length)
         self.lengths = np.zeros(batch, dtype=np.int64)
 
+    def free_row(self, b: int) -> None:
+        """Forget row b's tokens (its buffer space is reused by the next tokens fed to it)."""
+        self.lengths[b] = 0
+        self._step_ready = False
+
     def fork(self, n: int, reserve: int = 0) -> KVCache:
         """A new cache of n rows, each holding a copy of this one-row cache's tokens (the rows then grow
         apart: N candidate replies to one history, without prefilling the history N times)."""
@@ -155,15 +160,20 @@ class KVCache:
             b.bind_ortvalue_output(self.graph.logits_name, ort.OrtValue.ortvalue_from_numpy(self._logits))
         self._step_ready = False
 
-    def _ensure_capacity(self, needed: int) -> None:
+    def _ensure_capacity(self, needed: int, padded: int | None = None) -> None:
+        """Room for `needed` real tokens in the longest row (at most the context) and for `padded` slots:
+        GroupQueryAttention writes every row's padded chunk after that row's cached tokens, so a ragged
+        call needs max(cached) + chunk width, which may pass the context by up to the chunk width."""
         if needed > self.max_length:
             raise ValueError(f"sequence of {needed} tokens exceeds the context of {self.max_length}: "
                              "shorten the history or lower max_new_tokens")
-        if needed > self.capacity:
+        padded = max(needed, padded or 0)
+        if padded > self.capacity:
             cap = max(self.capacity, MIN_CAPACITY, self._reserve)
-            while cap < needed:
+            while cap < padded:
                 cap *= 2
-            self._allocate(min(cap, self.max_length), keep=int(self.lengths.max(initial=0)))
+            cap = min(cap, max(self.max_length, padded))
+            self._allocate(cap, keep=int(self.lengths.max(initial=0)))
 
     # -- forward -------------------------------------------------------------------------------
     def prefill(self, rows: list[list[int]]) -> np.ndarray:
@@ -175,7 +185,7 @@ class KVCache:
         width = int(q.max())
         if width == 0:
             raise ValueError("nothing to prefill: every row is empty")
-        self._ensure_capacity(int((self.lengths + q).max()))
+        self._ensure_capacity(int((self.lengths + q).max()), int(self.lengths.max()) + width)
         ids = np.zeros((self.batch, width), dtype=np.int64)
         pos = np.zeros((self.batch, width), dtype=np.int64)
         for b, r in enumerate(rows):

@@ -1,0 +1,195 @@
+"""Continuous batching: requests from any number of threads share one decode step.
+
+Decode reads every weight once per step whatever the batch, so B concurrent replies cost far less than
+B single ones. The engine owns one KV cache of `max_batch` rows and a worker thread. Each step is one
+ragged call to the graph: a row that is replying feeds its last token, a row that just joined feeds
+(a chunk of) its prompt, a free row feeds nothing. Rows join as requests arrive and leave when their
+reply ends, without waiting for the others. Every request samples with its own options and random
+generator, exactly as generate() would alone; since a row's logits do not depend on the other rows
+(fp32 and row-wise int8, see tests/test_invariance.py), each reply equals the same request run alone.
+
+Thread safety: submit() and a Request's methods may be called from any thread; only the worker thread
+touches the cache. A full queue raises EngineFull at once instead of building an unbounded backlog.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .generate import _plain_greedy
+from .sampling import SamplingOptions, choose, process
+
+if TYPE_CHECKING:
+    from .model import DialogModel, Generation
+
+_DONE = -1  # end of a request's token stream
+
+
+class EngineFull(RuntimeError):
+    """The engine's queue is full: retry later (a server answers 429 / 503 with Retry-After)."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed before the request finished."""
+
+
+@dataclass(eq=False)
+class Request:
+    prompt: list[int]
+    opts: SamplingOptions
+    out: queue.Queue = field(default_factory=queue.Queue)  # token ids, then _DONE
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def tokens(self) -> Iterator[int]:
+        """The reply's token ids as they are made (EOS included when generated); blocks between them."""
+        while True:
+            t = self.out.get()
+            if t == _DONE:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield t
+
+    def cancel(self) -> None:
+        """Stop this reply: its row is freed at the next step (a client that went away)."""
+        self.cancelled.set()
+
+
+@dataclass(eq=False)
+class _Row:
+    req: Request
+    pending: list[int]  # prompt tokens not yet fed
+    rng: np.random.Generator
+    history: list[int]
+    generated: int = 0
+    last: int | None = None  # token to feed at the next step
+
+
+class Engine:
+    def __init__(self, model: DialogModel, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256
+                 ) -> None:
+        for name, v in (("max_batch", max_batch), ("max_queue", max_queue), ("prefill_chunk", prefill_chunk)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if model.manifest.graph != "contrib":
+            raise ValueError("the engine batches the contrib graph (ragged rows in one KV buffer); export "
+                             "without --graph portable")
+        self.model = model
+        self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
+        self._waiting: deque[Request] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self.steps = 0  # graph calls made (a reply of n tokens alone takes n; shared steps take fewer)
+        self._thread = threading.Thread(target=self._loop, name="dialogpt-engine", daemon=True)
+        self._thread.start()
+
+    # -- any thread --------------------------------------------------------------------------------
+    def submit(self, prompt: str | list[int], **options: Any) -> Request:
+        """Queue one reply; its tokens come from `request.tokens()`. Arguments are checked here."""
+        opts = self.model.options(**options)
+        ids = self.model.prompt_ids(prompt)
+        self.model.check_fits(len(ids), opts)
+        req = Request(ids, opts)
+        if opts.max_new_tokens == 0:
+            req.out.put(_DONE)
+            return req
+        with self._wake:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            if len(self._waiting) >= self.max_queue:
+                raise EngineFull(f"{len(self._waiting)} requests are waiting (max_queue {self.max_queue}): "
+                                 "retry later")
+            self._waiting.append(req)
+            self._wake.notify()
+        return req
+
+    def generate(self, prompt: str | list[int], **options: Any) -> Generation:
+        """submit() and wait for the whole reply."""
+        from .model import Generation
+
+        ids = list(self.submit(prompt, **options).tokens())
+        return Generation(self.model.decode(ids), ids)
+
+    def close(self) -> None:
+        """Stop the worker; unfinished requests end with EngineClosed."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+
+    # -- the worker thread -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        cache = self.model.graph.new_cache()
+        cache.reset(self.max_batch)
+        rows: list[_Row | None] = [None] * self.max_batch
+        try:
+            while True:
+                with self._wake:
+                    while not self._closed and not self._waiting and not any(rows):
+                        self._wake.wait()
+                    if self._closed:
+                        break
+                    for b in range(self.max_batch):  # join: free rows take waiting requests
+                        if rows[b] is None and self._waiting:
+                            req = self._waiting.popleft()
+                            rows[b] = _Row(req, list(req.prompt), np.random.default_rng(req.opts.seed),
+                                           list(req.prompt))
+                            cache.free_row(b)
+                self._step(cache, rows)
+        except BaseException as e:  # a bug or an onnxruntime failure: every caller hears of it
+            for r in rows:
+                if r is not None:
+                    r.req.error = e
+            raise
+        finally:
+            with self._wake:
+                self._closed = True
+                leftover = [r.req for r in rows if r is not None] + list(self._waiting)
+                self._waiting.clear()
+            for req in leftover:
+                req.error = req.error or EngineClosed("the engine was closed before this reply finished")
+                req.out.put(_DONE)
+            cache.release()
+
+    def _step(self, cache, rows: list[_Row | None]) -> None:
+        feed: list[list[int]] = []
+        for b, r in enumerate(rows):
+            if r is not None and r.req.cancelled.is_set():
+                r.req.out.put(_DONE)
+                rows[b] = r = None
+            if r is None:
+                feed.append([])
+            elif r.pending:  # joining: (a chunk of) the prompt
+                feed.append(r.pending[: self.prefill_chunk])
+                del r.pending[: self.prefill_chunk]
+            else:
+                feed.append([r.last])
+        if not any(feed):
+            return
+        logits = cache.prefill(feed)
+        self.steps += 1
+        eos = self.model.eos
+        for b, r in enumerate(rows):
+            if r is None or r.pending or not feed[b]:
+                continue
+            o = r.req.opts
+            if _plain_greedy(o):
+                t = int(np.argmax(logits[b]))
+            else:
+                t = choose(process(logits[b], r.history, r.generated, o, eos), o, r.rng)
+                r.history.append(t)
+            r.generated += 1
+            r.req.out.put(t)
+            if t == eos or r.generated >= o.max_new_tokens:
+                r.req.out.put(_DONE)
+                rows[b] = None
+            else:
+                r.last = t
