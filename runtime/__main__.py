@@ -72,6 +72,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     chat.add_argument("--max-history-tokens", type=positive_int, default=None,
                       help="tokens of history kept (older turns + the new one), oldest turns dropped first "
                            "(default 128)")
+    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the .[serve] extra)")
+    srv.add_argument("model_dir")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=positive_int, default=8000)
+    srv.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together")
+    srv.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting before 429")
+    srv.add_argument("--threads", type=positive_int, default=None)
     gen = sub.add_parser("generate", help="print the reply to one text")
     _options(gen)
     gen.add_argument("text")
@@ -168,6 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .model import load
 
+        if a.cmd == "serve":
+            try:
+                import uvicorn  # noqa: F401
+
+                from .server import serve
+            except ImportError:
+                raise ValueError("serving needs the serve extra: pip install 'dialogpt-onnx[serve]'") from None
+            serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_queue=a.max_queue,
+                  threads=a.threads)
+            return 0
         if a.backward and not a.rerank:
             raise ValueError("--backward is used by --rerank mmi: add --rerank mmi, or drop --backward")
         model = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify,

@@ -1,0 +1,186 @@
+"""OpenAI-compatible HTTP server over the batching engine (Starlette + uvicorn: `pip install .[serve]`).
+
+    python -m runtime serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--max-queue 64]
+
+POST /v1/chat/completions: the messages' contents become DialoGPT turns, each ended by <|endoftext|>
+(system messages are skipped: DialoGPT has no system prompt). `max_tokens`, `temperature` (0 or omitted:
+greedy, the runtime's default; > 0 samples), `top_p`, `seed`, `stream` (server-sent events). GET
+/v1/models, GET /health. Errors use OpenAI's body ({"error": {...}}): 400 for bad input, 429 with
+Retry-After when the engine's queue is full. A streaming client that disconnects frees its row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from typing import Any
+
+from .engine import _DONE, Engine, EngineClosed, EngineFull
+from .text import encode_dialogue
+
+
+class BadRequest(ValueError):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+                        status_code=status, headers=headers)
+
+
+def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's request fields -> the runtime's generation options (checked; BadRequest names the field)."""
+    opts: dict[str, Any] = {}
+
+    def number(name: str) -> float | None:
+        v = body.get(name)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise BadRequest(f"{name} must be a number, got {v!r}", name)
+        return float(v)
+
+    mt = body.get("max_tokens", body.get("max_completion_tokens"))
+    if mt is not None:
+        if isinstance(mt, bool) or not isinstance(mt, int) or mt < 1:
+            raise BadRequest(f"max_tokens must be an integer >= 1, got {mt!r}", "max_tokens")
+        opts["max_new_tokens"] = mt
+    temperature, top_p = number("temperature"), number("top_p")
+    if temperature is not None and temperature < 0:
+        raise BadRequest(f"temperature must be >= 0, got {temperature}", "temperature")
+    if temperature:  # 0 (or omitted) is greedy, as OpenAI's API defines temperature 0
+        opts.update(do_sample=True, temperature=temperature)
+    if top_p is not None:
+        if not 0 < top_p <= 1:
+            raise BadRequest(f"top_p must be in (0, 1], got {top_p}", "top_p")
+        if opts.get("do_sample"):
+            opts["top_p"] = top_p
+    seed = body.get("seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise BadRequest(f"seed must be an integer >= 0, got {seed!r}", "seed")
+        opts["seed"] = seed
+    return opts
+
+
+def dialogue(body: dict[str, Any]) -> list[str]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise BadRequest("messages must be a non-empty list", "messages")
+    turns = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
+            raise BadRequest(f"messages[{i}] must have a string role and a string content", "messages")
+        if m["role"] != "system":
+            turns.append(m["content"])
+    if not turns:
+        raise BadRequest("messages hold no user or assistant turn", "messages")
+    return turns
+
+
+def create_app(engine: Engine, model_name: str):
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    model = engine.model
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def models(_: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
+                                                         "owned_by": "dialogpt-onnx"}]})
+
+    async def completions(request: Request):
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "the request body is not valid JSON", "invalid_request_error")
+        if not isinstance(body, dict):
+            return _error(400, "the request body must be a JSON object", "invalid_request_error")
+        try:
+            turns = dialogue(body)
+            opts = sampling_options(body)
+            stream = body.get("stream", False)
+            if not isinstance(stream, bool):
+                raise BadRequest(f"stream must be true or false, got {stream!r}", "stream")
+            prompt = encode_dialogue(model.tokenizer, turns, model.eos)
+            req = engine.submit(prompt, **opts)
+        except BadRequest as e:
+            return _error(400, str(e), "invalid_request_error", e.param)
+        except ValueError as e:  # the runtime's checks: options out of range, a history over the context
+            return _error(400, str(e), "invalid_request_error")
+        except EngineFull as e:
+            return _error(429, str(e), "rate_limit_error", headers={"Retry-After": "1"})
+        except EngineClosed as e:
+            return _error(503, str(e), "server_error", headers={"Retry-After": "5"})
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": cid, "created": created, "model": model_name}
+        if stream:
+            return StreamingResponse(_sse(req, head, model), media_type="text/event-stream")
+        try:
+            ids = await asyncio.to_thread(lambda: list(req.tokens()))
+        except EngineClosed as e:
+            return _error(503, str(e), "server_error", headers={"Retry-After": "5"})
+        finish = "stop" if ids[-1:] == [model.eos] else "length"
+        return JSONResponse({**head, "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": model.decode(ids)}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(ids),
+                      "total_tokens": len(prompt) + len(ids)}})
+
+    return Starlette(routes=[Route("/health", health), Route("/v1/models", models),
+                             Route("/v1/chat/completions", completions, methods=["POST"])])
+
+
+async def _sse(req, head: dict, model):
+    """Server-sent events in OpenAI's chunk format; a client that goes away cancels the request."""
+    from .text import StreamDecoder
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        return "data: " + json.dumps({**head, "object": "chat.completion.chunk",
+                                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+    sd = StreamDecoder(model.tokenizer)
+    finish = "length"
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            t = await asyncio.to_thread(req.out.get)
+            if t == _DONE:
+                break
+            if t == model.eos:
+                finish = "stop"
+                continue
+            piece = sd.push(t)
+            if piece:
+                yield chunk({"content": piece})
+        tail = sd.flush()
+        if tail:
+            yield chunk({"content": tail})
+        yield chunk({}, finish)
+        yield "data: [DONE]\n\n"
+    finally:
+        req.cancel()  # no-op when finished; frees the row when the client disconnected
+
+
+def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, max_queue: int = 64,
+          threads: int | None = None) -> None:
+    import uvicorn
+
+    from .model import load
+
+    model = load(model_dir, threads=threads)
+    engine = Engine(model, max_batch=max_batch, max_queue=max_queue)
+    try:
+        uvicorn.run(create_app(engine, model_name=str(model_dir)), host=host, port=port, log_level="warning")
+    finally:
+        engine.close()

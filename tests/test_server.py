@@ -1,0 +1,102 @@
+"""The OpenAI-compatible server: the official client works against it unchanged; bad input and overload
+get OpenAI-style errors."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from openai import OpenAI
+
+import runtime
+from runtime.engine import Engine
+from runtime.server import create_app
+from runtime.text import encode_dialogue
+
+MESSAGES = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Do you like movies?"},
+            {"role": "assistant", "content": "Yes, I love them."}, {"role": "user", "content": "Which ones?"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    model = runtime.load(exported("int8"))
+    engine = Engine(model, max_batch=4, max_queue=8)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, "tiny"), host="127.0.0.1", port=port, log_level="error"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield model, f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    t.join(timeout=30)
+    engine.close()
+
+
+def test_openai_client_chat_and_stream(server):
+    model, url = server
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    prompt = encode_dialogue(model.tokenizer, [m["content"] for m in MESSAGES[1:]], model.eos)
+    r = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8)
+    solo = model.generate(prompt, max_new_tokens=8)
+    assert r.choices[0].message.content == solo.text and r.choices[0].message.role == "assistant"
+    assert r.usage.prompt_tokens == len(prompt) and r.usage.completion_tokens == len(solo.ids)
+    assert r.choices[0].finish_reason == ("stop" if solo.ids[-1] == model.eos else "length")
+    pieces = [c.choices[0].delta.content or "" for c in
+              client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, stream=True)]
+    assert "".join(pieces) == solo.text
+    sampled = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0.8,
+                                             top_p=0.9, seed=3)
+    want = model.generate(prompt, max_new_tokens=8, do_sample=True, temperature=0.8, top_p=0.9, seed=3)
+    assert sampled.choices[0].message.content == want.text
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("body, param", [
+    (b"{not json", None), (b"[1, 2]", None), (b'{"messages": []}', "messages"),
+    (b'{"messages": [{"role": "user"}]}', "messages"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}', "max_tokens"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1}', "temperature"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
+])
+def test_bad_requests_get_openai_errors(server, body, param):
+    _, url = server
+    r = httpx.post(f"{url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"] and err["param"] == param
+
+
+def test_history_over_the_context_is_400(server):
+    _, url = server
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "word " * 1200}]})
+    assert r.status_code == 400 and "exceeds the context" in r.json()["error"]["message"]
+
+
+def test_full_queue_is_429_with_retry_after(exported):
+    from starlette.testclient import TestClient
+
+    model = runtime.load(exported("int8"))
+    engine = Engine(model, max_batch=1, max_queue=1)
+    try:
+        busy = engine.submit("hi", max_new_tokens=400, min_new_tokens=400)
+        next(busy.tokens())
+        engine.submit("hi", max_new_tokens=400)  # waits: the queue is now full
+        r = TestClient(create_app(engine, "tiny")).post("/v1/chat/completions",
+                                                        json={"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["type"] == "rate_limit_error"
+        busy.cancel()
+    finally:
+        engine.close()
