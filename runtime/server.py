@@ -137,8 +137,59 @@ def create_app(engine: Engine, model_name: str):
             "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(ids),
                       "total_tokens": len(prompt) + len(ids)}})
 
-    return Starlette(routes=[Route("/health", health), Route("/v1/models", models),
+    async def page(_: Request):
+        from starlette.responses import HTMLResponse
+
+        return HTMLResponse(CHAT_PAGE.replace("{{MODEL}}", json.dumps(model_name)))
+
+    return Starlette(routes=[Route("/", page), Route("/health", health), Route("/v1/models", models),
                              Route("/v1/chat/completions", completions, methods=["POST"])])
+
+
+# The web chat page: keeps the conversation in the browser and streams each reply from the API above.
+CHAT_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dialogpt-onnx chat</title>
+<style>
+body{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem}
+#log div{margin:.4rem 0;padding:.5rem .7rem;border-radius:.6rem;white-space:pre-wrap}
+.user{background:#e8f0fe;margin-left:4rem}.bot{background:#f1f3f4;margin-right:4rem}
+form{display:flex;gap:.5rem;margin-top:1rem}input{flex:1;padding:.5rem}
+</style></head><body>
+<h1>dialogpt-onnx</h1><div id="log"></div>
+<form id="f"><input id="msg" autocomplete="off" placeholder="Say something" autofocus>
+<button id="send">Send</button></form>
+<script>
+const MODEL = {{MODEL}}, history = [];
+const log = document.getElementById("log"), msg = document.getElementById("msg");
+function bubble(cls, text) {
+  const d = document.createElement("div"); d.className = cls; d.textContent = text;
+  log.appendChild(d); return d;
+}
+document.getElementById("f").onsubmit = async (e) => {
+  e.preventDefault();
+  const text = msg.value.trim(); if (!text) return;
+  msg.value = ""; bubble("user", text); history.push({role: "user", content: text});
+  const out = bubble("bot", "");
+  const r = await fetch("/v1/chat/completions", {method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({model: MODEL, messages: history, stream: true, max_tokens: 64})});
+  if (!r.ok) { out.textContent = "error: " + (await r.json()).error.message; history.pop(); return; }
+  const reader = r.body.getReader(), dec = new TextDecoder(); let buf = "";
+  for (;;) {
+    const {value, done} = await reader.read(); if (done) break;
+    buf += dec.decode(value, {stream: true});
+    let i;
+    while ((i = buf.indexOf("\n\n")) >= 0) {
+      const line = buf.slice(0, i).trim(); buf = buf.slice(i + 2);
+      if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
+      const delta = JSON.parse(line.slice(6)).choices[0].delta;
+      if (delta.content) out.textContent += delta.content;
+    }
+  }
+  out.dataset.done = "1";
+  history.push({role: "assistant", content: out.textContent});
+};
+</script></body></html>
+"""
 
 
 async def _sse(req, head: dict, model):

@@ -100,3 +100,10 @@ def test_full_queue_is_429_with_retry_after(exported):
         busy.cancel()
     finally:
         engine.close()
+
+
+def test_chat_page_is_served(server):
+    _, url = server
+    r = httpx.get(f"{url}/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "/v1/chat/completions" in r.text and 'const MODEL = "tiny"' in r.text and "stream: true" in r.text
