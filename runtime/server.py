@@ -147,7 +147,7 @@ def create_app(engine: Engine, model_name: str):
 
 
 # The web chat page: keeps the conversation in the browser and streams each reply from the API above.
-CHAT_PAGE = """<!doctype html>
+CHAT_PAGE = r"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>dialogpt-onnx chat</title>
 <style>
 body{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem}

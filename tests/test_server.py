@@ -107,3 +107,51 @@ def test_chat_page_is_served(server):
     r = httpx.get(f"{url}/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "/v1/chat/completions" in r.text and 'const MODEL = "tiny"' in r.text and "stream: true" in r.text
+
+
+def _chromium() -> tuple[str, str] | None:
+    import os
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if browser and driver:
+        return browser, driver
+    if os.environ.get("DIALOGPT_REQUIRE_BROWSER"):  # CI installs them: there a missing browser is a failure
+        pytest.fail("chromium and chromedriver are required (apt-get install chromium chromium-driver)")
+    return None
+
+
+def test_chat_page_streams_a_reply_in_a_real_browser(server):
+    found = _chromium()
+    if found is None:
+        pytest.skip("no chromium + chromedriver here (apt-get install chromium chromium-driver); CI runs this")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    model, url = server
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = found[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(found[1]), options=opts)
+    try:
+        driver.get(f"{url}/")
+        box = driver.find_element(By.ID, "msg")
+        for turn in ("Do you like movies?", "Which ones?"):
+            box.send_keys(turn)
+            driver.find_element(By.ID, "send").click()
+            WebDriverWait(driver, 60).until(
+                lambda d, n=turn: len(d.find_elements(By.CSS_SELECTOR, ".bot[data-done='1']"))
+                == (1 if n.startswith("Do") else 2))
+        bots = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".bot")]
+        users = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".user")]
+    finally:
+        driver.quit()
+    assert users == ["Do you like movies?", "Which ones?"]
+    first = model.generate("Do you like movies?", max_new_tokens=64).text
+    second = model.generate(encode_dialogue(model.tokenizer, ["Do you like movies?", first, "Which ones?"],
+                                            model.eos), max_new_tokens=64).text
+    assert [b.strip() for b in bots] == [first.strip(), second.strip()]  # the streamed text, as generate()
