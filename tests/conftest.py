@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,12 @@ from checkpoints import fp16_rounded, save_hf, save_original, tiny_model
 
 from export import ExportOptions, export_model
 from training.corpora import topical_chat
+
+# The Ctrl-C tests send SIGINT to this process and to CLIs it starts. A shell that starts a job in the
+# background (`cmd &`, nohup) makes it ignore SIGINT, and children inherit that: give SIGINT back its
+# Python handler so the tests see what a user's terminal would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
