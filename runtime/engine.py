@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .generate import _plain_greedy
+from .generate import plain_greedy
 from .sampling import SamplingOptions, choose, process
 
 if TYPE_CHECKING:
@@ -48,14 +48,19 @@ class Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
+    def next_token(self) -> int | None:
+        """The reply's next token id (blocks until it is made); None once the reply is over."""
+        t = self.out.get()
+        if t == _DONE:
+            self.out.put(_DONE)  # stays over for any later call
+            if self.error is not None:
+                raise self.error
+            return None
+        return t
+
     def tokens(self) -> Iterator[int]:
         """The reply's token ids as they are made (EOS included when generated); blocks between them."""
-        while True:
-            t = self.out.get()
-            if t == _DONE:
-                if self.error is not None:
-                    raise self.error
-                return
+        while (t := self.next_token()) is not None:
             yield t
 
     def cancel(self) -> None:
@@ -181,7 +186,7 @@ class Engine:
             if r is None or r.pending or not feed[b]:
                 continue
             o = r.req.opts
-            if _plain_greedy(o):
+            if plain_greedy(o):
                 t = int(np.argmax(logits[b]))
             else:
                 t = choose(process(logits[b], r.history, r.generated, o, eos), o, r.rng)

@@ -10,7 +10,7 @@ from .sampling import SamplingOptions, choose, process
 from .session import KVCache
 
 
-def _plain_greedy(opts: SamplingOptions) -> bool:
+def plain_greedy(opts: SamplingOptions) -> bool:
     return (not opts.do_sample and opts.repetition_penalty == 1.0 and not opts.no_repeat_ngram_size
             and opts.min_new_tokens == 0)
 
@@ -33,7 +33,7 @@ def generate_ids(dec: KVCache, prompts: list[list[int]], opts: SamplingOptions, 
     hist = [list(h) for h in (history if history is not None else prompts)]
     batch = len(prompts)
     done = np.zeros(batch, dtype=bool)
-    fast = _plain_greedy(opts)
+    fast = plain_greedy(opts)
     logits = dec.prefill(prompts)
     for step in range(opts.max_new_tokens):
         if on_logits is not None:

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from .engine import _DONE, Engine, EngineClosed, EngineFull
+from .engine import Engine, EngineClosed, EngineFull
 from .text import encode_dialogue
 
 
@@ -205,8 +205,11 @@ async def _sse(req, head: dict, model):
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
-            t = await asyncio.to_thread(req.out.get)
-            if t == _DONE:
+            try:
+                t = await asyncio.to_thread(req.next_token)
+            except EngineClosed:  # the server is shutting down: end the stream where it is
+                break
+            if t is None:
                 break
             if t == model.eos:
                 finish = "stop"
