@@ -7,6 +7,8 @@ POST /v1/chat/completions: the messages' contents become DialoGPT turns, each en
 greedy, the runtime's default; > 0 samples), `top_p`, `seed`, `stream` (server-sent events). GET
 /v1/models, GET /health. Errors use OpenAI's body ({"error": {...}}): 400 for bad input, 429 with
 Retry-After when the engine's queue is full. A streaming client that disconnects frees its row.
+SIGTERM / Ctrl-C: uvicorn stops taking connections, lets in-flight replies finish, then the process
+ends by that signal (exit status 143 / 130, as the project's other CLIs).
 """
 
 from __future__ import annotations

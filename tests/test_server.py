@@ -155,3 +155,66 @@ def test_chat_page_streams_a_reply_in_a_real_browser(server):
     second = model.generate(encode_dialogue(model.tokenizer, ["Do you like movies?", first, "Which ones?"],
                                             model.eos), max_new_tokens=64).text
     assert [b.strip() for b in bots] == [first.strip(), second.strip()]  # the streamed text, as generate()
+
+
+def test_a_client_that_disconnects_frees_its_row(exported):
+    """One row only: if the abandoned stream kept it, the next request would wait for 1000 tokens."""
+    model = runtime.load(exported("int8"))
+    engine = Engine(model, max_batch=1, max_queue=4)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, "tiny"), host="127.0.0.1", port=port, log_level="error"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    while not srv.started:
+        time.sleep(0.05)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        long = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000, "stream": True}
+        with httpx.stream("POST", url, json=long, timeout=60) as r:
+            next(r.iter_lines())  # the stream has started; now go away
+        steps_then = engine.steps
+        start = time.monotonic()
+        r = httpx.post(url, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, timeout=60)
+        assert r.status_code == 200 and time.monotonic() - start < 20
+        # the abandoned reply (greedy: alone it runs on for hundreds of tokens) stopped at the disconnect
+        assert len(model.generate("hi", max_new_tokens=1000).ids) > 200
+        assert engine.steps - steps_then < 200
+    finally:
+        srv.should_exit = True
+        t.join(timeout=30)
+        engine.close()
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits(exported):
+    import json
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", str(exported("int8")), "--port", str(port)],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        pieces: list[str] = []
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 60, "min_tokens": 60, "stream": True}
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            next(lines)
+            proc.send_signal(signal.SIGTERM)  # mid-reply
+            pieces = [ln for ln in lines if ln.startswith("data: ")]
+        assert pieces[-1] == "data: [DONE]"  # the in-flight reply was finished, not cut
+        assert json.loads(pieces[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
+        # then it ends as a SIGTERM'd process does (128 + 15 in a shell, as the project's other CLIs)
+        assert proc.wait(timeout=60) == -signal.SIGTERM
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
