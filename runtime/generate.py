@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from .sampling import SamplingOptions, choose, process
+from .scoring import token_logprob
 from .session import KVCache
 
 
@@ -71,6 +72,5 @@ def sample_with_logprobs(dec: KVCache, prompts: list[list[int]], opts: SamplingO
         for b, t in enumerate(step_ids):
             if t >= 0:
                 replies[b].append(int(t))
-                top = raw[b].max()  # log-softmax of the raw logits at the chosen token
-                logprob[b] += float(raw[b, t] - top - np.log(np.exp(raw[b] - top).sum()))
+                logprob[b] += token_logprob(raw[b], int(t))
     return [(r, float(lp)) for r, lp in zip(replies, logprob, strict=True)]

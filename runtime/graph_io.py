@@ -22,7 +22,7 @@ class GraphIO:
     present_value: str
     logits_positions: str  # "last": the last real position of each row; "all": every position
     kv_layout: str  # for readers of the manifest
-    kv_buffer: str  # "shared": one buffer bound as past and present; "concatenated": present = past + new
+    kv_buffer: str  # "in place": one buffer bound as past and present; "concatenated": present = past + new
     max_kv_length: int | None = None
 
     def kv_name(self, which: str, kind: str, layer: int) -> str:
@@ -61,7 +61,7 @@ CONTRIB_IO = GraphIO(
     past_key="past_key.{}", past_value="past_value.{}", present_key="present_key.{}",
     present_value="present_value.{}", logits_positions="last",
     kv_layout="BNSH [batch, n_head, capacity, head_dim], float32",
-    kv_buffer="shared: bind one buffer as past and present; GroupQueryAttention appends in place",
+    kv_buffer="in place: bind one buffer as past and present; GroupQueryAttention appends to it",
 )
 
 # optimum's names (the portable graph is traced by optimum-onnx)

@@ -106,11 +106,8 @@ class MMIReranker:
         return Reranked(ranked[0].generation, ranked)
 
     def reply(self, prompt: str | list[int], **sampling: Any) -> Reranked:
-        """Sample `candidates` replies (top-k 50 unless told otherwise) and return them reranked."""
-        sampling = {"do_sample": True, "top_k": 50, **sampling}
-        ids = self.forward.prompt_ids(prompt)
-        cands = self.forward.generate(ids, num_return_sequences=self.options.candidates, **sampling)
-        return self.rerank(ids, cands if isinstance(cands, list) else [cands])
+        """Sample `candidates` replies (see sampling()) and return them reranked."""
+        return self.candidates(self.forward.prompt_ids(prompt), self.forward.options(**sampling))
 
     @staticmethod
     def sampling(opts: SamplingOptions) -> SamplingOptions:
@@ -119,5 +116,7 @@ class MMIReranker:
         return replace(opts, do_sample=True, top_k=opts.top_k or 50)
 
     def candidates(self, prompt: list[int], opts: SamplingOptions) -> Reranked:
-        """reply() with given sampling options (see sampling())."""
-        return self.reply(prompt, **asdict(self.sampling(opts)))
+        """reply() for token ids and checked options."""
+        cands = self.forward.generate(prompt, num_return_sequences=self.options.candidates,
+                                      **asdict(self.sampling(opts)))
+        return self.rerank(prompt, cands if isinstance(cands, list) else [cands])

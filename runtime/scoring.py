@@ -15,6 +15,12 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def token_logprob(logits: np.ndarray, token: int) -> float:
+    """log-softmax of one row of logits at one token (a log-sum-exp, without the full softmax)."""
+    top = logits.max()
+    return float(logits[token] - top - np.log(np.exp(logits - top).sum()))
+
+
 def batch_reply_logprobs(cache, pairs: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
     """reply_logprobs for many (context, reply) pairs: one ragged batch through an all-logits graph,
     one pair at a time through a last-logits graph."""
@@ -37,17 +43,15 @@ def reply_logprobs(cache, context: list[int], reply: list[int]) -> np.ndarray:
     """log p(reply[i] | context + reply[:i]) for every i, as float64 [len(reply)].
 
     `cache` is a KVCache or PortableCache (from `model.graph.new_cache()`); it is reset first."""
+    if cache.m.all_logits:
+        return batch_reply_logprobs(cache, [(context, reply)])[0]
     if not context or not reply:
         raise ValueError("context and reply must both be non-empty token lists")
     cache.reset(1, reserve=len(context) + len(reply))
-    if cache.m.all_logits:
-        cache.prefill([context + reply])
-        rows = cache.last_all_logits[0, len(context) - 1: len(context) + len(reply) - 1]
-        return log_softmax(rows)[np.arange(len(reply)), reply]
     out = np.empty(len(reply))
     logits = cache.prefill([context])[0]
     for i, tok in enumerate(reply):
-        out[i] = log_softmax(logits)[tok]
+        out[i] = token_logprob(logits.astype(np.float64), tok)
         if i + 1 < len(reply):
             logits = cache.step(np.array([tok]))[0]
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -27,20 +28,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(exported):
-    model = runtime.load(exported("int8"))
-    engine = Engine(model, max_batch=4, max_queue=8)
+@contextmanager
+def live_server(model, **engine_options):
+    """The app on a real port (uvicorn in a thread) over its own engine: (engine, base url)."""
+    engine = Engine(model, **engine_options)
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(engine, "tiny"), host="127.0.0.1", port=port, log_level="error"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     while not srv.started:
         time.sleep(0.05)
-    yield model, f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    t.join(timeout=30)
-    engine.close()
+    try:
+        yield engine, f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        t.join(timeout=30)
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    model = runtime.load(exported("int8"))
+    with live_server(model, max_batch=4, max_queue=8) as (_, url):
+        yield model, url
 
 
 def test_openai_client_chat_and_stream(server):
@@ -160,15 +170,8 @@ def test_chat_page_streams_a_reply_in_a_real_browser(server):
 def test_a_client_that_disconnects_frees_its_row(exported):
     """One row only: if the abandoned stream kept it, the next request would wait for 1000 tokens."""
     model = runtime.load(exported("int8"))
-    engine = Engine(model, max_batch=1, max_queue=4)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(engine, "tiny"), host="127.0.0.1", port=port, log_level="error"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    while not srv.started:
-        time.sleep(0.05)
-    try:
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    with live_server(model, max_batch=1, max_queue=4) as (engine, base):
+        url = f"{base}/v1/chat/completions"
         long = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000, "stream": True}
         with httpx.stream("POST", url, json=long, timeout=60) as r:
             next(r.iter_lines())  # the stream has started; now go away
@@ -179,10 +182,6 @@ def test_a_client_that_disconnects_frees_its_row(exported):
         # the abandoned reply (greedy: alone it runs on for hundreds of tokens) stopped at the disconnect
         assert len(model.generate("hi", max_new_tokens=1000).ids) > 200
         assert engine.steps - steps_then < 200
-    finally:
-        srv.should_exit = True
-        t.join(timeout=30)
-        engine.close()
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits(exported):
