@@ -78,6 +78,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     srv.add_argument("--port", type=positive_int, default=8000)
     srv.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together")
     srv.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting before 429")
+    srv.add_argument("--session-cache-mb", type=float, default=256,
+                     help="memory for chats' KV between turns; least recently used chats are evicted (0: off)")
     srv.add_argument("--threads", type=positive_int, default=None)
     gen = sub.add_parser("generate", help="print the reply to one text")
     _options(gen)
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:
                 raise ValueError("serving needs the serve extra: pip install 'dialogpt-onnx[serve]'") from None
             serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_queue=a.max_queue,
-                  threads=a.threads)
+                  session_cache_mb=a.session_cache_mb, threads=a.threads)
             return 0
         if a.backward and not a.rerank:
             raise ValueError("--backward is used by --rerank mmi: add --rerank mmi, or drop --backward")

@@ -7,6 +7,8 @@ ragged call to the graph: a row that is replying feeds its last token, a row tha
 reply ends, without waiting for the others. Every request samples with its own options and random
 generator, exactly as generate() would alone; since a row's logits do not depend on the other rows
 (fp32 and row-wise int8, see tests/test_invariance.py), each reply equals the same request run alone.
+When a reply ends, its row's KV is kept in a PrefixCache (a memory budget, least recently used evicted):
+the same chat's next turn, whose prompt starts with that history and reply, prefills only the new turns.
 
 Thread safety: submit() and a Request's methods may be called from any thread; only the worker thread
 touches the cache. A full queue raises EngineFull at once instead of building an unbounded backlog.
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .generate import plain_greedy
+from .prefix_cache import PrefixCache
 from .sampling import SamplingOptions, choose, process
 
 if TYPE_CHECKING:
@@ -74,21 +77,27 @@ class _Row:
     pending: list[int]  # prompt tokens not yet fed
     rng: np.random.Generator
     history: list[int]
+    cached: list[int]  # the tokens row's KV holds, in order
     generated: int = 0
     last: int | None = None  # token to feed at the next step
 
 
 class Engine:
-    def __init__(self, model: DialogModel, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256
-                 ) -> None:
+    def __init__(self, model: DialogModel, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256,
+                 session_cache_mb: float = 256) -> None:
         for name, v in (("max_batch", max_batch), ("max_queue", max_queue), ("prefill_chunk", prefill_chunk)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        mb = session_cache_mb
+        if isinstance(mb, bool) or not isinstance(mb, int | float) or not mb >= 0:
+            raise ValueError(f"session_cache_mb must be a number >= 0 (0 turns the cache off), got {mb!r}")
         if model.manifest.graph != "contrib":
             raise ValueError("the engine batches the contrib graph (ragged rows in one KV buffer); export "
                              "without --graph portable")
         self.model = model
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
+        # chats' KV between turns: touched by the worker thread only (its counters may be read anywhere)
+        self.sessions = PrefixCache(int(session_cache_mb * 2**20))
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
         self._closed = False
@@ -144,10 +153,7 @@ class Engine:
                         break
                     for b in range(self.max_batch):  # join: free rows take waiting requests
                         if rows[b] is None and self._waiting:
-                            req = self._waiting.popleft()
-                            rows[b] = _Row(req, list(req.prompt), np.random.default_rng(req.opts.seed),
-                                           list(req.prompt))
-                            cache.free_row(b)
+                            rows[b] = self._join(cache, b, self._waiting.popleft())
                 self._step(cache, rows)
         except BaseException as e:  # a bug or an onnxruntime failure: every caller hears of it
             for r in rows:
@@ -164,6 +170,15 @@ class Engine:
                 req.out.put(_DONE)
             cache.release()
 
+    def _join(self, cache, b: int, req: Request) -> _Row:
+        saved, n = self.sessions.lookup(req.prompt)
+        if saved is None:
+            cache.free_row(b)
+        else:  # the same chat's earlier turn: its KV is reused, only the new tokens are prefilled
+            cache.load_row(b, saved, n)
+        return _Row(req, req.prompt[n:], np.random.default_rng(req.opts.seed), list(req.prompt),
+                    list(req.prompt[:n]))
+
     def _step(self, cache, rows: list[_Row | None]) -> None:
         feed: list[list[int]] = []
         for b, r in enumerate(rows):
@@ -177,6 +192,8 @@ class Engine:
                 del r.pending[: self.prefill_chunk]
             else:
                 feed.append([r.last])
+            if r is not None:
+                r.cached += feed[-1]
         if not any(feed):
             return
         logits = cache.prefill(feed)
@@ -194,6 +211,8 @@ class Engine:
             r.generated += 1
             r.req.out.put(t)
             if t == eos or r.generated >= o.max_new_tokens:
+                if self.sessions.budget:
+                    self.sessions.store(cache.save_row(b, r.cached))
                 r.req.out.put(_DONE)
                 rows[b] = None
             else:

@@ -1,12 +1,15 @@
 """OpenAI-compatible HTTP server over the batching engine (Starlette + uvicorn: `pip install .[serve]`).
 
     python -m runtime serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--max-queue 64]
+                                      [--session-cache-mb 256]
 
 POST /v1/chat/completions: the messages' contents become DialoGPT turns, each ended by <|endoftext|>
 (system messages are skipped: DialoGPT has no system prompt). `max_tokens`, `temperature` (0 or omitted:
 greedy, the runtime's default; > 0 samples), `top_p`, `seed`, `stream` (server-sent events). GET
 /v1/models, GET /health. Errors use OpenAI's body ({"error": {...}}): 400 for bad input, 429 with
 Retry-After when the engine's queue is full. A streaming client that disconnects frees its row.
+A chat's next turn reuses the KV its previous turn left (the engine's session cache): only the new
+turns are prefilled.
 SIGTERM / Ctrl-C: uvicorn stops taking connections, lets in-flight replies finish, then the process
 ends by that signal (exit status 143 / 130, as the project's other CLIs).
 """
@@ -229,13 +232,13 @@ async def _sse(req, head: dict, model):
 
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, max_queue: int = 64,
-          threads: int | None = None) -> None:
+          session_cache_mb: float = 256, threads: int | None = None) -> None:
     import uvicorn
 
     from .model import load
 
     model = load(model_dir, threads=threads)
-    engine = Engine(model, max_batch=max_batch, max_queue=max_queue)
+    engine = Engine(model, max_batch=max_batch, max_queue=max_queue, session_cache_mb=session_cache_mb)
     try:
         uvicorn.run(create_app(engine, model_name=str(model_dir)), host=host, port=port, log_level="warning")
     finally:

@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from .errors import ModelDirError
 from .manifest import MODEL_FILE, Manifest
+from .prefix_cache import SavedRow
 
 MIN_CAPACITY = 64
 
@@ -118,6 +119,24 @@ class KVCache:
     def free_row(self, b: int) -> None:
         """Forget row b's tokens (its buffer space is reused by the next tokens fed to it)."""
         self.lengths[b] = 0
+        self._step_ready = False
+
+    def save_row(self, b: int, tokens: list[int]) -> SavedRow:
+        """A copy of row b's KV, stored under the tokens it holds (see PrefixCache)."""
+        held = int(self.lengths[b])
+        if len(tokens) != held:
+            raise ValueError(f"row {b} holds {held} tokens, not {len(tokens)}")
+        return SavedRow(tuple(tokens), tuple(a[b, :, :held].copy() for a in self._kv))
+
+    def load_row(self, b: int, saved: SavedRow, n: int) -> None:
+        """Row b holds the first n tokens of `saved` (whatever it held before is forgotten)."""
+        if not 0 < n <= len(saved.tokens):
+            raise ValueError(f"cannot load {n} of the {len(saved.tokens)} saved tokens")
+        self.lengths[b] = 0
+        self._ensure_capacity(n)
+        for dst, src in zip(self._kv, saved.kv, strict=True):
+            dst[b, :, :n] = src[:, :n]
+        self.lengths[b] = n
         self._step_ready = False
 
     def fork(self, n: int, reserve: int = 0) -> KVCache:

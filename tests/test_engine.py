@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 from reference import contexts_ids
 
@@ -71,3 +72,85 @@ def test_cancel_full_queue_and_close(model, prompts):
         list(long.tokens())
     with pytest.raises(EngineClosed):
         engine.submit(prompts[0])
+
+
+def _chats(model, prompts, turns: int) -> list[list[list[int]]]:
+    """Per chat, its user turns: four chats of `turns` turns cut from the held-out contexts."""
+    return [[prompts[(c + 3 * t) % len(prompts)][-12:] for t in range(turns)] for c in range(4)]
+
+
+def _run_chats(engine: Engine, chats: list[list[list[int]]], opts: dict) -> list[list[list[int]]]:
+    """Each chat's replies, turn by turn, the chats running concurrently; every request carries the
+    whole conversation so far, as an OpenAI-style client sends it."""
+    eos = engine.model.eos
+    out: list[list[list[int]]] = [[] for _ in chats]
+
+    def client(c: int) -> None:
+        history: list[int] = []
+        for user in chats[c]:
+            history += user
+            reply = engine.generate(history, **opts).ids
+            out[c].append(reply)
+            history += reply if reply[-1:] == [eos] else reply + [eos]
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(len(chats))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return out
+
+
+def test_chat_sessions_keep_their_kv_between_turns(model, prompts):
+    chats = _chats(model, prompts, turns=3)
+    opts = {"max_new_tokens": 8, "do_sample": True, "top_k": 20, "seed": 3}
+    cold = Engine(model, max_batch=2, session_cache_mb=0)  # every turn recomputes the whole history
+    warm = Engine(model, max_batch=2, prefill_chunk=16)
+    try:
+        want = _run_chats(cold, chats, opts)
+        assert _run_chats(warm, chats, opts) == want
+        assert cold.sessions.hits == 0
+        # every chat's turns 2 and 3 found the previous turn's KV: at least its history and reply
+        assert warm.sessions.hits >= 8
+        assert warm.sessions.reused_tokens >= sum(len(c[0]) + len(c[1]) for c in chats)
+        assert len(warm.sessions) == len(chats)  # a chat's later turn replaces its earlier entry
+    finally:
+        cold.close()
+        warm.close()
+
+
+def test_session_cache_budget_evicts_least_recently_used(model, prompts):
+    per_token = model.kv_bytes_per_token
+    chats = _chats(model, prompts, turns=2)
+    cold = Engine(model, session_cache_mb=0)
+    engine = Engine(model, max_batch=1, session_cache_mb=60 * per_token / 2**20)  # about two short chats
+    try:
+        want = _run_chats(cold, chats, {"max_new_tokens": 6})
+        assert _run_chats(engine, chats, {"max_new_tokens": 6}) == want  # evicted chats are recomputed
+        assert 0 < engine.sessions.nbytes <= 60 * per_token
+        assert len(engine.sessions) < len(chats)
+    finally:
+        cold.close()
+        engine.close()
+    with pytest.raises(ValueError, match="session_cache_mb"):
+        Engine(model, session_cache_mb=-1)
+
+
+def test_prefix_cache_lookup_and_store():
+    from runtime.prefix_cache import PrefixCache, SavedRow
+
+    def row(tokens):
+        return SavedRow(tuple(tokens), (np.zeros((1, len(tokens), 2), np.float32),))  # 8 bytes a token
+
+    cache = PrefixCache(budget_bytes=8 * 10)
+    cache.store(row([1, 2, 3]))
+    cache.store(row([1, 2, 3, 4, 5]))  # the same chat, a turn later: replaces its earlier entry
+    assert len(cache) == 1
+    saved, n = cache.lookup([1, 2, 3, 4, 5])
+    assert saved.tokens == (1, 2, 3, 4, 5) and n == 4  # the last prompt token is always fed
+    assert cache.lookup([9, 1, 2]) == (None, 0)
+    cache.store(row([7, 8, 9]))
+    cache.store(row([6, 6, 6]))  # over budget: the least recently used entry goes
+    assert len(cache) == 2 and cache.lookup([1, 2, 3, 4, 5, 6])[0] is None
+    cache.store(row(range(20)))  # larger than the whole budget: not kept
+    assert cache.nbytes == 8 * 6
