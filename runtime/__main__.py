@@ -20,6 +20,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TextIO
 
 from .cli import OneLineParser, finite_float, nonnegative_int, positive_int
@@ -80,7 +81,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     srv.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting before 429")
     srv.add_argument("--session-cache-mb", type=float, default=256,
                      help="memory for chats' KV between turns; least recently used chats are evicted (0: off)")
-    srv.add_argument("--threads", type=positive_int, default=None)
+    srv.add_argument("--threads", type=positive_int, default=None,
+                     help="onnxruntime threads (per replica with --ray; default: all CPUs, or a replica's share)")
+    srv.add_argument("--ray", action="store_true", help="run replicas on Ray Serve (needs the .[ray] extra)")
+    srv.add_argument("--replicas", type=positive_int, default=None, help="Ray Serve replicas (default 1; needs --ray)")
+    srv.add_argument("--ray-address", default=None,
+                     help="join this Ray cluster (e.g. auto, after `ray start`) instead of starting a local one")
     gen = sub.add_parser("generate", help="print the reply to one text")
     _options(gen)
     gen.add_argument("text")
@@ -169,6 +175,35 @@ def _repl(session, interactive: bool) -> None:
         out.flush()
 
 
+def _serve(a: argparse.Namespace) -> None:
+    if not a.ray and (a.replicas is not None or a.ray_address is not None):
+        raise ValueError("--replicas and --ray-address run on Ray Serve: add --ray")
+    if a.session_cache_mb < 0:
+        raise ValueError(f"--session-cache-mb must be >= 0 (0 turns the cache off), got {a.session_cache_mb:g}")
+    from .manifest import read_manifest
+
+    read_manifest(Path(a.model_dir), verify=False)  # a wrong dir: one line, before any server or cluster
+    try:
+        import uvicorn  # noqa: F401
+
+        from .server import serve
+    except ImportError:
+        raise ValueError("serving needs the serve extra: pip install 'dialogpt-onnx[serve]'") from None
+    if not a.ray:
+        serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_queue=a.max_queue,
+              session_cache_mb=a.session_cache_mb, threads=a.threads)
+        return
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        raise ValueError("--ray needs the ray extra: pip install 'dialogpt-onnx[ray]'") from None
+    from .ray_serve import ReplicaSettings, serve_on_ray
+
+    settings = ReplicaSettings(a.model_dir, max_batch=a.max_batch, max_queue=a.max_queue,
+                               session_cache_mb=a.session_cache_mb, threads=a.threads)
+    serve_on_ray(settings, replicas=a.replicas or 1, host=a.host, port=a.port, address=a.ray_address)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     # Invalid UTF-8 on stdin becomes lone surrogates, refused per line; unencodable output never crashes.
@@ -178,14 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         from .model import load
 
         if a.cmd == "serve":
-            try:
-                import uvicorn  # noqa: F401
-
-                from .server import serve
-            except ImportError:
-                raise ValueError("serving needs the serve extra: pip install 'dialogpt-onnx[serve]'") from None
-            serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_queue=a.max_queue,
-                  session_cache_mb=a.session_cache_mb, threads=a.threads)
+            _serve(a)
             return 0
         if a.backward and not a.rerank:
             raise ValueError("--backward is used by --rerank mmi: add --rerank mmi, or drop --backward")

@@ -17,8 +17,10 @@ ends by that signal (exit status 143 / 130, as the project's other CLIs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import os
 import time
 import uuid
 from typing import Any
@@ -90,7 +92,8 @@ def dialogue(body: dict[str, Any]) -> list[str]:
     return turns
 
 
-def create_app(engine: Engine, model_name: str):
+def create_app(engine: Engine, model_name: str, close_engine: bool = False):
+    """The ASGI app over `engine`; close_engine: the app's shutdown closes the engine (Ray replicas)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, StreamingResponse
@@ -99,7 +102,7 @@ def create_app(engine: Engine, model_name: str):
     model = engine.model
 
     async def health(_: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "pid": os.getpid()})  # pid: which process (replica) answered
 
     async def models(_: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
@@ -147,8 +150,14 @@ def create_app(engine: Engine, model_name: str):
 
         return HTMLResponse(CHAT_PAGE.replace("{{MODEL}}", json.dumps(model_name)))
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if close_engine:
+            engine.close()
+
     return Starlette(routes=[Route("/", page), Route("/health", health), Route("/v1/models", models),
-                             Route("/v1/chat/completions", completions, methods=["POST"])])
+                             Route("/v1/chat/completions", completions, methods=["POST"])], lifespan=lifespan)
 
 
 # The web chat page: keeps the conversation in the browser and streams each reply from the API above.

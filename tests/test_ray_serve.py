@@ -1,0 +1,77 @@
+"""Scale-out: the server's replicas on a local single-node Ray cluster, behind Ray's HTTP proxy, answer as
+the model does alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from openai import OpenAI
+from test_server import _free_port
+
+import runtime
+from runtime.text import encode_dialogue
+
+QUESTIONS = ["Do you like movies?", "Who is your favorite band?", "I like jazz more.", "What about football?",
+             "Have you read any good books?", "Where do you live?"]
+
+
+def test_two_ray_serve_replicas_answer_like_the_model_alone(exported):
+    model_dir = exported("int8")
+    model = runtime.load(model_dir)
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", str(model_dir), "--ray", "--replicas", "2",
+                             "--port", str(port)], cwd=Path(__file__).resolve().parents[1], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "Ray Serve did not come up in 240 s"
+            time.sleep(0.5)
+        # two processes answer behind the one proxy
+        pids = {httpx.get(f"{url}/health", timeout=10).json()["pid"] for _ in range(40)}
+        assert len(pids) == 2 and proc.pid not in pids
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+
+        def ask(q: str) -> str:
+            r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": q}], max_tokens=10)
+            return r.choices[0].message.content
+
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(ask, QUESTIONS))
+        want = [model.generate(encode_dialogue(model.tokenizer, [q], model.eos), max_new_tokens=10).text
+                for q in QUESTIONS]
+        assert got == want
+        stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTIONS[0]}],
+                                                max_tokens=10, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream) == want[0]
+        proc.send_signal(signal.SIGTERM)  # replicas and the local cluster are shut down, then it exits
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_ray_options_without_ray_are_refused(exported):
+    def serve(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "runtime", "serve", *args], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[1], timeout=120)
+
+    r = serve(str(exported("int8")), "--replicas", "2")
+    assert r.returncode == 2 and r.stderr.strip() == "error: --replicas and --ray-address run on Ray Serve: add --ray"
+    r = serve("/nonexistent/model", "--ray")
+    assert r.returncode == 2 and "/nonexistent/model" in r.stderr and "Traceback" not in r.stderr
