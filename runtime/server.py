@@ -59,6 +59,11 @@ def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(mt, bool) or not isinstance(mt, int) or mt < 1:
             raise BadRequest(f"max_tokens must be an integer >= 1, got {mt!r}", "max_tokens")
         opts["max_new_tokens"] = mt
+    mn = body.get("min_tokens")  # an extension (as vLLM's): no end of turn before this many tokens
+    if mn is not None:
+        if isinstance(mn, bool) or not isinstance(mn, int) or mn < 0:
+            raise BadRequest(f"min_tokens must be an integer >= 0, got {mn!r}", "min_tokens")
+        opts["min_new_tokens"] = mn
     temperature, top_p = number("temperature"), number("top_p")
     if temperature is not None and temperature < 0:
         raise BadRequest(f"temperature must be >= 0, got {temperature}", "temperature")
@@ -121,6 +126,9 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
             stream = body.get("stream", False)
             if not isinstance(stream, bool):
                 raise BadRequest(f"stream must be true or false, got {stream!r}", "stream")
+            so = body.get("stream_options") or {}
+            if not isinstance(so, dict) or not isinstance(so.get("include_usage", False), bool):
+                raise BadRequest("stream_options must be an object like {\"include_usage\": true}", "stream_options")
             prompt = encode_dialogue(model.tokenizer, turns, model.eos)
             req = engine.submit(prompt, **opts)
         except BadRequest as e:
@@ -134,7 +142,8 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": cid, "created": created, "model": model_name}
         if stream:
-            return StreamingResponse(_sse(req, head, model), media_type="text/event-stream")
+            usage_of = len(prompt) if so.get("include_usage") else None
+            return StreamingResponse(_sse(req, head, model, usage_of), media_type="text/event-stream")
         try:
             ids = await asyncio.to_thread(lambda: list(req.tokens()))
         except EngineClosed as e:
@@ -206,8 +215,9 @@ document.getElementById("f").onsubmit = async (e) => {
 """
 
 
-async def _sse(req, head: dict, model):
-    """Server-sent events in OpenAI's chunk format; a client that goes away cancels the request."""
+async def _sse(req, head: dict, model, prompt_tokens: int | None):
+    """Server-sent events in OpenAI's chunk format; a client that goes away cancels the request. With
+    prompt_tokens (stream_options.include_usage), a last chunk carries the usage, as OpenAI sends it."""
     from .text import StreamDecoder
 
     def chunk(delta: dict, finish: str | None = None) -> str:
@@ -215,7 +225,7 @@ async def _sse(req, head: dict, model):
                                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
 
     sd = StreamDecoder(model.tokenizer)
-    finish = "length"
+    finish, n = "length", 0
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
@@ -225,6 +235,7 @@ async def _sse(req, head: dict, model):
                 break
             if t is None:
                 break
+            n += 1
             if t == model.eos:
                 finish = "stop"
                 continue
@@ -235,6 +246,9 @@ async def _sse(req, head: dict, model):
         if tail:
             yield chunk({"content": tail})
         yield chunk({}, finish)
+        if prompt_tokens is not None:
+            yield "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [], "usage": {
+                "prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}}) + "\n\n"
         yield "data: [DONE]\n\n"
     finally:
         req.cancel()  # no-op when finished; frees the row when the client disconnected

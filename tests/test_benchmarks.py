@@ -32,3 +32,17 @@ def test_quick_run_writes_results_report_and_plots(tmp_path):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     for name in {"llama.cpp-Q8_0", "optimum-fp32", "ctranslate2-int8"} - set(engines):
         assert f"skipping {name}" in proc.stdout or name in proc.stderr
+
+
+def test_serve_load_test_quick_run(tmp_path, hf_dir):
+    out = tmp_path / "serve"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.serve", str(hf_dir), "--quick", "--clients", "1,3",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads((out / "results.json").read_text())
+    levels = run["models"][hf_dir.name]["levels"]
+    assert [lv["clients"] for lv in levels] == [1, 3]
+    for lv in levels:  # every streamed reply arrived whole: fixed length, no errors
+        assert lv["errors"] == 0 and lv["requests"] == 2 * lv["clients"]
+        assert lv["tokens"] == lv["requests"] * run["params"]["max_tokens"]
+    assert (out / "report.md").is_file() and (out / "serve.png").is_file()

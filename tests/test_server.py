@@ -65,6 +65,10 @@ def test_openai_client_chat_and_stream(server):
     pieces = [c.choices[0].delta.content or "" for c in
               client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, stream=True)]
     assert "".join(pieces) == solo.text
+    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(solo.ids)
+    assert chunks[-1].usage.prompt_tokens == len(prompt)
     sampled = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0.8,
                                              top_p=0.9, seed=3)
     want = model.generate(prompt, max_new_tokens=8, do_sample=True, temperature=0.8, top_p=0.9, seed=3)
@@ -77,6 +81,7 @@ def test_openai_client_chat_and_stream(server):
     (b"{not json", None), (b"[1, 2]", None), (b'{"messages": []}', "messages"),
     (b'{"messages": [{"role": "user"}]}', "messages"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}', "max_tokens"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "min_tokens": -2}', "min_tokens"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1}', "temperature"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
 ])

@@ -1,0 +1,275 @@
+"""Load test of the HTTP server: 1, 4, 8, 16 concurrent chat clients on loopback.
+
+    python -m benchmarks.serve [CHECKPOINT ...] [--clients 1,4,8,16] [--quick] [--out DIR]
+
+Each CHECKPOINT (default: DialoGPT-small with random weights, and the bundled model) is exported to int8
+and served by `python -m runtime serve` in its own process (max batch = the most clients). Per level,
+every client holds its own multi-turn chat (Topical-Chat test_freq turns; each request carries the
+whole conversation, as an OpenAI client does, so the session cache is exercised) and streams every
+reply; replies are forced to a fixed length (min_tokens = max_tokens) so levels compare. Measured per
+level: tokens/s over the level's wall time, time to first token (TTFT) and time per output token after
+the first (TPOT, per request) as p50 / p99, and errors. Bounded: a fixed number of turns per client and a
+time limit per level. Writes results.json, report.md and serve.png.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from tqdm import tqdm
+
+from .machine import machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = {"clients": [1, 4, 8, 16], "turns": 4, "max_tokens": 32, "level_timeout_s": 600}
+QUICK = {"clients": [1, 2], "turns": 2, "max_tokens": 6, "level_timeout_s": 120}
+TARGETS = {"speedup_at_8": 4.0, "p99_tpot_ratio_at_8": 2.0}
+
+
+def percentile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+def user_turns(n_chats: int, turns: int) -> list[list[str]]:
+    """Per chat, its user turns: one speaker's turns of a held-out Topical-Chat conversation."""
+    from training.corpora import topical_chat
+
+    convs = [c for c in topical_chat("test_freq") if len(c) >= 2 * turns]
+    return [convs[i % len(convs)][0::2][:turns] for i in range(n_chats)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m runtime serve` in its own process, on a free loopback port; stopped by SIGTERM."""
+
+    def __init__(self, model_dir: Path, max_batch: int, threads: int) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = self.url.rsplit(":", 1)[1]
+        self.proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", str(model_dir), "--port", port,
+                                      "--max-batch", str(max_batch), "--max-queue", str(4 * max_batch),
+                                      "--threads", str(threads)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.proc.stderr.read()[-500:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not answer /health within 120 s")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def chat_client(url: str, turns: list[str], max_tokens: int, deadline: float, out: list[dict]) -> None:
+    """One user: a multi-turn chat, each reply streamed; one record per request."""
+    messages: list[dict] = []
+    with httpx.Client(timeout=300) as http:
+        for text in turns:
+            if time.monotonic() > deadline:
+                return
+            messages.append({"role": "user", "content": text})
+            body = {"messages": messages, "max_tokens": max_tokens, "min_tokens": max_tokens, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            rec: dict = {"ok": False}
+            t0 = time.perf_counter()
+            stamps, reply = [], []
+            try:
+                with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+                    if r.status_code != 200:
+                        rec["error"] = f"HTTP {r.status_code}"
+                    else:
+                        for line in r.iter_lines():
+                            if not line.startswith("data: ") or line == "data: [DONE]":
+                                continue
+                            msg = json.loads(line[6:])
+                            if msg.get("usage"):
+                                rec["tokens"] = msg["usage"]["completion_tokens"]
+                                continue
+                            piece = msg["choices"][0]["delta"].get("content")
+                            if piece:
+                                stamps.append(time.perf_counter())
+                                reply.append(piece)
+                        rec["ok"] = bool(stamps) and rec.get("tokens") == max_tokens
+            except httpx.HTTPError as e:
+                rec["error"] = type(e).__name__
+            if "error" not in rec and not rec["ok"]:
+                rec["error"] = f"{rec.get('tokens')} tokens streamed, {max_tokens} asked"
+            if rec["ok"]:
+                rec["ttft"] = stamps[0] - t0
+                # pieces are tokens except where a character spans tokens: time per token is over the reply
+                rec["tpot"] = (stamps[-1] - stamps[0]) / max(rec["tokens"] - 1, 1)
+                rec["end"] = stamps[-1]
+            out.append(rec)
+            messages.append({"role": "assistant", "content": "".join(reply) or "ok"})
+
+
+def run_level(url: str, chats: list[list[str]], max_tokens: int, timeout_s: float) -> dict:
+    records: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=chat_client, args=(url, turns, max_tokens, deadline, records))
+               for turns in chats]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok = [r for r in records if r["ok"]]
+    wall = max((r["end"] for r in ok), default=time.perf_counter()) - t0
+    ttft, tpot = [r["ttft"] * 1e3 for r in ok], [r["tpot"] * 1e3 for r in ok]
+    return {"clients": len(chats), "requests": len(records), "errors": len(records) - len(ok),
+            "tokens": sum(r["tokens"] for r in ok), "seconds": wall,
+            "tokens_per_s": sum(r["tokens"] for r in ok) / wall,
+            "ttft_ms": {"p50": statistics.median(ttft), "p99": percentile(ttft, 99)} if ok else None,
+            "tpot_ms": {"p50": statistics.median(tpot), "p99": percentile(tpot, 99)} if ok else None}
+
+
+def export_int8(checkpoint: Path, out: Path, threads: int) -> Path:
+    from export import ExportOptions, export_model
+
+    if not (out / "manifest.json").is_file():
+        export_model(str(checkpoint), out, ExportOptions(variant="int8", overwrite=True, progress=False, n_prompts=1,
+                                                         parity_tokens=8, threads=threads))
+    return out
+
+
+def bench_model(model_dir: Path, p: dict, threads: int) -> dict:
+    levels = []
+    server = Server(model_dir, max_batch=max(p["clients"]), threads=threads)
+    try:
+        run_level(server.url, user_turns(1, 1), p["max_tokens"], p["level_timeout_s"])  # warm-up
+        for n in tqdm(p["clients"], desc=f"{model_dir.name}: clients", unit="level"):
+            levels.append(run_level(server.url, user_turns(n, p["turns"]), p["max_tokens"], p["level_timeout_s"]))
+    finally:
+        server.stop()
+    return {"levels": levels, "targets": target_check(levels)}
+
+
+def target_check(levels: list[dict]) -> dict:
+    by = {lv["clients"]: lv for lv in levels if lv["tpot_ms"]}
+    if 1 not in by or 8 not in by:
+        return {}
+    speedup = by[8]["tokens_per_s"] / by[1]["tokens_per_s"]
+    ratio = by[8]["tpot_ms"]["p99"] / by[1]["tpot_ms"]["p99"]
+    return {"speedup_at_8": speedup, "speedup_met": speedup >= TARGETS["speedup_at_8"],
+            "p99_tpot_ratio_at_8": ratio, "p99_tpot_met": ratio <= TARGETS["p99_tpot_ratio_at_8"]}
+
+
+def write_report(run: dict, out: Path) -> None:
+    m, p = run["machine"], run["params"]
+    text = [f"# Server load test ({'quick' if run['quick'] else 'full'} run)", "",
+            f"{m['date']} · {m['cpu']} · {m['cores']} cores · flags: {' '.join(m['flags'])} · "
+            f"{run['threads']} onnxruntime threads · int8 models", "",
+            f"Each client: a {p['turns']}-turn chat, every reply streamed and {p['max_tokens']} tokens long; "
+            "TTFT = time to first token, TPOT = time per output token after the first (per request).", ""]
+    for name, res in run["models"].items():
+        text += [f"## {name}", "", "| clients | requests | errors | tokens/s | TTFT p50 / p99 (ms) | "
+                 "TPOT p50 / p99 (ms) |", "|---|---|---|---|---|---|"]
+        for lv in res["levels"]:
+            if lv["tpot_ms"] is None:
+                text.append(f"| {lv['clients']} | {lv['requests']} | {lv['errors']} | - | - | - |")
+                continue
+            text.append(f"| {lv['clients']} | {lv['requests']} | {lv['errors']} | {lv['tokens_per_s']:.1f} | "
+                        f"{lv['ttft_ms']['p50']:.0f} / {lv['ttft_ms']['p99']:.0f} | "
+                        f"{lv['tpot_ms']['p50']:.1f} / {lv['tpot_ms']['p99']:.1f} |")
+        t = res["targets"]
+        if t:
+            text += ["", f"8 clients vs 1: {t['speedup_at_8']:.2f}× the tokens/s (target ≥ "
+                     f"{TARGETS['speedup_at_8']:.0f}×: {'met' if t['speedup_met'] else 'missed'}); p99 TPOT "
+                     f"{t['p99_tpot_ratio_at_8']:.2f}× (target ≤ {TARGETS['p99_tpot_ratio_at_8']:.0f}×: "
+                     f"{'met' if t['p99_tpot_met'] else 'missed'})."]
+        text.append("")
+    text += [run["llama_cpp"], "", "![tokens/s and p99 TPOT per level](serve.png)", ""]
+    (out / "report.md").write_text("\n".join(text))
+
+
+def plot(run: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, res in run["models"].items():
+        lv = [x for x in res["levels"] if x["tpot_ms"]]
+        a.plot([x["clients"] for x in lv], [x["tokens_per_s"] for x in lv], marker="o", label=name)
+        b.plot([x["clients"] for x in lv], [x["tpot_ms"]["p99"] for x in lv], marker="o", label=name)
+    a.set(title="tokens/s (all clients)", xlabel="concurrent chats")
+    b.set(title="p99 time per output token (ms)", xlabel="concurrent chats")
+    a.legend()
+    fig.tight_layout()
+    fig.savefig(out / "serve.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from runtime.cli import OneLineParser
+
+    from .quality import BUNDLED
+    from .random_checkpoint import make_random_checkpoint
+
+    ap = OneLineParser(prog="python -m benchmarks.serve", description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoints", nargs="*", help="checkpoint dirs (default: DialoGPT-small random + bundled)")
+    ap.add_argument("--clients", default=None, help="concurrency levels, comma-separated (default 1,4,8,16)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/serve")
+    a = ap.parse_args(argv)
+    p = dict(QUICK if a.quick else FULL)
+    if a.clients:
+        try:
+            p["clients"] = sorted({int(x) for x in a.clients.split(",")})
+            assert min(p["clients"]) >= 1
+        except (ValueError, AssertionError):
+            print(f"error: --clients {a.clients!r}: give comma-separated integers >= 1, e.g. 1,4,8,16",
+                  file=sys.stderr)
+            return 2
+    out = Path(a.out)
+    sources = [(Path(c).name, Path(c)) for c in a.checkpoints] or [("small-random", None), ("bundled", BUNDLED)]
+    for _, src in sources:
+        if src is not None and not (src / "config.json").is_file():
+            print(f"error: {src} has no config.json: give a checkpoint dir (python -m export reads it)",
+                  file=sys.stderr)
+            return 2
+    run = {"quick": a.quick, "threads": a.threads, "params": p, "machine": machine_info(), "models": {},
+           "llama_cpp": "llama.cpp's server: not run (no llama.cpp server is installed here)."}
+    for label, src in sources:
+        if src is None:
+            src = out / "work" / "checkpoints" / label
+            if not (src / "config.json").is_file():
+                make_random_checkpoint("small", src)
+        model_dir = export_int8(src, out / "work" / f"{label}-int8", a.threads)
+        run["models"][label] = bench_model(model_dir, p, a.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(run, indent=1))
+    write_report(run, out)
+    plot(run, out)
+    print(f"wrote {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
