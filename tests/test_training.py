@@ -17,7 +17,7 @@ import runtime
 from export import ExportOptions, export_model
 from export.tokenizer import build_tokenizer
 from runtime.text import EOS_TOKEN_ID, encode_turn
-from training.corpora import DataError, read_dialogues, tokenizer_files
+from training.corpora import DataError, data_licenses, read_dialogues, tokenizer_files
 from training.trainer import Settings, Trainer
 from training.windows import IGNORE, Batches, dialogue_windows, labels_for
 
@@ -57,6 +57,8 @@ def test_chitchat_dataset():
     convs = read_dialogues("chitchat")
     assert len(convs) > 3500 and all(len(c) >= 2 for c in convs)  # 7,168 conversations, 4,017 answered
     assert sum(map(len, convs)) > 130_000  # ~139k turns: consecutive messages of one sender are one turn
+    lic = data_licenses(["chitchat"])["LICENSE-chitchat-dataset"]
+    assert "MIT" in lic.read_text() or "Permission is hereby granted" in lic.read_text()
 
 
 def test_windows_start_at_turn_boundaries_and_mask_the_first_turn(tok):
@@ -126,7 +128,9 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, files):
 
 def test_loss_falls_and_result_exports_and_chats(tmp_path, files):
     out = tmp_path / "run"
+    (files["jsonl"].parent / "LICENSE").write_text("the data's license\n")
     p = Trainer(_settings(files["jsonl"], max_steps=30, eval_every=15), out, threads=1, progress=False).run()
+    assert (out / f"LICENSE-{tmp_path.name}").read_text() == "the data's license\n"  # travels with the weights
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [15, 30] and log[-1]["eval_reply_ppl"] < log[0]["eval_reply_ppl"]
     assert p.eval_ppl == log[-1]["eval_reply_ppl"] or abs(p.eval_ppl - log[-1]["eval_reply_ppl"]) < 0.01

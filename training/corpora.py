@@ -94,6 +94,26 @@ def read_chitchat() -> list[list[str]]:
     return [_clean([" ".join(u["text"] for u in turn) for turn in conv["messages"]]) for conv in data.values()]
 
 
+def data_licenses(sources: tuple[str, ...] | list[str]) -> dict[str, Path]:
+    """License files of the training data, to ship beside a model trained on it: "LICENSE-<name>" -> file.
+    A file's license is a LICENSE beside it (as in `data/`); chitchat's is its package's."""
+    found: dict[str, Path] = {}
+    for source in sources:
+        if str(source) == CHITCHAT:
+            import importlib.metadata as md
+
+            try:
+                dist = md.distribution("chitchat-dataset")
+            except md.PackageNotFoundError:
+                continue
+            for f in dist.files or []:
+                if f.name.upper().startswith("LICENSE"):
+                    found["LICENSE-chitchat-dataset"] = Path(str(dist.locate_file(f)))
+        elif (lic := Path(source).parent / "LICENSE").is_file():
+            found[f"LICENSE-{Path(source).resolve().parent.name}"] = lic
+    return found
+
+
 def read_dialogues(source: str | Path) -> list[list[str]]:
     """Dialogues (of at least two turns) from a file or "chitchat"; DataError names what is wrong."""
     if str(source) == CHITCHAT:

@@ -19,7 +19,15 @@ from pathlib import Path
 
 from runtime.text import EOS_TOKEN_ID, encode_turn
 
-from .corpora import DIALOGPT_TOKENIZER, DataError, dialogpt_config, read_dialogues, tokenizer_files, topical_chat
+from .corpora import (
+    DIALOGPT_TOKENIZER,
+    DataError,
+    data_licenses,
+    dialogpt_config,
+    read_dialogues,
+    tokenizer_files,
+    topical_chat,
+)
 from .evaluate import labelled_nll, reply_pairs, reply_perplexity
 from .report import CURVE_FILE, plot_curve
 from .windows import Batches, dialogue_windows
@@ -198,7 +206,9 @@ class Trainer:
         cfg["_training"] = {"settings": asdict(self.s), "step": self.p.step, "max_steps": self.total,
                             "log": self.p.log[-1] if self.p.log else None}
         _write_atomic(self.out / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2)))
-        for name, src in {**tokenizer_files(), "LICENSE-tokenizer": DIALOGPT_TOKENIZER / "LICENSE"}.items():
+        files = {**tokenizer_files(), "LICENSE-tokenizer": DIALOGPT_TOKENIZER / "LICENSE",
+                 **data_licenses(self.s.data)}  # the data's licenses travel with weights trained on it
+        for name, src in files.items():
             if not (self.out / name).is_file():
                 shutil.copyfile(src, self.out / name)
 
