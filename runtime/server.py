@@ -74,6 +74,13 @@ def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest(f"top_p must be in (0, 1], got {top_p}", "top_p")
         if opts.get("do_sample"):
             opts["top_p"] = top_p
+    # OpenAI fields this server does not implement: refused when they ask for something, not ignored
+    if body.get("n", 1) != 1:
+        raise BadRequest(f"n must be 1 (one choice per request), got {body['n']!r}", "n")
+    if body.get("stop") not in (None, [], ""):
+        raise BadRequest("stop sequences are not supported: DialoGPT ends its turn itself; use max_tokens", "stop")
+    if body.get("logprobs"):
+        raise BadRequest("logprobs are not supported here: use the runtime's model.score()", "logprobs")
     seed = body.get("seed")
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

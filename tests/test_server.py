@@ -84,6 +84,10 @@ def test_openai_client_chat_and_stream(server):
     (b'{"messages": [{"role": "user", "content": "hi"}], "min_tokens": -2}', "min_tokens"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1}', "temperature"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 3}', "n"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\n"]}', "stop"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "logprobs": true}', "logprobs"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stream": true, "stream_options": 5}', "stream_options"),
 ])
 def test_bad_requests_get_openai_errors(server, body, param):
     _, url = server
