@@ -226,3 +226,20 @@ def test_sigterm_finishes_in_flight_requests_and_exits(exported):
         assert "Traceback" not in proc.stderr.read()
     finally:
         proc.kill()
+
+
+def test_a_chats_next_turn_reuses_its_kv(exported):
+    model = runtime.load(exported("fp32"))
+    with live_server(model, max_batch=2) as (engine, url):
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+        messages = [{"role": "user", "content": "Do you like movies?"}]
+        for turn in ("Which ones?", "Why?"):
+            r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6)
+            messages += [{"role": "assistant", "content": r.choices[0].message.content},
+                         {"role": "user", "content": turn}]
+        r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6)
+        prompt = encode_dialogue(model.tokenizer, [m["content"] for m in messages], model.eos)
+        assert r.choices[0].message.content == model.generate(prompt, max_new_tokens=6).text
+        assert engine.sessions.hits == 2  # turns 2 and 3 started from the previous turn's KV
+        assert engine.sessions.reused_tokens >= len(encode_dialogue(model.tokenizer, ["Do you like movies?"],
+                                                                    model.eos)) * 2
