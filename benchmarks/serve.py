@@ -38,12 +38,13 @@ def percentile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
-def user_turns(n_chats: int, turns: int) -> list[list[str]]:
-    """Per chat, its user turns: one speaker's turns of a held-out Topical-Chat conversation."""
+def user_turns(n_chats: int, turns: int, offset: int = 0) -> list[list[str]]:
+    """Per chat, its user turns: one speaker's turns of a held-out Topical-Chat conversation; chats
+    offset..offset+n-1, so that levels given disjoint offsets share no chat (no KV reuse across levels)."""
     from training.corpora import topical_chat
 
     convs = [c for c in topical_chat("test_freq") if len(c) >= 2 * turns]
-    return [convs[i % len(convs)][0::2][:turns] for i in range(n_chats)]
+    return [convs[(offset + i) % len(convs)][0::2][:turns] for i in range(n_chats)]
 
 
 def free_port() -> int:
@@ -128,6 +129,7 @@ def chat_client(url: str, turns: list[str], max_tokens: int, deadline: float, ou
 
 
 def run_level(url: str, chats: list[list[str]], max_tokens: int, timeout_s: float) -> dict:
+    before = httpx.get(f"{url}/health", timeout=10).json()["session_cache"]
     records: list[dict] = []
     deadline = time.monotonic() + timeout_s
     t0 = time.perf_counter()
@@ -140,7 +142,10 @@ def run_level(url: str, chats: list[list[str]], max_tokens: int, timeout_s: floa
     ok = [r for r in records if r["ok"]]
     wall = max((r["end"] for r in ok), default=time.perf_counter()) - t0
     ttft, tpot = [r["ttft"] * 1e3 for r in ok], [r["tpot"] * 1e3 for r in ok]
+    after = httpx.get(f"{url}/health", timeout=10).json()["session_cache"]
     return {"clients": len(chats), "requests": len(records), "errors": len(records) - len(ok),
+            "kv_reused_turns": after["hits"] - before["hits"],
+            "kv_reused_tokens": after["reused_tokens"] - before["reused_tokens"],
             "tokens": sum(r["tokens"] for r in ok), "seconds": wall,
             "tokens_per_s": sum(r["tokens"] for r in ok) / wall,
             "ttft_ms": {"p50": statistics.median(ttft), "p99": percentile(ttft, 99)} if ok else None,
@@ -160,9 +165,12 @@ def bench_model(model_dir: Path, p: dict, threads: int) -> dict:
     levels = []
     server = Server(model_dir, max_batch=max(p["clients"]), threads=threads)
     try:
-        run_level(server.url, user_turns(1, 1), p["max_tokens"], p["level_timeout_s"])  # warm-up
+        run_level(server.url, user_turns(1, 1, offset=-1), p["max_tokens"], p["level_timeout_s"])  # warm-up
+        offset = 0
         for n in tqdm(p["clients"], desc=f"{model_dir.name}: clients", unit="level"):
-            levels.append(run_level(server.url, user_turns(n, p["turns"]), p["max_tokens"], p["level_timeout_s"]))
+            chats = user_turns(n, p["turns"], offset)
+            offset += n
+            levels.append(run_level(server.url, chats, p["max_tokens"], p["level_timeout_s"]))
     finally:
         server.stop()
     return {"levels": levels, "targets": target_check(levels)}
@@ -187,14 +195,14 @@ def write_report(run: dict, out: Path) -> None:
             "TTFT = time to first token, TPOT = time per output token after the first (per request).", ""]
     for name, res in run["models"].items():
         text += [f"## {name}", "", "| clients | requests | errors | tokens/s | TTFT p50 / p99 (ms) | "
-                 "TPOT p50 / p99 (ms) |", "|---|---|---|---|---|---|"]
+                 "TPOT p50 / p99 (ms) | turns from cached KV |", "|---|---|---|---|---|---|---|"]
         for lv in res["levels"]:
             if lv["tpot_ms"] is None:
-                text.append(f"| {lv['clients']} | {lv['requests']} | {lv['errors']} | - | - | - |")
+                text.append(f"| {lv['clients']} | {lv['requests']} | {lv['errors']} | - | - | - | - |")
                 continue
             text.append(f"| {lv['clients']} | {lv['requests']} | {lv['errors']} | {lv['tokens_per_s']:.1f} | "
                         f"{lv['ttft_ms']['p50']:.0f} / {lv['ttft_ms']['p99']:.0f} | "
-                        f"{lv['tpot_ms']['p50']:.1f} / {lv['tpot_ms']['p99']:.1f} |")
+                        f"{lv['tpot_ms']['p50']:.1f} / {lv['tpot_ms']['p99']:.1f} | {lv['kv_reused_turns']} |")
         t = res["targets"]
         if t:
             text += ["", f"8 clients vs 1: {t['speedup_at_8']:.2f}× the tokens/s (target ≥ "

@@ -132,6 +132,15 @@ class Engine:
         ids = list(self.submit(prompt, **options).tokens())
         return Generation(self.model.decode(ids), ids)
 
+    def stats(self) -> dict[str, Any]:
+        """What the engine is doing, for /health and load tests (a snapshot; any thread)."""
+        with self._wake:
+            waiting = len(self._waiting)
+        c = self.sessions
+        return {"waiting": waiting, "steps": self.steps,
+                "session_cache": {"chats": len(c), "mb": c.nbytes / 2**20, "budget_mb": c.budget / 2**20,
+                                  "hits": c.hits, "reused_tokens": c.reused_tokens}}
+
     def close(self) -> None:
         """Stop the worker; unfinished requests end with EngineClosed."""
         with self._wake:

@@ -114,7 +114,8 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
     model = engine.model
 
     async def health(_: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "pid": os.getpid()})  # pid: which process (replica) answered
+        # pid: which process (Ray replica) answered; the engine's queue and session cache
+        return JSONResponse({"status": "ok", "pid": os.getpid(), **engine.stats()})
 
     async def models(_: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,

@@ -45,4 +45,5 @@ def test_serve_load_test_quick_run(tmp_path, hf_dir):
     for lv in levels:  # every streamed reply arrived whole: fixed length, no errors
         assert lv["errors"] == 0 and lv["requests"] == 2 * lv["clients"]
         assert lv["tokens"] == lv["requests"] * run["params"]["max_tokens"]
+        assert lv["kv_reused_turns"] >= lv["clients"]  # second turns start from the first turn's KV
     assert (out / "report.md").is_file() and (out / "serve.png").is_file()
