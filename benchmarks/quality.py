@@ -26,7 +26,7 @@ from . import fidelity
 from .machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ROOT / "models" / "demo"
+BUNDLED = ROOT / "models" / "chat-8x256"
 REFERENCE = "pytorch-fp32"
 
 # name -> (export variant, quantization; None = the exporter's default for that variant)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .model import DialogModel
 
 # Tokens of history (older turns + the new user turn) kept by default. Measured with
-# benchmarks.history_budget on the demo model (Topical-Chat test replies): NLL within 1% of the best up
+# benchmarks.history_budget on the earlier 4 x 128 demo model (Topical-Chat test replies): NLL within 1% of the best up
 # to 128 tokens, +2% at 256, +2.3% at 512 and beyond. Re-measure with real DialoGPT weights.
 DEFAULT_HISTORY_TOKENS = 128
 
