@@ -24,15 +24,17 @@ def reply_pairs(tok, convs: list[list[str]], eos: int, context_tokens: int = 128
     return pairs
 
 
-def reply_nll(model, pairs: list[tuple[list[int], list[int]]], batch: int = 16) -> tuple[float, int]:
+def reply_nll(model, pairs: list[tuple[list[int], list[int]]], batch: int = 16, progress: bool = False
+              ) -> tuple[float, int]:
     """(summed NLL over target tokens, target token count); the head runs on target positions only."""
     import torch
+    from tqdm import tqdm
 
     total, count = 0.0, 0
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
     model.eval()
     with torch.no_grad():
-        for b in range(0, len(order), batch):
+        for b in tqdm(range(0, len(order), batch), desc="eval", unit="batch", disable=not progress):
             rows = [pairs[i] for i in order[b:b + batch]]
             width = max(len(c) + len(t) for c, t in rows)
             ids = np.zeros((len(rows), width), dtype=np.int64)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         tok = build_tokenizer(ckpt.tokenizer_files)
         pairs = reply_pairs(tok, convs, ckpt.config.eos_token_id, a.context_tokens)
-        total, count = reply_nll(torch_model(ckpt), pairs)
+        total, count = reply_nll(torch_model(ckpt), pairs, progress=True)
         print(f"{path}: reply perplexity {math.exp(total / count):.2f} over {len(pairs)} replies "
               f"({count} tokens) of {len(convs)} conversations in {a.data}")
     return 0
