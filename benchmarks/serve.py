@@ -246,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/serve")
     a = ap.parse_args(argv)
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     p = dict(QUICK if a.quick else FULL)
     if a.clients:
         try:
