@@ -204,7 +204,10 @@ class KVCache:
         width = int(q.max())
         if width == 0:
             raise ValueError("nothing to prefill: every row is empty")
-        self._ensure_capacity(int((self.lengths + q).max()), int(self.lengths.max()) + width)
+        # GroupQueryAttention places each row's padded chunk after its cached tokens, and counts a row fed
+        # nothing (q = 0) as holding at least one: an empty idle row needs 1 + width slots too.
+        base = np.where(q > 0, self.lengths, np.maximum(self.lengths, 1))
+        self._ensure_capacity(int((self.lengths + q).max()), int(base.max()) + width)
         ids = np.zeros((self.batch, width), dtype=np.int64)
         pos = np.zeros((self.batch, width), dtype=np.int64)
         for b, r in enumerate(rows):

@@ -154,3 +154,16 @@ def test_prefix_cache_lookup_and_store():
     assert len(cache) == 2 and cache.lookup([1, 2, 3, 4, 5, 6])[0] is None
     cache.store(row(range(20)))  # larger than the whole budget: not kept
     assert cache.nbytes == 8 * 6
+
+
+def test_a_prompt_as_long_as_the_buffer_next_to_empty_rows(model):
+    """Regression: a fresh engine's first prompt of exactly 64 tokens (the first buffer size) beside idle
+    empty rows crashed GroupQueryAttention (an idle row counts one cached token before the padded chunk)."""
+    prompt = list(range(1000, 1064))
+    engine = Engine(model, max_batch=4)
+    try:
+        assert engine.generate(prompt, max_new_tokens=4).ids == model.generate(prompt, max_new_tokens=4).ids
+        long = list(range(2000, 2300))  # a first chunk of exactly prefill_chunk (256) tokens
+        assert engine.generate(long, max_new_tokens=4).ids == model.generate(long, max_new_tokens=4).ids
+    finally:
+        engine.close()
