@@ -102,6 +102,7 @@ class Engine:
         self._wake = threading.Condition()
         self._closed = False
         self.steps = 0  # graph calls made (a reply of n tokens alone takes n; shared steps take fewer)
+        self.rows_computed = 0  # rows summed over those calls: busy rows only, never the idle ones
         self._thread = threading.Thread(target=self._loop, name="dialogpt-engine", daemon=True)
         self._thread.start()
 
@@ -160,7 +161,8 @@ class Engine:
                         self._wake.wait()
                     if self._closed:
                         break
-                    for b in range(self.max_batch):  # join: free rows take waiting requests
+                    _pack(cache, rows)
+                    for b in range(self.max_batch):  # join: free rows (after the busy ones) take requests
                         if rows[b] is None and self._waiting:
                             rows[b] = self._join(cache, b, self._waiting.popleft())
                 self._step(cache, rows)
@@ -189,8 +191,10 @@ class Engine:
                     list(req.prompt[:n]))
 
     def _step(self, cache, rows: list[_Row | None]) -> None:
+        # busy rows are packed at the front: only those run (a lone chat computes one row, not max_batch)
+        busy = max((b + 1 for b, r in enumerate(rows) if r is not None), default=0)
         feed: list[list[int]] = []
-        for b, r in enumerate(rows):
+        for b, r in enumerate(rows[:busy]):
             if r is not None and r.req.cancelled.is_set():
                 r.req.out.put(_DONE)
                 rows[b] = r = None
@@ -207,8 +211,9 @@ class Engine:
             return
         logits = cache.prefill(feed)
         self.steps += 1
+        self.rows_computed += len(feed)
         eos = self.model.eos
-        for b, r in enumerate(rows):
+        for b, r in enumerate(rows[:busy]):
             if r is None or r.pending or not feed[b]:
                 continue
             o = r.req.opts
@@ -226,3 +231,18 @@ class Engine:
                 rows[b] = None
             else:
                 r.last = t
+
+
+def _pack(cache, rows: list[_Row | None]) -> None:
+    """Move busy rows to the front (the last busy row fills the first free slot, its KV with it), so that
+    a step runs the first k rows only."""
+    lo, hi = 0, len(rows) - 1
+    while True:
+        while lo < len(rows) and rows[lo] is not None:
+            lo += 1
+        while hi >= 0 and rows[hi] is None:
+            hi -= 1
+        if lo >= hi:
+            return
+        cache.move_row(hi, lo)
+        rows[lo], rows[hi] = rows[hi], None

@@ -167,3 +167,19 @@ def test_a_prompt_as_long_as_the_buffer_next_to_empty_rows(model):
         assert engine.generate(long, max_new_tokens=4).ids == model.generate(long, max_new_tokens=4).ids
     finally:
         engine.close()
+
+
+def test_only_busy_rows_are_computed(model, prompts):
+    """A lone chat on a wide engine runs one row per step, not max_batch; rows that finish are packed away
+    while others go on, and every reply still equals the request alone."""
+    engine = Engine(model, max_batch=8)
+    try:
+        assert engine.generate(prompts[0], max_new_tokens=6).ids == model.generate(prompts[0], max_new_tokens=6).ids
+        assert engine.rows_computed == engine.steps
+        jobs = [(prompts[i], {"max_new_tokens": 3 + 4 * i}) for i in range(5)]  # ragged ends: rows leave early
+        reqs = [engine.submit(p, **o) for p, o in jobs]
+        got = [list(r.tokens()) for r in reqs]
+        assert got == [model.generate(p, **o).ids for p, o in jobs]
+        assert engine.rows_computed < 5 * engine.steps
+    finally:
+        engine.close()
