@@ -745,7 +745,11 @@ steps.append(read_until(b">>> You: ", start=screen.find(b"(stopped)")))
 time.sleep(0.3)
 os.write(fd, b"\x03")                      # Ctrl-C at the prompt
 read_until(b"never printed", timeout=15)   # drain until the child closes the terminal
+end = time.time() + 15                     # closing the terminal comes a moment before the exit
 done, status = os.waitpid(pid, os.WNOHANG)
+while not done and time.time() < end:
+    time.sleep(0.05)
+    done, status = os.waitpid(pid, os.WNOHANG)
 if not done:
     os.kill(pid, 9)
     os.waitpid(pid, 0)
