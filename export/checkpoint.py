@@ -15,6 +15,7 @@ import numpy as np
 
 from .config import ModelConfig, load_config
 from .errors import ExportError
+from .outdir import reraise_interruption
 
 WeightDict = dict[str, np.ndarray]
 
@@ -119,6 +120,7 @@ def _torch_file(path: Path) -> dict[str, np.ndarray]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        reraise_interruption()
         raise ExportError(f"cannot read weights from {path} ({type(e).__name__}): "
                           "give a PyTorch state dict (.bin/.pkl/.pt) or model.safetensors") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
@@ -134,6 +136,7 @@ def _safetensors_file(path: Path) -> dict[str, np.ndarray]:
     try:
         sd = load_file(str(path))
     except Exception as e:  # noqa: BLE001
+        reraise_interruption()
         raise ExportError(f"cannot read {path} ({e}): re-save it with safetensors") from None
     return {k: v.float().numpy() for k, v in sd.items()}
 

@@ -175,14 +175,22 @@ def publish(tmp: TempDir, out: Path) -> None:
 
 # -- signals -----------------------------------------------------------------------------------
 _TERMINATING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_state = {"installed": False, "deferring": False, "pending": 0}
+_state = {"installed": False, "deferring": False, "pending": 0, "received": 0}
 
 
 def _handler(signum: int, frame: object) -> None:
+    _state["received"] = signum
     if _state["deferring"]:
         _state["pending"] = signum
         return
     raise Interrupted(signum)
+
+
+def reraise_interruption() -> None:
+    """For broad `except` clauses around C-heavy calls (torch, safetensors): an Interrupted raised inside
+    them may come back as their own error; if a terminating signal arrived, it is the real cause."""
+    if _state["received"]:
+        raise Interrupted(_state["received"])
 
 
 @contextlib.contextmanager
@@ -190,7 +198,7 @@ def interruptible() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP raise Interrupted in the main thread (for the CLI), so the pipeline's
     cleanup runs whichever signal ends it."""
     old = {s: signal.signal(s, _handler) for s in _TERMINATING}
-    _state["installed"] = True
+    _state["installed"], _state["received"] = True, 0
     try:
         yield
     finally:

@@ -781,3 +781,27 @@ def test_internal_errors_are_not_exit_1(tmp_path, hf_dir, monkeypatch, capsys):
     assert "simulated bug" in capsys.readouterr().err
     assert not out.exists()
     no_partials(tmp_path)
+
+
+def test_a_signal_inside_the_weights_loader_is_an_interruption_not_a_bad_file(hf_dir, monkeypatch):
+    """A signal can land inside torch / safetensors C code, which turns the handler's exception into its
+    own error ("could not determine the shape of object type ..."); the export must still end as
+    interrupted (128 + signal), not blame the user's file."""
+    import safetensors.torch
+
+    from export import outdir
+    from export.checkpoint import load_checkpoint
+    from export.errors import ExportError, Interrupted
+
+    def swallowing_load_file(path):
+        try:
+            outdir._handler(signal.SIGTERM, None)  # the signal arrives mid-call...
+        except Interrupted:
+            raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") \
+                from None  # ...and the C code reports its own error instead
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", swallowing_load_file)
+    with outdir.interruptible(), pytest.raises(Interrupted) as e:
+        load_checkpoint(hf_dir)
+    assert e.value.args[0] == signal.SIGTERM and not isinstance(e.value, ExportError)
