@@ -156,12 +156,12 @@ class Engine:
         rows: list[_Row | None] = [None] * self.max_batch
         try:
             while True:
+                _pack(cache, rows)  # worker-only state: KV copies happen outside the lock submit() takes
                 with self._wake:
                     while not self._closed and not self._waiting and not any(rows):
                         self._wake.wait()
                     if self._closed:
                         break
-                    _pack(cache, rows)
                     for b in range(self.max_batch):  # join: free rows (after the busy ones) take requests
                         if rows[b] is None and self._waiting:
                             rows[b] = self._join(cache, b, self._waiting.popleft())
