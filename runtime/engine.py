@@ -1,10 +1,10 @@
 """Continuous batching: requests from any number of threads share one decode step.
 
 Decode reads every weight once per step whatever the batch, so B concurrent replies cost far less than
-B single ones. The engine owns one KV cache of `max_batch` rows and a worker thread. Each step is one
-ragged call to the graph: a row that is replying feeds its last token, a row that just joined feeds
-(a chunk of) its prompt, a free row feeds nothing. Rows join as requests arrive and leave when their
-reply ends, without waiting for the others. Every request samples with its own options and random
+B single ones. The engine owns one KV cache of `max_batch` rows and a worker thread. In each step the
+rows that just joined feed (a chunk of) their prompt, each in a call of its own, and then all replying
+rows feed their last token in one shared call (see _step for why apart). Rows join as requests arrive
+and leave when their reply ends, without waiting for the others. Every request samples with its own options and random
 generator, exactly as generate() would alone; since a row's logits do not depend on the other rows
 (fp32 and row-wise int8, see tests/test_invariance.py), each reply equals the same request run alone.
 When a reply ends, its row's KV is kept in a PrefixCache (a memory budget, least recently used evicted):
@@ -191,46 +191,60 @@ class Engine:
                     list(req.prompt[:n]))
 
     def _step(self, cache, rows: list[_Row | None]) -> None:
-        # busy rows are packed at the front: only those run (a lone chat computes one row, not max_batch)
+        """One step: joining rows prefill (at most `prefill_chunk` prompt tokens in all, each row in a
+        call of its own), then every replying row decodes one token in a shared call. Apart, because a
+        call pads its rows to the longest: a 40-token prompt beside 7 replying rows would cost 8 x 40
+        positions, and stall those replies for it (seen as a 1.4 s TTFT p99 at 8 clients)."""
         busy = max((b + 1 for b, r in enumerate(rows) if r is not None), default=0)
-        feed: list[list[int]] = []
         for b, r in enumerate(rows[:busy]):
             if r is not None and r.req.cancelled.is_set():
                 r.req.out.put(_DONE)
-                rows[b] = r = None
-            if r is None:
-                feed.append([])
-            elif r.pending:  # joining: (a chunk of) the prompt
-                feed.append(r.pending[: self.prefill_chunk])
-                del r.pending[: self.prefill_chunk]
-            else:
-                feed.append([r.last])
-            if r is not None:
-                r.cached += feed[-1]
-        if not any(feed):
-            return
-        logits = cache.prefill(feed)
-        self.steps += 1
-        self.rows_computed += len(feed)
-        eos = self.model.eos
-        for b, r in enumerate(rows[:busy]):
-            if r is None or r.pending or not feed[b]:
-                continue
-            o = r.req.opts
-            if plain_greedy(o):
-                t = int(np.argmax(logits[b]))
-            else:
-                t = choose(process(logits[b], r.history, r.generated, o, eos), o, r.rng)
-                r.history.append(t)
-            r.generated += 1
-            r.req.out.put(t)
-            if t == eos or r.generated >= o.max_new_tokens:
-                if self.sessions.budget:
-                    self.sessions.store(cache.save_row(b, r.cached))
-                r.req.out.put(_DONE)
                 rows[b] = None
-            else:
-                r.last = t
+        replying = [b for b, r in enumerate(rows[:busy]) if r is not None and not r.pending]
+        budget = self.prefill_chunk
+        for b, r in enumerate(rows[:busy]):
+            if r is None or not r.pending or budget == 0:
+                continue
+            chunk = r.pending[:budget]
+            del r.pending[: len(chunk)]
+            budget -= len(chunk)
+            r.cached += chunk
+            logits = cache.prefill([chunk], start=b)
+            self._count(1)
+            if not r.pending:  # its prompt is in: the reply's first token
+                self._emit(cache, rows, b, logits[0])
+        if replying:  # rows in between that are still joining are fed nothing: their KV stays as it is
+            hi = replying[-1] + 1
+            feed = [[r.last] if b in replying else [] for b, r in enumerate(rows[:hi])]
+            for b in replying:
+                rows[b].cached.append(rows[b].last)
+            logits = cache.prefill(feed)
+            self._count(hi)
+            for b in replying:
+                self._emit(cache, rows, b, logits[b])
+
+    def _count(self, rows: int) -> None:
+        self.steps += 1
+        self.rows_computed += rows
+
+    def _emit(self, cache, rows: list[_Row | None], b: int, logits: np.ndarray) -> None:
+        """Row b's next token from its logits; a finished reply frees the row and keeps its KV."""
+        r = rows[b]
+        o = r.req.opts
+        if plain_greedy(o):
+            t = int(np.argmax(logits))
+        else:
+            t = choose(process(logits, r.history, r.generated, o, self.model.eos), o, r.rng)
+            r.history.append(t)
+        r.generated += 1
+        r.req.out.put(t)
+        if t == self.model.eos or r.generated >= o.max_new_tokens:
+            if self.sessions.budget:
+                self.sessions.store(cache.save_row(b, r.cached))
+            r.req.out.put(_DONE)
+            rows[b] = None
+        else:
+            r.last = t
 
 
 def _pack(cache, rows: list[_Row | None]) -> None:

@@ -9,7 +9,8 @@ greedy, the runtime's default; > 0 samples), `top_p`, `seed`, `stream` (server-s
 /v1/models, GET /health. Errors use OpenAI's body ({"error": {...}}): 400 for bad input, 429 with
 Retry-After when the engine's queue is full. A streaming client that disconnects frees its row.
 A chat's next turn reuses the KV its previous turn left (the engine's session cache): only the new
-turns are prefilled.
+turns are prefilled. A reply sent back as an assistant message is read as the tokens this server
+generated for that text (ReplyTokens), so a served chat gets the replies a ChatSession gets.
 SIGTERM / Ctrl-C: uvicorn stops taking connections, lets in-flight replies finish, then the process
 ends by that signal (exit status 143 / 130, as the project's other CLIs).
 """
@@ -26,7 +27,7 @@ import uuid
 from typing import Any
 
 from .engine import Engine, EngineClosed, EngineFull
-from .text import encode_dialogue
+from .prefix_cache import ReplyTokens
 
 
 class BadRequest(ValueError):
@@ -89,7 +90,8 @@ def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def dialogue(body: dict[str, Any]) -> list[str]:
+def dialogue(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """The request's turns as (role, content), system messages left out."""
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise BadRequest("messages must be a non-empty list", "messages")
@@ -98,10 +100,20 @@ def dialogue(body: dict[str, Any]) -> list[str]:
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
             raise BadRequest(f"messages[{i}] must have a string role and a string content", "messages")
         if m["role"] != "system":
-            turns.append(m["content"])
+            turns.append((m["role"], m["content"]))
     if not turns:
         raise BadRequest("messages hold no user or assistant turn", "messages")
     return turns
+
+
+def dialogue_ids(model, turns: list[tuple[str, str]], replies: ReplyTokens) -> list[int]:
+    """DialoGPT's prompt: every turn + EOS; an assistant turn this server wrote is taken as the ids it
+    generated (see ReplyTokens), any other turn is encoded."""
+    ids: list[int] = []
+    for role, text in turns:
+        known = replies.get(text) if role == "assistant" else None
+        ids += model.encode_turn(text) if known is None else known + [model.eos]
+    return ids
 
 
 def create_app(engine: Engine, model_name: str, close_engine: bool = False):
@@ -112,6 +124,7 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
     from starlette.routing import Route
 
     model = engine.model
+    replies = ReplyTokens()
 
     async def health(_: Request) -> JSONResponse:
         # pid: which process (Ray replica) answered; the engine's queue and session cache
@@ -137,7 +150,7 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
             so = body.get("stream_options") or {}
             if not isinstance(so, dict) or not isinstance(so.get("include_usage", False), bool):
                 raise BadRequest("stream_options must be an object like {\"include_usage\": true}", "stream_options")
-            prompt = encode_dialogue(model.tokenizer, turns, model.eos)
+            prompt = dialogue_ids(model, turns, replies)
             req = engine.submit(prompt, **opts)
         except BadRequest as e:
             return _error(400, str(e), "invalid_request_error", e.param)
@@ -151,14 +164,16 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
         head = {"id": cid, "created": created, "model": model_name}
         if stream:
             usage_of = len(prompt) if so.get("include_usage") else None
-            return StreamingResponse(_sse(req, head, model, usage_of), media_type="text/event-stream")
+            return StreamingResponse(_sse(req, head, model, usage_of, replies), media_type="text/event-stream")
         try:
             ids = await asyncio.to_thread(lambda: list(req.tokens()))
         except EngineClosed as e:
             return _error(503, str(e), "server_error", headers={"Retry-After": "5"})
         finish = "stop" if ids[-1:] == [model.eos] else "length"
+        text = model.decode(ids)
+        replies.record(text, ids[:-1] if finish == "stop" else ids)
         return JSONResponse({**head, "object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": model.decode(ids)}, "finish_reason": finish}],
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
             "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(ids),
                       "total_tokens": len(prompt) + len(ids)}})
 
@@ -223,7 +238,7 @@ document.getElementById("f").onsubmit = async (e) => {
 """
 
 
-async def _sse(req, head: dict, model, prompt_tokens: int | None):
+async def _sse(req, head: dict, model, prompt_tokens: int | None, replies: ReplyTokens):
     """Server-sent events in OpenAI's chunk format; a client that goes away cancels the request. With
     prompt_tokens (stream_options.include_usage), a last chunk carries the usage, as OpenAI sends it."""
     from .text import StreamDecoder
@@ -233,7 +248,7 @@ async def _sse(req, head: dict, model, prompt_tokens: int | None):
                                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
 
     sd = StreamDecoder(model.tokenizer)
-    finish, n = "length", 0
+    finish, n, text, ids = "length", 0, [], []
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
@@ -247,12 +262,16 @@ async def _sse(req, head: dict, model, prompt_tokens: int | None):
             if t == model.eos:
                 finish = "stop"
                 continue
+            ids.append(t)
             piece = sd.push(t)
             if piece:
+                text.append(piece)
                 yield chunk({"content": piece})
         tail = sd.flush()
         if tail:
+            text.append(tail)
             yield chunk({"content": tail})
+        replies.record("".join(text), ids)  # EOS is not among them: it was skipped above
         yield chunk({}, finish)
         if prompt_tokens is not None:
             yield "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [], "usage": {

@@ -90,7 +90,7 @@ class KVCache:
         self.lengths = np.zeros(0, dtype=np.int64)  # tokens cached per row
         self._kv: list[np.ndarray] = []
         self._reserve = 0
-        self._rows_bound = 0  # leading rows whose buffers are bound (views; see _bind_rows)
+        self._rows_bound = (0, 0)  # the run of rows whose buffers are bound (views; see _bind_rows)
         self.last_all_logits: np.ndarray | None = None
 
     @property
@@ -101,7 +101,7 @@ class KVCache:
     def release(self) -> None:
         """Free the buffers; the next prefill allocates again (the caller must reset first)."""
         self._kv = []
-        self._rows_bound = 0
+        self._rows_bound = (0, 0)
         self.binding = self.graph.sess.io_binding()
         self.capacity = 0
         self.batch = 0
@@ -113,7 +113,7 @@ class KVCache:
         otherwise they are allocated at the first prefill, at least `reserve` tokens long."""
         if batch != self.batch:
             self._kv = []
-            self._rows_bound = 0
+            self._rows_bound = (0, 0)
             self.capacity = 0
             self.batch = batch
         self._reserve = min(reserve, self.max_length)
@@ -180,7 +180,7 @@ class KVCache:
         else:  # [batch, 1, vocab]: one buffer serves every call
             self._logits = np.empty((self.batch, 1, self.m.vocab_size), dtype=np.float32)
             b.bind_ortvalue_output(self.graph.logits_name, ort.OrtValue.ortvalue_from_numpy(self._logits))
-        self._rows_bound = self.batch
+        self._rows_bound = (0, self.batch)
         self._step_ready = False
 
     def _ensure_capacity(self, needed: int, padded: int | None = None) -> None:
@@ -199,23 +199,24 @@ class KVCache:
             self._allocate(cap, keep=int(self.lengths.max(initial=0)))
 
     # -- forward -------------------------------------------------------------------------------
-    def prefill(self, rows: list[list[int]]) -> np.ndarray:
-        """Append each row's new tokens (a row may be empty) and return the last real token's logits
-        per row, [len(rows), vocab]. Rows are right-padded; GQA caches only the real tokens. Fewer rows
-        than the batch run the first len(rows) rows only (the rest are not computed, nor touched)."""
+    def prefill(self, rows: list[list[int]], start: int = 0) -> np.ndarray:
+        """Append each row's new tokens (a row may be empty: its KV is left as it is) to cache rows
+        start, start + 1, ... and return the last real token's logits per row, [len(rows), vocab]. Rows
+        are right-padded to the longest; GQA caches only the real tokens. Rows outside that range are
+        neither computed nor touched (the engine runs its busy rows only, and a long prompt apart)."""
         k = len(rows)
-        if not 0 < k <= self.batch:
-            raise ValueError(f"got {k} rows for a cache of batch {self.batch}")
+        if not (0 <= start and 0 < k and start + k <= self.batch):
+            raise ValueError(f"got rows {start}..{start + k - 1} for a cache of batch {self.batch}")
         q = np.array([len(r) for r in rows], dtype=np.int32)
         width = int(q.max())
         if width == 0:
             raise ValueError("nothing to prefill: every row is empty")
-        lengths = self.lengths[:k].copy()
+        lengths = self.lengths[start:start + k].copy()
         # GroupQueryAttention places each row's padded chunk after its cached tokens, and counts a row fed
         # nothing (q = 0) as holding at least one: an empty idle row needs 1 + width slots too.
         base = np.where(q > 0, lengths, np.maximum(lengths, 1))
         self._ensure_capacity(int((lengths + q).max()), int(base.max()) + width)
-        self._bind_rows(k)
+        self._bind_rows(start, start + k)
         ids = np.zeros((k, width), dtype=np.int64)
         pos = np.zeros((k, width), dtype=np.int64)
         for b, r in enumerate(rows):
@@ -225,12 +226,12 @@ class KVCache:
         total = lengths + q
         seqlens_k = np.where(q > 0, total - 1, np.maximum(lengths - 1, 0)).astype(np.int32)
         self._run({"input_ids": ids, "position_ids": pos, "seqlens_k": seqlens_k, "query_seqlens": q})
-        self.lengths[:k] = total
+        self.lengths[start:start + k] = total
         self._step_ready = False
         if self.m.all_logits:
             self.last_all_logits = self.binding.get_outputs()[self._logits_slot].numpy()
             return self.last_all_logits[np.arange(k), np.maximum(q - 1, 0)]
-        return self._logits[:k, 0]
+        return self._logits[start:start + k, 0]
 
     def move_row(self, src: int, dst: int) -> None:
         """Row dst takes row src's tokens (src is emptied): the engine packs busy rows to the front."""
@@ -240,26 +241,28 @@ class KVCache:
         self.lengths[dst], self.lengths[src] = held, 0
         self._step_ready = False
 
-    def _bind_rows(self, k: int) -> None:
-        """Bind the first k rows of every buffer (views: batch is the outer axis, so they stay contiguous)."""
-        if k == self._rows_bound:
+    def _bind_rows(self, start: int, stop: int) -> None:
+        """Bind rows start..stop-1 of every buffer (views: batch is the outer axis, so any run of rows is
+        contiguous)."""
+        if (start, stop) == self._rows_bound:
             return
         b, io = self.binding, self.m.io
         for i in range(self.m.n_layer):
             for j, kind in enumerate(("key", "value")):
-                buf = ort.OrtValue.ortvalue_from_numpy(self._kv[2 * i + j][:k])
+                buf = ort.OrtValue.ortvalue_from_numpy(self._kv[2 * i + j][start:stop])
                 b.bind_ortvalue_input(io.kv_name("past", kind, i), buf)
                 b.bind_ortvalue_output(io.kv_name("present", kind, i), buf)
         if not self.m.all_logits:
-            b.bind_ortvalue_output(self.graph.logits_name, ort.OrtValue.ortvalue_from_numpy(self._logits[:k]))
-        self._rows_bound = k
+            view = ort.OrtValue.ortvalue_from_numpy(self._logits[start:stop])
+            b.bind_ortvalue_output(self.graph.logits_name, view)
+        self._rows_bound = (start, stop)
         self._step_ready = False
 
     def step(self, tokens: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
         """Append one token per row (rows where `active` is False are left untouched) -> logits [batch, vocab].
         The hot path: inputs live in buffers bound once and are updated in place."""
         self._ensure_capacity(int(self.lengths.max()) + 1)
-        self._bind_rows(self.batch)
+        self._bind_rows(0, self.batch)
         if not self._step_ready:  # first step after a prefill or a capacity change
             self._bind_step()
         self._ids[:, 0] = tokens

@@ -183,3 +183,25 @@ def test_only_busy_rows_are_computed(model, prompts):
         assert engine.rows_computed < 5 * engine.steps
     finally:
         engine.close()
+
+
+def test_rows_fed_nothing_keep_their_kv_and_any_run_of_rows_can_run_alone(model, prompts):
+    """The engine's step relies on both: joining rows are fed nothing in the replying rows' call, and a
+    joining row's prompt runs in a call binding that row only."""
+    p = [prompts[1], prompts[3], prompts[0]]  # 20, 42 and 9 tokens
+    cache = model.graph.new_cache()
+    cache.reset(3)
+    cache.prefill(p)
+    before = cache.save_row(1, p[1])
+    cache.prefill([[11], [], [12]])
+    after = cache.save_row(1, p[1])  # raises unless row 1 still holds exactly its own tokens
+    assert all(np.array_equal(x, y) for x, y in zip(before.kv, after.kv, strict=True))
+    alone = model.graph.new_cache()
+    alone.reset(1)
+    want = alone.prefill([p[1] + [13, 14]])[0]
+    got = cache.prefill([[13, 14]], start=1)[0]  # row 1 only, rows 0 and 2 untouched
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert int(np.argmax(got)) == int(np.argmax(want))
+    assert cache.lengths.tolist() == [len(p[0]) + 1, len(p[1]) + 2, len(p[2]) + 1]
+    with pytest.raises(ValueError, match="rows 2..3"):
+        cache.prefill([[1], [2]], start=2)

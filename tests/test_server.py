@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -20,6 +21,25 @@ from runtime.text import encode_dialogue
 
 MESSAGES = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Do you like movies?"},
             {"role": "assistant", "content": "Yes, I love them."}, {"role": "user", "content": "Which ones?"}]
+
+
+@dataclass
+class Turn:
+    prompt: list[int]
+    ids: list[int]
+    text: str
+
+
+def chat_replies(model, user_turns: list[str], **options) -> list[Turn]:
+    """A chat as a ChatSession keeps it: the history holds the ids the model generated."""
+    history: list[int] = []
+    out = []
+    for u in user_turns:
+        history += model.encode_turn(u)
+        g = model.generate(history, **options)
+        out.append(Turn(list(history), g.ids, g.text))
+        history += g.ids if g.ids[-1:] == [model.eos] else g.ids + [model.eos]
+    return out
 
 
 def _free_port() -> int:
@@ -170,10 +190,8 @@ def test_chat_page_streams_a_reply_in_a_real_browser(server):
     finally:
         driver.quit()
     assert users == ["Do you like movies?", "Which ones?"]
-    first = model.generate("Do you like movies?", max_new_tokens=64).text
-    second = model.generate(encode_dialogue(model.tokenizer, ["Do you like movies?", first, "Which ones?"],
-                                            model.eos), max_new_tokens=64).text
-    assert [b.strip() for b in bots] == [first.strip(), second.strip()]  # the streamed text, as generate()
+    want = chat_replies(model, ["Do you like movies?", "Which ones?"], max_new_tokens=64)
+    assert [b.strip() for b in bots] == [w.text.strip() for w in want]  # the streamed text, as a ChatSession's
 
 
 def test_a_client_that_disconnects_frees_its_row(exported):
@@ -238,8 +256,9 @@ def test_a_chats_next_turn_reuses_its_kv(exported):
             messages += [{"role": "assistant", "content": r.choices[0].message.content},
                          {"role": "user", "content": turn}]
         r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6)
-        prompt = encode_dialogue(model.tokenizer, [m["content"] for m in messages], model.eos)
-        assert r.choices[0].message.content == model.generate(prompt, max_new_tokens=6).text
-        assert engine.sessions.hits == 2  # turns 2 and 3 started from the previous turn's KV
-        assert engine.sessions.reused_tokens >= len(encode_dialogue(model.tokenizer, ["Do you like movies?"],
-                                                                    model.eos)) * 2
+        want = chat_replies(model, ["Do you like movies?", "Which ones?", "Why?"], max_new_tokens=6)
+        assert [m["content"] for m in messages[1::2]] + [r.choices[0].message.content] == [w.text for w in want]
+        assert engine.sessions.hits == 2  # turns 2 and 3 started from the previous turn's KV, all of it:
+        # a turn's row holds its prompt and reply but the reply's last token (never fed); the next prompt
+        # matches all of it, even where the reply's text re-encodes to other tokens (random weights here)
+        assert engine.sessions.reused_tokens == sum(len(w.prompt) + len(w.ids) - 1 for w in want[:2])
