@@ -38,8 +38,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=finite_float, default=None, help="peak learning rate (default 1e-3; 5e-5 with --init)")
     p.add_argument("--warmup", type=nonnegative_int, default=200)
     p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--no-mask-first-turn", action="store_true",
-                   help="also train on each window's first turn (it has no context)")
+    p.add_argument("--mask-first-turn", action="store_true",
+                   help="no loss on each window's first turn (it has no context); off by default: an A/B "
+                        "measured 4%% worse held-out reply perplexity with it (README, Training)")
     p.add_argument("--reverse", action="store_true",
                    help="train the backward model P(source | reply) for MMI reranking: dialogues read last turn first")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         data=tuple(a.data), eval=a.eval, init=a.init, layers=a.layers, width=a.width, heads=a.heads,
         length=a.length, batch=a.batch, accum=a.accum, lr=a.lr or (5e-5 if a.init else 1e-3), warmup=a.warmup,
-        max_steps=a.max_steps, seed=a.seed, mask_first_turn=not a.no_mask_first_turn, reverse=a.reverse, dtype=a.dtype,
+        max_steps=a.max_steps, seed=a.seed, mask_first_turn=a.mask_first_turn, reverse=a.reverse, dtype=a.dtype,
         eval_every=a.eval_every, eval_conversations=a.eval_conversations)
     try:
         trainer = Trainer(settings, Path(a.out), threads=a.threads, progress=not a.quiet)

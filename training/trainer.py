@@ -55,7 +55,7 @@ class Settings:
     max_steps: int = 0  # 0: one pass over the data
     weight_decay: float = 0.01
     seed: int = 0
-    mask_first_turn: bool = True  # see windows.py
+    mask_first_turn: bool = False  # see windows.py
     # learn P(earlier turns | later turns): every dialogue read last turn first (the backward model that
     # MMI reranking scores candidates with, as DialoGPT's reverse model)
     reverse: bool = False

@@ -5,8 +5,9 @@ A window holds whole turns up to `length` tokens (two turns that do not fit toge
 predicted from one another: rare with 256-token windows). The next window of a
 dialogue starts at the last turn of the previous one, so every turn after the first is predicted at
 least once with a turn of context before it. Labels are the inputs, with -100 (no loss) on padding
-and, with `mask_first_turn`, on a window's first turn: it has no context in the window, and a chat
-model never has to produce an opening line unprompted (the user speaks first).
+and, with `mask_first_turn`, on a window's first turn (it has no context in the window, and a chat
+model never has to produce an opening line unprompted). Off by default: measured, the first turns'
+loss helps more as training signal than it hurts as context-free prediction (README, Training).
 """
 
 from __future__ import annotations
