@@ -28,8 +28,8 @@ from tqdm import tqdm
 from .machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
-FULL = {"clients": [1, 4, 8, 16], "turns": 4, "max_tokens": 32, "level_timeout_s": 600}
-QUICK = {"clients": [1, 2], "turns": 2, "max_tokens": 6, "level_timeout_s": 120}
+FULL = {"clients": [1, 4, 8, 16], "turns": 4, "max_tokens": 32, "level_timeout_s": 600, "step_repeats": 3}
+QUICK = {"clients": [1, 2], "turns": 2, "max_tokens": 6, "level_timeout_s": 120, "step_repeats": 1}
 TARGETS = {"speedup_at_8": 4.0, "p99_tpot_ratio_at_8": 2.0}
 
 
@@ -161,7 +161,31 @@ def export_int8(checkpoint: Path, out: Path, threads: int) -> Path:
     return out
 
 
+def step_cost(model_dir: Path, threads: int, rows: tuple[int, ...], history: int = 96, steps: int = 30,
+              repeats: int = 3) -> dict[int, dict]:
+    """The graph's own cost of one decode step over k rows (the engine's shared call, no HTTP, no
+    Python around it), ms: median (min-max) over repeats of the median step. Bounds what batching can
+    give: tokens/s at k chats <= k / (cost(k) / cost(1)) x one chat's."""
+    import runtime
+
+    model = runtime.load(model_dir, threads=threads)
+    runs: dict[int, list[float]] = {k: [] for k in rows}
+    for _ in range(repeats):
+        for k in rows:  # interleaved, so that drift on a shared machine hits every k alike
+            cache = model.graph.new_cache()
+            cache.reset(max(rows))
+            cache.prefill([list(range(1000, 1000 + history))] * k)
+            times = []
+            for i in range(steps):
+                t0 = time.perf_counter()
+                cache.prefill([[500 + i]] * k)
+                times.append((time.perf_counter() - t0) * 1e3)
+            runs[k].append(statistics.median(times[3:]))
+    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in runs.items()}
+
+
 def bench_model(model_dir: Path, p: dict, threads: int) -> dict:
+    steps = step_cost(model_dir, threads, tuple(p["clients"]), repeats=p["step_repeats"])
     levels = []
     server = Server(model_dir, max_batch=max(p["clients"]), threads=threads)
     try:
@@ -173,7 +197,7 @@ def bench_model(model_dir: Path, p: dict, threads: int) -> dict:
             levels.append(run_level(server.url, chats, p["max_tokens"], p["level_timeout_s"]))
     finally:
         server.stop()
-    return {"levels": levels, "targets": target_check(levels)}
+    return {"step_ms": steps, "levels": levels, "targets": target_check(levels)}
 
 
 def target_check(levels: list[dict]) -> dict:
@@ -203,6 +227,13 @@ def write_report(run: dict, out: Path) -> None:
             text.append(f"| {lv['clients']} | {lv['requests']} | {lv['errors']} | {lv['tokens_per_s']:.1f} | "
                         f"{lv['ttft_ms']['p50']:.0f} / {lv['ttft_ms']['p99']:.0f} | "
                         f"{lv['tpot_ms']['p50']:.1f} / {lv['tpot_ms']['p99']:.1f} | {lv['kv_reused_turns']} |")
+        st = res.get("step_ms")
+        if st:
+            one = st[min(st, key=int)]["median"]
+            text += ["", "The graph's own decode step over k rows (no server), ms, median (min–max) of "
+                     f"{p['step_repeats']}: " + "; ".join(
+                         f"k = {k}: {v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f}), {v['median'] / one:.2f}×"
+                         for k, v in st.items()) + "."]
         t = res["targets"]
         if t:
             text += ["", f"8 clients vs 1: {t['speedup_at_8']:.2f}× the tokens/s (target ≥ "

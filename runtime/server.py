@@ -249,24 +249,34 @@ async def _sse(req, head: dict, model, prompt_tokens: int | None, replies: Reply
 
     sd = StreamDecoder(model.tokenizer)
     finish, n, text, ids = "length", 0, [], []
+    loop, ready = asyncio.get_running_loop(), asyncio.Event()
+    req.listen(lambda: loop.call_soon_threadsafe(ready.set))  # no thread parked per token
     try:
         yield chunk({"role": "assistant", "content": ""})
-        while True:
+        over = False
+        while not over:
+            await ready.wait()
+            ready.clear()
             try:
-                t = await asyncio.to_thread(req.next_token)
+                got = req.poll()
             except EngineClosed:  # the server is shutting down: end the stream where it is
                 break
-            if t is None:
-                break
-            n += 1
-            if t == model.eos:
-                finish = "stop"
-                continue
-            ids.append(t)
-            piece = sd.push(t)
-            if piece:
-                text.append(piece)
-                yield chunk({"content": piece})
+            out = []  # the tokens that arrived together go out in one write, one event each
+            for t in got:
+                if t is None:
+                    over = True
+                    break
+                n += 1
+                if t == model.eos:
+                    finish = "stop"
+                    continue
+                ids.append(t)
+                piece = sd.push(t)
+                if piece:
+                    text.append(piece)
+                    out.append(chunk({"content": piece}))
+            if out:
+                yield "".join(out)
         tail = sd.flush()
         if tail:
             text.append(tail)

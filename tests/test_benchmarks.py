@@ -46,4 +46,6 @@ def test_serve_load_test_quick_run(tmp_path, hf_dir):
         assert lv["errors"] == 0 and lv["requests"] == 2 * lv["clients"]
         assert lv["tokens"] == lv["requests"] * run["params"]["max_tokens"]
         assert lv["kv_reused_turns"] >= lv["clients"]  # second turns start from the first turn's KV
-    assert (out / "report.md").is_file() and (out / "serve.png").is_file()
+    steps = run["models"][hf_dir.name]["step_ms"]
+    assert sorted(steps, key=int) == ["1", "3"] and all(s["median"] > 0 for s in steps.values())
+    assert (out / "serve.png").is_file() and "decode step over k rows" in (out / "report.md").read_text()

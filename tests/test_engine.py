@@ -205,3 +205,38 @@ def test_rows_fed_nothing_keep_their_kv_and_any_run_of_rows_can_run_alone(model,
     assert cache.lengths.tolist() == [len(p[0]) + 1, len(p[1]) + 2, len(p[2]) + 1]
     with pytest.raises(ValueError, match="rows 2..3"):
         cache.prefill([[1], [2]], start=2)
+
+
+def test_listeners_hear_every_token_and_a_broken_one_only_cancels_its_request(model, prompts):
+    """The server's streams wait on a callback instead of a thread per token (Request.listen / poll)."""
+    engine = Engine(model, max_batch=2)
+    try:
+        want = model.generate(prompts[0], max_new_tokens=8).ids
+        req = engine.submit(prompts[0], max_new_tokens=8)
+        woke = threading.Semaphore(0)
+        req.listen(woke.release)
+        got: list[int | None] = []
+        while not got or got[-1] is not None:
+            woke.acquire(timeout=60)
+            got += req.poll()
+        assert got == [*want, None]
+
+        def broken() -> None:
+            if req2.out.qsize():
+                raise RuntimeError("event loop is closed")
+
+        req2 = engine.submit(prompts[1], max_new_tokens=200, min_new_tokens=200)
+        req2.listen(broken)
+        assert len(list(req2.tokens())) < 200  # cancelled at its first token's callback
+        assert engine.generate(prompts[0], max_new_tokens=8).ids == want  # the engine serves on
+    finally:
+        engine.close()
+
+
+def test_prefill_groups_join_adjacent_rows_of_similar_length():
+    from runtime.engine import _prefill_groups
+
+    chunks = {0: [1] * 30, 1: [1] * 28, 2: [1] * 31, 3: [1] * 5, 5: [1] * 6, 6: [1] * 6}
+    # with 0-2, row 3 would pad to 31 (124 slots for 94 tokens): alone; row 4 is not joining: 5 starts anew
+    assert _prefill_groups(chunks) == [[0, 1, 2], [3], [5, 6]]
+    assert _prefill_groups({}) == []
