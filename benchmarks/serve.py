@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
-FULL = {"clients": [1, 4, 8, 16], "turns": 4, "max_tokens": 32, "level_timeout_s": 600, "step_repeats": 3}
+FULL = {"clients": [1, 4, 8, 16], "turns": 6, "max_tokens": 32, "level_timeout_s": 600, "step_repeats": 3}
 QUICK = {"clients": [1, 2], "turns": 2, "max_tokens": 6, "level_timeout_s": 120, "step_repeats": 1}
 TARGETS = {"speedup_at_8": 4.0, "p99_tpot_ratio_at_8": 2.0}
 

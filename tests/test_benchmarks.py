@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,3 +51,20 @@ def test_serve_load_test_quick_run(tmp_path, hf_dir):
     steps = run["models"][hf_dir.name]["step_ms"]
     assert sorted(steps, key=int) == ["1", "3"] and all(s["median"] > 0 for s in steps.values())
     assert (out / "serve.png").is_file() and "decode step over k rows" in (out / "report.md").read_text()
+
+
+def test_quant_ablation_builds_each_spec_and_reports(tmp_path, hf_dir):
+    out = tmp_path / "ablation"
+    specs = "head:8:32:4+rowwise7,nbits:4:32:4:gptq"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.quant_ablation", str(hf_dir), "--specs", specs,
+                           "--contexts", "4", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())["results"]
+    assert list(res) == [*specs.split(","), "fp32"]
+    assert all(0 <= r["token_agreement"] <= 1 and r["decode_ms_per_token"]["median"] > 0 for r in res.values())
+    ops = {n.op_type for n in onnx.load(out / "models" / "head_8_32_4+rowwise7" / "model.onnx").graph.node}
+    assert {"MatMulNBits", "GatherBlockQuantized", "MatMulIntegerToFloat"} <= ops and "MatMul" not in ops
+    gptq = [n for n in onnx.load(out / "models" / "nbits_4_32_4_gptq" / "model.onnx").graph.node
+            if n.op_type == "MatMulNBits"]
+    assert gptq and all(a.i == 4 for n in gptq for a in n.attribute if a.name == "bits")

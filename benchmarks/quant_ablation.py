@@ -1,0 +1,180 @@
+"""Which part of a quantization costs greedy agreement? One part at a time, on a trained model.
+
+    python -m benchmarks.quant_ablation [CHECKPOINT] [--specs A,B,...] [--contexts 200] [--out DIR]
+
+CHECKPOINT (default: the bundled model) is exported once in fp32; each spec then quantizes parts of that
+graph and is measured against it: greedy agreement over 32 new tokens (EOS banned) on held-out
+Topical-Chat contexts (the fp32 ONNX graph's replies equal PyTorch's: benchmarks.quality) and decode
+ms/token (specs interleaved, median of 3). A spec joins parts with "+":
+
+    head:BITS:BLOCK:ACC          the tied head / embedding (MatMulNBits + GatherBlockQuantized)
+    rowwise7 | rowwise8          layers, int8 row-wise activations, 7-bit / 8-bit per-column weights
+    nbits:BITS:BLOCK:ACC[:ALGO]  layers, MatMulNBits; ALGO rtn (default), hqq, or gptq (calibrated on
+                                 shipped Topical-Chat valid_rare dialogue)
+
+ACC is MatMulNBits' accuracy_level: 4 quantizes activations to int8 per block, 0 keeps them fp32.
+Writes results.json and report.md. The exporter's defaults are chosen with benchmarks.quality; this
+tool says why they fall short where they do.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from .machine import machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SPECS = ("head:8:128:4", "head:8:32:4", "rowwise7", "rowwise8", "nbits:8:32:4", "nbits:8:32:0",
+                 "head:8:128:4+rowwise7", "head:8:32:4+nbits:8:32:4", "head:8:32:4+nbits:8:16:4",
+                 "head:8:32:4+nbits:4:32:4", "head:8:32:4+nbits:4:32:0", "head:8:32:4+nbits:4:32:4:hqq",
+                 "head:8:32:4+nbits:4:32:4:gptq", "head:8:128:4+nbits:4:128:4")
+
+
+class CalibrationDialogue:
+    """onnxruntime's CalibrationDataReader for the contrib graph: one held-in dialogue window per call,
+    prefilled into an empty cache (the feeds KVCache.prefill gives a single row)."""
+
+    def __init__(self, model: onnx.ModelProto, windows: list[list[int]]) -> None:
+        self.past = [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim])
+                     for i in model.graph.input if i.name.startswith("past_")]
+        self.windows = iter(windows)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        ids = next(self.windows, None)
+        if ids is None:
+            return None
+        n = len(ids)
+        feeds = {"input_ids": np.array([ids], np.int64), "position_ids": np.arange(n, dtype=np.int64)[None],
+                 "seqlens_k": np.array([n - 1], np.int32), "query_seqlens": np.array([n], np.int32),
+                 "total_sequence_length": np.array(n, np.int32)}
+        for name, (_, heads, _, head_dim) in self.past:
+            feeds[name] = np.zeros((1, heads, n, head_dim), np.float32)
+        return feeds
+
+    def __iter__(self):  # onnxruntime's GPTQ path iterates the reader
+        while (f := self.get_next()) is not None:
+            yield f
+
+
+def calibration_windows(tok, eos: int, n: int = 48, length: int = 128) -> list[list[int]]:
+    from training.corpora import topical_chat
+    from training.evaluate import reply_pairs
+
+    pairs = reply_pairs(tok, topical_chat("valid_rare")[:30], eos)
+    return [(c + t)[-length:] for c, t in pairs[::6]][:n]
+
+
+def _gptq(model: onnx.ModelProto, bits: int, block: int, acc: int, windows: list[list[int]]) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    class Reader(CalibrationDialogue, CalibrationDataReader):
+        pass
+
+    cfg = GPTQWeightOnlyQuantConfig(calibration_data_reader=Reader(model, windows), block_size=block,
+                                    op_types_to_quantize=("MatMul",))
+    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=False, accuracy_level=acc,
+                             op_types_to_quantize=("MatMul",), algo_config=cfg)
+    q.process()
+    return q.model.model
+
+
+def apply_spec(model: onnx.ModelProto, spec: str, windows: list[list[int]]) -> onnx.ModelProto:
+    from export.quantize import _nbits, quantize_tied_head, quiet, rowwise_int8
+
+    with quiet():
+        for part in spec.split("+"):
+            kind, *a = part.split(":")
+            if kind == "head":
+                model = quantize_tied_head(model, int(a[0]), int(a[1]), int(a[2]))
+            elif kind in ("rowwise7", "rowwise8"):
+                model = rowwise_int8(model, reduce_range=kind == "rowwise7")
+            elif kind == "nbits" and a[3:] == ["gptq"]:
+                model = _gptq(model, int(a[0]), int(a[1]), int(a[2]), windows)
+            elif kind == "nbits":
+                model = _nbits(model, int(a[0]), int(a[1]), int(a[2]), algorithm=(a[3:] or ["rtn"])[0])
+            else:
+                raise ValueError(f"unknown part {part!r} in spec {spec!r}")
+    return model
+
+
+def write_variant(fp32_dir: Path, model: onnx.ModelProto, out: Path) -> Path:
+    """A model dir: the fp32 dir's tokenizer and manifest, with this graph and its true size."""
+    import shutil
+
+    from runtime.manifest import sha256
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(fp32_dir / "tokenizer.json", out / "tokenizer.json")
+    onnx.save(model, out / "model.onnx")
+    manifest = json.loads((fp32_dir / "manifest.json").read_text())
+    manifest["file_sizes"]["model.onnx"] = (out / "model.onnx").stat().st_size
+    manifest["files"]["model.onnx"] = sha256(out / "model.onnx")
+    manifest["quantization"] = {"ablation_spec": out.name}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import runtime
+    from export import ExportOptions, export_model
+    from runtime.cli import OneLineParser
+
+    from . import fidelity
+    from .quality import BUNDLED, FULL, held_out, speed
+
+    ap = OneLineParser(prog="python -m benchmarks.quant_ablation", description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoint", nargs="?", default=str(BUNDLED))
+    ap.add_argument("--specs", default=",".join(DEFAULT_SPECS))
+    ap.add_argument("--contexts", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/quant-ablation")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    fp32_dir = out / "models" / "fp32"
+    export_model(a.checkpoint, fp32_dir, ExportOptions(variant="fp32", overwrite=True, progress=False, n_prompts=1,
+                                                       parity_tokens=8, threads=a.threads))
+    ref = runtime.load(fp32_dir, threads=a.threads)
+    _, contexts, _ = held_out(ref.tokenizer, ref.eos, {**FULL, "contexts": a.contexts})
+    windows = calibration_windows(ref.tokenizer, ref.eos)
+    reference = fidelity.greedy_replies(ref, contexts, 32)
+    fp32 = onnx.load(fp32_dir / "model.onnx")
+    results: dict[str, dict] = {}
+    models = {"fp32": ref}
+    for spec in tqdm(a.specs.split(","), desc="specs", unit="spec"):
+        d = write_variant(fp32_dir, apply_spec(fp32, spec, windows), out / "models" / spec.replace(":", "_"))
+        m = models[spec] = runtime.load(d, threads=a.threads)
+        results[spec] = {**fidelity.agreement(fidelity.greedy_replies(m, contexts, 32), reference),
+                         "size_mb": (d / "model.onnx").stat().st_size / 1e6}
+    prompt = [t for c in contexts for t in c][:64]
+    for name, s in speed(models, prompt, 64, 3).items():
+        results.setdefault(name, {"token_agreement": 1.0, "identical_replies": 1.0,
+                                  "size_mb": (fp32_dir / "model.onnx").stat().st_size / 1e6})
+        results[name]["decode_ms_per_token"] = s["decode"]
+    run = {"checkpoint": a.checkpoint, "contexts": len(contexts), "machine": machine_info(), "threads": a.threads,
+           "results": results}
+    (out / "results.json").write_text(json.dumps(run, indent=1))
+    m = run["machine"]
+    lines = [f"# Quantization ablation: {a.checkpoint}", "",
+             f"{m['date']} · {m['cpu']} · {m['cores']} cores · flags: {' '.join(m['flags'])} · {a.threads} threads",
+             "", f"Greedy agreement with the fp32 graph over 32 new tokens on {len(contexts)} held-out Topical-Chat "
+             "contexts; decode after a 64-token history, median (min–max) of 3.", "",
+             "| spec | token agreement | identical replies | decode ms/token | model.onnx MB |",
+             "|---|---|---|---|---|"]
+    for name, r in results.items():
+        d = r["decode_ms_per_token"]
+        lines.append(f"| {name} | {r['token_agreement']:.3f} | {r['identical_replies']:.3f} | {d['median']:.2f} "
+                     f"({d['min']:.2f}–{d['max']:.2f}) | {r['size_mb']:.1f} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
