@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     models = {"fp32": ref}
     for spec in tqdm(a.specs.split(","), desc="specs", unit="spec"):
-        d = write_variant(fp32_dir, apply_spec(fp32, spec, windows), out / "models" / spec.replace(":", "_"))
+        graph = onnx.ModelProto()
+        graph.CopyFrom(fp32)  # onnxruntime's quantizers rewrite the model they are given in place
+        d = write_variant(fp32_dir, apply_spec(graph, spec, windows), out / "models" / spec.replace(":", "_"))
         m = models[spec] = runtime.load(d, threads=a.threads)
         results[spec] = {**fidelity.agreement(fidelity.greedy_replies(m, contexts, 32), reference),
                          "size_mb": (d / "model.onnx").stat().st_size / 1e6}

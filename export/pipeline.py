@@ -58,16 +58,17 @@ class ExportResult:
 
 
 def default_quant(variant: str) -> QuantConfig | None:
-    """Measured defaults (README, "Export choices"). int8: row-wise activations (every token quantized
-    on its own: a reply does not depend on its batch or on how its history was cached) with 7-bit
-    per-column weights (no u8×s8 saturation on AVX2); dynamic per-tensor was 13% faster to decode on
-    AVX2 but changed replies with the batch. int4: block-128 4-bit layers (2.5 ms/token vs 3.6 at block 32)
-    with the tied head / embedding at 8 bits: at 4 bits it lost half the greedy tokens of trained models
-    (token agreement 0.54 / 0.69 on two, vs 0.83 / 0.93 with an 8-bit head)."""
+    """Measured defaults (README, "Export choices"; benchmarks.quality and benchmarks.quant_ablation on
+    the bundled model). int8: row-wise activations (every token quantized on its own: a reply does not
+    depend on its batch or on how its history was cached) with 7-bit per-column weights (no u8×s8
+    saturation on AVX2). MatMulNBits 8-bit block 32 agrees more with fp32 (greedy token agreement 0.945
+    vs 0.911) but changed 1 of 20 chats' replies between cached and recomputed history. int4: block-32
+    4-bit layers (agreement 0.836 vs 0.766 at block 128, decode no slower on AVX-512 VNNI) with the tied
+    head / embedding at 8 bits: at 4 bits it lost half the greedy tokens of trained models."""
     if variant == "int8":
         return QuantConfig("int8", layer_method="rowwise", reduce_range=True, head_bits=8, head_block_size=128)
     if variant == "int4":
-        return QuantConfig("int4", layer_method="nbits", block_size=128, head_bits=8, head_block_size=128)
+        return QuantConfig("int4", layer_method="nbits", block_size=32, head_bits=8, head_block_size=128)
     return None
 
 

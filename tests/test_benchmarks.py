@@ -55,7 +55,7 @@ def test_serve_load_test_quick_run(tmp_path, hf_dir):
 
 def test_quant_ablation_builds_each_spec_and_reports(tmp_path, hf_dir):
     out = tmp_path / "ablation"
-    specs = "head:8:32:4+rowwise7,nbits:4:32:4:gptq"
+    specs = "nbits:4:32:4:gptq,head:8:32:4+rowwise7"  # each from the fp32 graph, not from the one before
     proc = subprocess.run([sys.executable, "-m", "benchmarks.quant_ablation", str(hf_dir), "--specs", specs,
                            "--contexts", "4", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
