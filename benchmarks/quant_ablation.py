@@ -25,7 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import CalibrationDataReader
 from tqdm import tqdm
+
+from runtime.graph_io import CONTRIB_IO
 
 from .machine import machine_info
 
@@ -36,13 +39,14 @@ DEFAULT_SPECS = ("head:8:128:4", "head:8:32:4", "rowwise7", "rowwise8", "nbits:8
                  "head:8:32:4+nbits:4:32:4:gptq", "head:8:128:4+nbits:4:128:4")
 
 
-class CalibrationDialogue:
+class CalibrationDialogue(CalibrationDataReader):
     """onnxruntime's CalibrationDataReader for the contrib graph: one held-in dialogue window per call,
     prefilled into an empty cache (the feeds KVCache.prefill gives a single row)."""
 
     def __init__(self, model: onnx.ModelProto, windows: list[list[int]]) -> None:
+        named = set(CONTRIB_IO.inputs.values())  # the rest are the layers' past K/V, [1, heads, n, head_dim]
         self.past = [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim])
-                     for i in model.graph.input if i.name.startswith("past_")]
+                     for i in model.graph.input if i.name not in named]
         self.windows = iter(windows)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -53,13 +57,10 @@ class CalibrationDialogue:
         feeds = {"input_ids": np.array([ids], np.int64), "position_ids": np.arange(n, dtype=np.int64)[None],
                  "seqlens_k": np.array([n - 1], np.int32), "query_seqlens": np.array([n], np.int32),
                  "total_sequence_length": np.array(n, np.int32)}
+        feeds = {CONTRIB_IO.inputs[k]: v for k, v in feeds.items()}
         for name, (_, heads, _, head_dim) in self.past:
             feeds[name] = np.zeros((1, heads, n, head_dim), np.float32)
         return feeds
-
-    def __iter__(self):  # onnxruntime's GPTQ path iterates the reader
-        while (f := self.get_next()) is not None:
-            yield f
 
 
 def calibration_windows(tok, eos: int, n: int = 48, length: int = 128) -> list[list[int]]:
@@ -71,13 +72,9 @@ def calibration_windows(tok, eos: int, n: int = 48, length: int = 128) -> list[l
 
 
 def _gptq(model: onnx.ModelProto, bits: int, block: int, acc: int, windows: list[list[int]]) -> onnx.ModelProto:
-    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    class Reader(CalibrationDialogue, CalibrationDataReader):
-        pass
-
-    cfg = GPTQWeightOnlyQuantConfig(calibration_data_reader=Reader(model, windows), block_size=block,
+    cfg = GPTQWeightOnlyQuantConfig(calibration_data_reader=CalibrationDialogue(model, windows), block_size=block,
                                     op_types_to_quantize=("MatMul",))
     q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=False, accuracy_level=acc,
                              op_types_to_quantize=("MatMul",), algo_config=cfg)

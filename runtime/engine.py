@@ -2,9 +2,9 @@
 
 Decode reads every weight once per step whatever the batch, so B concurrent replies cost far less than
 B single ones. The engine owns one KV cache of `max_batch` rows and a worker thread. In each step the
-rows that just joined feed (a chunk of) their prompt, each in a call of its own, and then all replying
-rows feed their last token in one shared call (see _step for why apart). Rows join as requests arrive
-and leave when their reply ends, without waiting for the others. Every request samples with its own options and random
+rows that just joined feed (a chunk of) their prompt, then all replying rows feed their last token in
+one shared call (see _step for why apart). Rows join as requests arrive and leave when their reply
+ends, without waiting for the others. Every request samples with its own options and random
 generator, exactly as generate() would alone; since a row's logits do not depend on the other rows
 (fp32 and row-wise int8, see tests/test_invariance.py), each reply equals the same request run alone.
 When a reply ends, its row's KV is kept in a PrefixCache (a memory budget, least recently used evicted):
@@ -253,8 +253,9 @@ class Engine:
                     self._emit(cache, rows, b, logits[i])
         if replying:  # rows in between that are still joining are fed nothing: their KV stays as it is
             hi = replying[-1] + 1
-            feed = [[r.last] if b in replying else [] for b, r in enumerate(rows[:hi])]
+            feed: list[list[int]] = [[] for _ in range(hi)]
             for b in replying:
+                feed[b] = [rows[b].last]
                 rows[b].cached.append(rows[b].last)
             logits = cache.prefill(feed)
             self._count(hi)

@@ -8,13 +8,11 @@ is recomputed on its next turn, with the same reply (the KV is the same up to fl
 row-wise int8: tests/test_invariance.py).
 
 Hand-written because onnxruntime has no KV store: onnxruntime-genai keeps one cache per generator only.
-A PrefixCache is owned by the engine's worker thread alone: no locks. ReplyTokens (below) serves
-the server's handlers and locks.
+Owned by the engine's worker thread alone: no locks.
 """
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -85,33 +83,3 @@ class PrefixCache:
     def _drop(self, key: tuple[int, ...]) -> None:
         self.nbytes -= self._rows.pop(key).nbytes
 
-
-class ReplyTokens:
-    """The token ids of recent replies, by their text, so that a client's next request (which sends the
-    reply back as text) is rebuilt from the tokens the model produced, not from a re-encoding of the text.
-
-    Why: byte-level BPE does not round-trip a model's output (a reply may spell " movies" as " mov" +
-    "ies"; re-encoding gives " movies"), so a re-encoded history diverges from the stored KV at the first
-    such token and is prefilled again from there; it also differs from what a ChatSession, which keeps
-    ids, feeds the model. With these ids a served chat replies exactly as a ChatSession does. Bounded
-    (least recently used out); thread-safe (the server's handlers record and read it).
-    """
-
-    def __init__(self, max_replies: int = 4096) -> None:
-        self.max_replies = max_replies
-        self._ids: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def record(self, text: str, ids: list[int]) -> None:
-        with self._lock:
-            self._ids[text] = tuple(ids)
-            self._ids.move_to_end(text)
-            while len(self._ids) > self.max_replies:
-                self._ids.popitem(last=False)
-
-    def get(self, text: str) -> list[int] | None:
-        with self._lock:
-            ids = self._ids.get(text)
-            if ids is not None:
-                self._ids.move_to_end(text)
-        return None if ids is None else list(ids)

@@ -22,12 +22,13 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from .engine import Engine, EngineClosed, EngineFull
-from .prefix_cache import ReplyTokens
 
 
 class BadRequest(ValueError):
@@ -104,6 +105,37 @@ def dialogue(body: dict[str, Any]) -> list[tuple[str, str]]:
     if not turns:
         raise BadRequest("messages hold no user or assistant turn", "messages")
     return turns
+
+
+class ReplyTokens:
+    """The token ids of recent replies, by their text, so that a client's next request (which sends the
+    reply back as text) is rebuilt from the tokens the model produced, not from a re-encoding of the text.
+
+    Why: byte-level BPE does not round-trip a model's output (a reply may spell " movies" as " mov" +
+    "ies"; re-encoding gives " movies"), so a re-encoded history diverges from the stored KV at the first
+    such token and is prefilled again from there; it also differs from what a ChatSession, which keeps
+    ids, feeds the model. With these ids a served chat replies exactly as a ChatSession does. Bounded
+    (least recently used out); thread-safe (the server's handlers record and read it).
+    """
+
+    def __init__(self, max_replies: int = 4096) -> None:
+        self.max_replies = max_replies
+        self._ids: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def record(self, text: str, ids: list[int]) -> None:
+        with self._lock:
+            self._ids[text] = tuple(ids)
+            self._ids.move_to_end(text)
+            while len(self._ids) > self.max_replies:
+                self._ids.popitem(last=False)
+
+    def get(self, text: str) -> list[int] | None:
+        with self._lock:
+            ids = self._ids.get(text)
+            if ids is not None:
+                self._ids.move_to_end(text)
+        return None if ids is None else list(ids)
 
 
 def dialogue_ids(model, turns: list[tuple[str, str]], replies: ReplyTokens) -> list[int]:
@@ -248,7 +280,7 @@ async def _sse(req, head: dict, model, prompt_tokens: int | None, replies: Reply
                                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
 
     sd = StreamDecoder(model.tokenizer)
-    finish, n, text, ids = "length", 0, [], []
+    finish, n, text = "length", 0, []
     loop, ready = asyncio.get_running_loop(), asyncio.Event()
     req.listen(lambda: loop.call_soon_threadsafe(ready.set))  # no thread parked per token
     try:
@@ -270,7 +302,6 @@ async def _sse(req, head: dict, model, prompt_tokens: int | None, replies: Reply
                 if t == model.eos:
                     finish = "stop"
                     continue
-                ids.append(t)
                 piece = sd.push(t)
                 if piece:
                     text.append(piece)
@@ -281,7 +312,7 @@ async def _sse(req, head: dict, model, prompt_tokens: int | None, replies: Reply
         if tail:
             text.append(tail)
             yield chunk({"content": tail})
-        replies.record("".join(text), ids)  # EOS is not among them: it was skipped above
+        replies.record("".join(text), sd.ids)  # EOS is not among them: it is never pushed
         yield chunk({}, finish)
         if prompt_tokens is not None:
             yield "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [], "usage": {

@@ -90,7 +90,7 @@ class KVCache:
         self.lengths = np.zeros(0, dtype=np.int64)  # tokens cached per row
         self._kv: list[np.ndarray] = []
         self._reserve = 0
-        self._rows_bound = (0, 0)  # the run of rows whose buffers are bound (views; see _bind_rows)
+        self._rows_bound: tuple[int, int] | None = None  # the run of rows bound (views; see _bind_rows)
         self.last_all_logits: np.ndarray | None = None
 
     @property
@@ -101,7 +101,7 @@ class KVCache:
     def release(self) -> None:
         """Free the buffers; the next prefill allocates again (the caller must reset first)."""
         self._kv = []
-        self._rows_bound = (0, 0)
+        self._rows_bound = None
         self.binding = self.graph.sess.io_binding()
         self.capacity = 0
         self.batch = 0
@@ -113,7 +113,7 @@ class KVCache:
         otherwise they are allocated at the first prefill, at least `reserve` tokens long."""
         if batch != self.batch:
             self._kv = []
-            self._rows_bound = (0, 0)
+            self._rows_bound = None
             self.capacity = 0
             self.batch = batch
         self._reserve = min(reserve, self.max_length)
@@ -165,22 +165,15 @@ class KVCache:
             for new, prev in zip(self._kv, old, strict=True):
                 new[:, :, :keep] = prev[:, :, :keep]
         self.capacity = capacity
-        b = self.binding
-        io = self.m.io
-        for i in range(self.m.n_layer):
-            for j, kind in enumerate(("key", "value")):
-                buf = ort.OrtValue.ortvalue_from_numpy(self._kv[2 * i + j])
-                b.bind_ortvalue_input(io.kv_name("past", kind, i), buf)
-                b.bind_ortvalue_output(io.kv_name("present", kind, i), buf)
-        self._total = np.array(capacity, dtype=np.int32)  # an upper bound is all GQA needs
-        b.bind_cpu_input(self.graph.names["total_sequence_length"], self._total)
-        if self.m.all_logits:  # [batch, seq, vocab] varies per call: let onnxruntime allocate it
-            b.bind_output(self.graph.logits_name, "cpu")
-            self._logits_slot = 2 * self.m.n_layer  # outputs come back in binding order: KV first
-        else:  # [batch, 1, vocab]: one buffer serves every call
+        if not self.m.all_logits:  # [batch, 1, vocab]: one buffer serves every call (bound by _bind_rows)
             self._logits = np.empty((self.batch, 1, self.m.vocab_size), dtype=np.float32)
-            b.bind_ortvalue_output(self.graph.logits_name, ort.OrtValue.ortvalue_from_numpy(self._logits))
-        self._rows_bound = (0, self.batch)
+        self._rows_bound = None  # the new buffers: bind them
+        self._bind_rows(0, self.batch)
+        self._total = np.array(capacity, dtype=np.int32)  # an upper bound is all GQA needs
+        self.binding.bind_cpu_input(self.graph.names["total_sequence_length"], self._total)
+        if self.m.all_logits:  # [batch, seq, vocab] varies per call: let onnxruntime allocate it
+            self.binding.bind_output(self.graph.logits_name, "cpu")
+            self._logits_slot = 2 * self.m.n_layer  # outputs come back in binding order: KV first
         self._step_ready = False
 
     def _ensure_capacity(self, needed: int, padded: int | None = None) -> None:
