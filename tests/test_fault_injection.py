@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -227,16 +226,26 @@ def test_symlink_out_dir_refused(workspace):
     assert tree(workspace / "data") == before
 
 
-def _kill_during_export(cmd: list[str], cwd: Path, sig: int, after: float = 6.0) -> subprocess.Popen:
+# The child is the real export CLI whose parity step announces itself and then waits: the signal lands
+# in the middle of an export (files written to the temporary dir, nothing published) on any machine.
+_PAUSED_EXPORT = (
+    "import sys, time\n"
+    "import export.pipeline as pipeline\n"
+    "def paused(*args, **kwargs):\n"
+    "    print('verifying', flush=True)\n"
+    "    time.sleep(600)\n"
+    "pipeline.check_parity = paused\n"
+    "from export.__main__ import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def _kill_during_export(cmd: list[str], cwd: Path, sig: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "export", *cmd, "--quiet"], cwd=cwd, env=env,
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_EXPORT, *cmd, "--quiet"], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    # wait until the export is under way (its temporary dir exists), then a little longer
-    while time.time() < deadline and not list(cwd.glob(".*.partial-*")) and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(after)
-    assert proc.poll() is None, "the export finished before the signal: make it longer"
+    assert proc.stdout.readline() == "verifying\n", proc.stderr.read()
+    assert list(cwd.glob(".*.partial-*")), "the export is under way: its temporary dir exists"
     proc.send_signal(sig)
     proc.wait(120)
     return proc
@@ -247,8 +256,8 @@ def test_signal_leaves_nothing_and_keeps_the_old_export(workspace, sig):
     """A killed --overwrite export leaves the previous export byte for byte, and no temporary dir."""
     assert run_export("src", "out", *FAST, cwd=workspace).returncode == 0
     before = tree(workspace)
-    proc = _kill_during_export(["src", "out", "--overwrite", "--variant", "fp32", "--n-prompts", "4",
-                                "--parity-tokens", "200"], workspace, sig, after=1.0)
+    proc = _kill_during_export(["src", "out", "--overwrite", "--variant", "fp32"],
+                               workspace, sig)
     err = proc.stderr.read().strip()
     assert proc.returncode == 128 + sig, err
     assert err == f"interrupted by {signal.Signals(sig).name}: nothing written"
@@ -258,8 +267,7 @@ def test_signal_leaves_nothing_and_keeps_the_old_export(workspace, sig):
 
 def test_stale_partial_of_a_killed_export_is_cleaned(workspace):
     """SIGKILL cannot be caught: the next export to the same OUT_DIR removes what the dead one left."""
-    proc = _kill_during_export(["src", "out", "--variant", "fp32", "--n-prompts", "4", "--parity-tokens", "200"],
-                               workspace, signal.SIGKILL, after=0.5)
+    proc = _kill_during_export(["src", "out", "--variant", "fp32"], workspace, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert list(workspace.glob(".out.partial-*"))
     assert run_export("src", "out", *FAST, cwd=workspace).returncode == 0
@@ -720,32 +728,44 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_turn(exported):
 
 
 PTY_DRIVER = r"""
-import os, pty, sys, time
+import os, pty, select, sys, time
+# The child is the real chat CLI with every token paced at 20 ms, so its 1000-token reply lasts 20 s: only
+# the Ctrl-C ends it, however fast the machine (unpaced, the tiny model's reply ended before a fixed sleep).
+CHILD = (
+    "import sys, time\n"
+    "import runtime.text as text\n"
+    "push = text.StreamDecoder.push\n"
+    "text.StreamDecoder.push = lambda self, token: (time.sleep(0.02), push(self, token))[1]\n"
+    "from runtime.__main__ import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
 pid, fd = pty.fork()
 if pid == 0:
-    os.execv(sys.executable, [sys.executable, "-m", "runtime", "chat", sys.argv[1],
+    os.execv(sys.executable, [sys.executable, "-c", CHILD, "chat", sys.argv[1],
                               "--max-new-tokens", "1000", "--min-new-tokens", "1000"])
 screen = b""
-def read_until(marker, start=0, timeout=30):
+def read_until(done, timeout=30):
     global screen
     end = time.time() + timeout
-    while marker not in screen[start:] and time.time() < end:
+    while not done() and time.time() < end:
+        if not select.select([fd], [], [], 0.5)[0]:
+            continue
         try:
             screen += os.read(fd, 4096)
         except OSError:
             break
-    return marker in screen[start:]
-steps = [read_until(b">>> You: ")]
+    return done()
+steps = [read_until(lambda: b">>> You: " in screen)]
 os.write(fd, b"Tell me a very long story\n")
-steps.append(read_until(b"Bot: "))
-time.sleep(0.3)
-os.write(fd, b"\x03")                      # Ctrl-C during the reply
-steps.append(read_until(b"(stopped)"))
-steps.append(read_until(b">>> You: ", start=screen.find(b"(stopped)")))
-time.sleep(0.3)
-os.write(fd, b"\x03")                      # Ctrl-C at the prompt
-read_until(b"never printed", timeout=15)   # drain until the child closes the terminal
-end = time.time() + 15                     # closing the terminal comes a moment before the exit
+bot = lambda: screen.find(b"Bot: ")
+# the event: reply text is streaming (some characters after "Bot: ")
+steps.append(read_until(lambda: bot() >= 0 and len(screen) > bot() + len(b"Bot: ") + 8))
+os.write(fd, b"\x03")                                   # Ctrl-C during the reply
+steps.append(read_until(lambda: b"(stopped)" in screen))
+steps.append(read_until(lambda: b">>> You: " in screen[screen.find(b"(stopped)"):]))
+os.write(fd, b"\x03")                                   # Ctrl-C at the prompt
+read_until(lambda: False, timeout=15)                   # drain until the child closes the terminal
+end = time.time() + 15                                  # closing the terminal comes a moment before the exit
 done, status = os.waitpid(pid, os.WNOHANG)
 while not done and time.time() < end:
     time.sleep(0.05)
@@ -754,6 +774,7 @@ if not done:
     os.kill(pid, 9)
     os.waitpid(pid, 0)
 print(steps, os.waitstatus_to_exitcode(status) if done else "still running")
+print(screen.decode(errors="replace"), file=sys.stderr)
 """
 
 
@@ -764,7 +785,7 @@ def test_ctrl_c_interactive_session(exported, tmp_path):
     driver.write_text(PTY_DRIVER)
     proc = subprocess.run([sys.executable, str(driver), str(exported("fp32"))], cwd=ROOT, capture_output=True,
                           text=True, timeout=180)
-    assert proc.stdout.strip() == "[True, True, True, True] 130", (proc.stdout, proc.stderr)
+    assert proc.stdout.strip() == "[True, True, True, True] 130", (proc.stdout, proc.stderr[-3000:])
 
 
 def test_internal_errors_are_not_exit_1(tmp_path, hf_dir, monkeypatch, capsys):
