@@ -19,8 +19,7 @@ def measure(ckpt_dir: str, conversations: int, budgets: list[int], min_turn: int
     import torch
     from tqdm import tqdm
 
-    from export.checkpoint import load_checkpoint
-    from export.parity import torch_model
+    from export.checkpoint import load_checkpoint, torch_model
     from export.tokenizer import build_tokenizer
     from runtime.text import encode_turn
     from training.corpora import DIALOGPT_TOKENIZER, topical_chat

@@ -38,12 +38,13 @@ def held_out(model, n: int) -> tuple[list[list[int]], list[str]]:
     return [c for c, _ in picked], [model.decode(r) for _, r in picked]
 
 
-def run_system(model, contexts: list[list[int]], **kw) -> tuple[list[str], list[float]]:
+def run_system(replier, contexts: list[list[int]], seeded: bool, **kw) -> tuple[list[str], list[float]]:
+    """`replier`: a DialogModel or an MMIReranker (both generate one reply per prompt)."""
     texts, ms = [], []
     for i, c in enumerate(contexts):
-        extra = {"seed": i} if kw.get("do_sample") or kw.get("rerank") else {}
+        extra = {"seed": i} if seeded else {}
         t = time.perf_counter()
-        texts.append(model.generate(c, **kw, **extra).text)
+        texts.append(replier.generate(c, **kw, **extra).text)
         ms.append((time.perf_counter() - t) * 1e3)
     return texts, ms
 
@@ -113,20 +114,22 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     import runtime
-    from runtime.mmi import MMIOptions
+    from runtime.mmi import MMIOptions, MMIReranker
 
     try:
-        model = runtime.load(a.model_dir, threads=a.threads, backward=a.backward)
-    except (runtime.ModelDirError, ValueError) as e:
+        model, backward = runtime.load(a.model_dir, threads=a.threads), runtime.load(a.backward, threads=a.threads)
+        MMIReranker(model, backward)  # the pair fits: one line now, not a trace later
+    except runtime.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     p = QUICK if a.quick else FULL
     contexts, refs = held_out(model, p["contexts"])
-    systems = {"greedy": {}, "top-k 50": {"do_sample": True, "top_k": 50},
-               **{f"MMI N={n}": {"rerank": MMIOptions(candidates=n), "top_k": 50} for n in ns}}
+    systems = {"greedy": (model, {}), "top-k 50": (model, {"do_sample": True, "top_k": 50}),
+               **{f"MMI N={n}": (MMIReranker(model, backward, MMIOptions(candidates=n)), {"top_k": 50}) for n in ns}}
     results = {}
-    for name, kw in tqdm(systems.items(), desc="systems", unit="system"):
-        texts, ms = run_system(model, contexts, max_new_tokens=p["max_new_tokens"], **kw)
+    for name, (replier, kw) in tqdm(systems.items(), desc="systems", unit="system"):
+        seeded = replier is not model or kw.get("do_sample", False)
+        texts, ms = run_system(replier, contexts, seeded, max_new_tokens=p["max_new_tokens"], **kw)
         results[name] = {**metrics(texts, refs, ms), "samples": texts[:5]}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -112,8 +112,7 @@ def speed(models: dict, prompt: list[int], tokens: int, repeats: int) -> dict[st
 def measure(checkpoint: str, names: list[str], out: Path, p: dict, threads: int) -> tuple[dict, int]:
     """(results per variant, number of perplexity replies)"""
     import runtime
-    from export.checkpoint import load_checkpoint
-    from export.parity import torch_model
+    from export.checkpoint import load_checkpoint, torch_model
     from training.evaluate import reply_perplexity as torch_perplexity
 
     dirs = export_variants(checkpoint, names, out, threads)

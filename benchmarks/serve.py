@@ -3,7 +3,7 @@
     python -m benchmarks.serve [CHECKPOINT ...] [--clients 1,4,8,16] [--quick] [--out DIR]
 
 Each CHECKPOINT (default: DialoGPT-small with random weights, and the bundled model) is exported to int8
-and served by `python -m runtime serve` in its own process (max batch = the most clients). Per level,
+and served by `python -m serve` in its own process (max batch = the most clients). Per level,
 every client holds its own multi-turn chat (Topical-Chat test_freq turns; each request carries the
 whole conversation, as an OpenAI client does, so the session cache is exercised) and streams every
 reply; replies are forced to a fixed length (min_tokens = max_tokens) so levels compare. Measured per
@@ -56,12 +56,12 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m runtime serve` in its own process, on a free loopback port; stopped by SIGTERM."""
+    """`python -m serve` in its own process, on a free loopback port; stopped by SIGTERM."""
 
     def __init__(self, model_dir: Path, max_batch: int, threads: int) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         port = self.url.rsplit(":", 1)[1]
-        self.proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", str(model_dir), "--port", port,
+        self.proc = subprocess.Popen([sys.executable, "-m", "serve", str(model_dir), "--port", port,
                                       "--max-batch", str(max_batch), "--max-queue", str(4 * max_batch),
                                       "--threads", str(threads)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
@@ -129,7 +129,7 @@ def chat_client(url: str, turns: list[str], max_tokens: int, deadline: float, ou
 
 
 def run_level(url: str, chats: list[list[str]], max_tokens: int, timeout_s: float) -> dict:
-    before = httpx.get(f"{url}/health", timeout=10).json()["session_cache"]
+    before = httpx.get(f"{url}/health", timeout=10).json()["prefix_cache"]
     records: list[dict] = []
     deadline = time.monotonic() + timeout_s
     t0 = time.perf_counter()
@@ -142,7 +142,7 @@ def run_level(url: str, chats: list[list[str]], max_tokens: int, timeout_s: floa
     ok = [r for r in records if r["ok"]]
     wall = max((r["end"] for r in ok), default=time.perf_counter()) - t0
     ttft, tpot = [r["ttft"] * 1e3 for r in ok], [r["tpot"] * 1e3 for r in ok]
-    after = httpx.get(f"{url}/health", timeout=10).json()["session_cache"]
+    after = httpx.get(f"{url}/health", timeout=10).json()["prefix_cache"]
     return {"clients": len(chats), "requests": len(records), "errors": len(records) - len(ok),
             "kv_reused_turns": after["hits"] - before["hits"],
             "kv_reused_tokens": after["reused_tokens"] - before["reused_tokens"],

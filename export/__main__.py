@@ -15,9 +15,9 @@ import traceback
 from runtime.cli import OneLineParser, finite_float, positive_int
 
 from .errors import ExportError, Interrupted, ParityError
-from .outdir import interruptible
 from .parity import Thresholds
 from .pipeline import VARIANTS, ExportOptions, export_model
+from .signals import interruptible
 
 INTERNAL_ERROR = 3  # exit 1 is "parity failed" only
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import ModelConfig, load_config
 from .errors import ExportError
-from .outdir import reraise_interruption
+from .signals import reraise_interruption
 
 WeightDict = dict[str, np.ndarray]
 
@@ -211,3 +211,21 @@ def load_checkpoint(source: str | Path, tokenizer_dir: str | Path | None = None)
         return load_directory(download(str(source)), tok)
     raise ExportError(f"{source} does not exist: give a checkpoint directory or a hub id such as "
                       "microsoft/DialoGPT-medium")
+
+
+def torch_model(ckpt: Checkpoint):  # -> GPT2LMHeadModel (transformers imported only when called)
+    """The checkpoint as transformers' GPT2LMHeadModel in fp32: the parity reference, the portable graph's
+    tracing source and the trainer's starting point."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = ckpt.config.to_hf_dict()
+    hf["tie_word_embeddings"] = ckpt.tied
+    config = GPT2Config(**hf)
+    # eager attention is GPT-2's reference math; transformers' SDPA path drops scale_attn_by_inverse_layer_idx
+    config._attn_implementation = "eager"
+    model = GPT2LMHeadModel(config).eval()
+    sd = {f"transformer.{k}": torch.from_numpy(v) for k, v in ckpt.weights.items() if k != "lm_head.weight"}
+    sd["lm_head.weight"] = torch.from_numpy(ckpt.weights.get("lm_head.weight", ckpt.weights["wte.weight"]))
+    model.load_state_dict(sd, strict=False)
+    return model

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.manifest import ModelShape
 from runtime.text import EOS_TOKEN_ID as DEFAULT_EOS
 
 from .errors import ExportError
@@ -34,6 +35,12 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def shape(self) -> ModelShape:
+        """What the runtime needs of it (the manifest's `model` table)."""
+        return ModelShape(self.n_layer, self.n_head, self.head_dim, self.n_positions, self.vocab_size,
+                          self.eos_token_id)
 
     def attention_scale(self, layer: int) -> float:
         scale = self.head_dim**-0.5 if self.scale_attn_weights else 1.0

@@ -7,8 +7,8 @@ Rules (checked before the checkpoint is loaded):
   nor be a symlink or a mount point.
 - Everything is written to a temporary dir beside OUT_DIR, then swapped in with one atomic rename
   (Linux renameat2 RENAME_EXCHANGE), so an old export stays intact until the new one is complete.
-- SIGINT, SIGTERM and SIGHUP remove the temporary dir (the CLI turns them into `Interrupted`); the
-  swap itself runs with them deferred.
+- SIGINT, SIGTERM and SIGHUP remove the temporary dir (the CLI turns them into `Interrupted`, see
+  signals.py); the swap itself runs with them deferred.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ import glob
 import json
 import os
 import shutil
-import signal
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from runtime.manifest import MANIFEST
 
-from .errors import ExportError, Interrupted
+from .errors import ExportError
+from .signals import deferred_signals
 
 PARTIAL = ".partial-"
 
@@ -171,55 +170,6 @@ def publish(tmp: TempDir, out: Path) -> None:
             if out.exists():
                 out.rmdir()  # empty
             tmp.path.rename(out)
-
-
-# -- signals -----------------------------------------------------------------------------------
-_TERMINATING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_state = {"installed": False, "deferring": False, "pending": 0, "received": 0}
-
-
-def _handler(signum: int, frame: object) -> None:
-    _state["received"] = signum
-    if _state["deferring"]:
-        _state["pending"] = signum
-        return
-    raise Interrupted(signum)
-
-
-def reraise_interruption() -> None:
-    """For broad `except` clauses around C-heavy calls (torch, safetensors): an Interrupted raised inside
-    them may come back as their own error; if a terminating signal arrived, it is the real cause."""
-    if _state["received"]:
-        raise Interrupted(_state["received"])
-
-
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP raise Interrupted in the main thread (for the CLI), so the pipeline's
-    cleanup runs whichever signal ends it."""
-    old = {s: signal.signal(s, _handler) for s in _TERMINATING}
-    _state["installed"], _state["received"] = True, 0
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        _state["installed"] = False
-
-
-@contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold terminating signals while the output is swapped in; raise afterwards if one came."""
-    if not _state["installed"]:
-        yield
-        return
-    _state["deferring"], _state["pending"] = True, 0
-    try:
-        yield
-    finally:
-        _state["deferring"] = False
-    if _state["pending"]:
-        raise Interrupted(_state["pending"])
 
 
 def disk_full(e: BaseException) -> bool:

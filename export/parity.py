@@ -11,15 +11,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
+from runtime.generate import generate_ids
+from runtime.graph import open_graph
 from runtime.manifest import Manifest
 from runtime.sampling import SamplingOptions
-from runtime.session import open_graph
 
-from .checkpoint import Checkpoint
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel
 
 
 @dataclass(frozen=True)
@@ -73,48 +76,31 @@ class ParityReport:
                 f"greedy agreement {self.greedy_agreement:.3f}, identical {self.greedy_identical}/{self.prompts}")
 
 
-def torch_model(ckpt: Checkpoint):  # -> GPT2LMHeadModel
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    hf = ckpt.config.to_hf_dict()
-    hf["tie_word_embeddings"] = ckpt.tied
-    config = GPT2Config(**hf)
-    # eager attention is GPT-2's reference math; transformers' SDPA path drops scale_attn_by_inverse_layer_idx
-    config._attn_implementation = "eager"
-    model = GPT2LMHeadModel(config).eval()
-    sd = {f"transformer.{k}": torch.from_numpy(v) for k, v in ckpt.weights.items() if k != "lm_head.weight"}
-    sd["lm_head.weight"] = torch.from_numpy(ckpt.weights.get("lm_head.weight", ckpt.weights["wte.weight"]))
-    model.load_state_dict(sd, strict=False)
-    return model
-
-
-def check_parity(ckpt: Checkpoint, model_dir: Path, manifest: Manifest, prompts: list[list[int]],
+def check_parity(ref: GPT2LMHeadModel, model_dir: Path, manifest: Manifest, prompts: list[list[int]],
                  new_tokens: int = 64, threads: int | None = None, progress: bool = True) -> ParityReport:
+    """`ref`: the checkpoint as transformers' model (checkpoint.torch_model); `model_dir` holds the graph
+    that `manifest` describes (the manifest need not be written yet)."""
     import torch
 
-    ref = torch_model(ckpt)
     dec = open_graph(model_dir, manifest, threads=threads).new_cache()
     # EOS is banned on both sides (min = max new tokens, as transformers' min_new_tokens does), so every
     # prompt yields exactly N comparable tokens
     opts = SamplingOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     diffs, means, top1, greedy, identical = [], [], [], [], 0
-    from runtime.generate import generate_ids
-
     for prompt in tqdm(prompts, desc="verify", unit="prompt", disable=not progress):
         steps: list[np.ndarray] = []
 
         def record(_: int, lg: np.ndarray, steps: list[np.ndarray] = steps) -> None:
             steps.append(lg[0].copy())
 
-        ids = [int(t[0]) for t in generate_ids(dec, [prompt], opts, manifest.eos_token_id, stop_at_eos=False,
+        ids = [int(t[0]) for t in generate_ids(dec, [prompt], opts, manifest.shape.eos_token_id, stop_at_eos=False,
                                                on_logits=record)]
         onnx_logits = np.stack(steps)
         with torch.no_grad():
             full = torch.tensor([prompt + ids])
             tf = ref(full).logits[0, len(prompt) - 1: len(prompt) - 1 + len(ids)].numpy()
             gen = ref.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                               do_sample=False, pad_token_id=manifest.eos_token_id,
+                               do_sample=False, pad_token_id=manifest.shape.eos_token_id,
                                attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
         torch_ids = gen[0, len(prompt):].tolist()
         d = np.abs(onnx_logits - tf)

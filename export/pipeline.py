@@ -1,7 +1,9 @@
 """The export pipeline: load → validate → build (fp32) → quantize → write → verify → manifest → publish.
 
 Everything is written into a temporary dir beside OUT_DIR and swapped in at the end, so a failed or
-interrupted export never leaves a half-written model dir (rules in outdir.py).
+interrupted export never leaves a half-written model dir (rules in outdir.py). Each thing is made once:
+one tokenizer, one torch model (the portable graph's source and the parity reference), one hash per
+file, one manifest write.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from runtime.graph_io import PORTABLE_IO, contrib_io
-from runtime.manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, write_manifest
+from runtime.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, file_table, write_manifest
 from runtime.text import encode_dialogue
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, torch_model
 from .errors import ExportError, ParityError
 from .graph import build_graph
 from .onnx_ops import model_bytes, save_model
@@ -117,7 +119,7 @@ def _manifest(ckpt: Checkpoint, opts: ExportOptions, quant: QuantConfig | None) 
         "variant": opts.variant,
         "graph": opts.graph,
         "source": ckpt.source,
-        "model": {**cfg.to_dict(), "head_dim": cfg.head_dim, "tied_embeddings": ckpt.tied},
+        "model": {**cfg.to_dict(), **cfg.shape.to_manifest(), "tied_embeddings": ckpt.tied},
         "io": io.to_manifest(),
         "quantization": asdict(quant) if quant else None,
         "tools": _versions(),
@@ -162,11 +164,13 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
         stages.close()
         raise ExportError(f"parity prompts need {longest} positions, the model has {ckpt.config.n_positions}: "
                           "give shorter prompts or fewer --parity-tokens")
+    ref = None  # the checkpoint as transformers' model: built once, when first needed (it holds a copy of the weights)
     with stages.stage("build"):
         if opts.graph == "portable":
             from .portable import build_portable
 
-            model = build_portable(ckpt, quant)  # traced and quantized with standard ops only
+            ref = torch_model(ckpt)
+            model = build_portable(ckpt, ref, quant)  # traced and quantized with standard ops only
         else:
             model = build_graph(ckpt, all_logits=opts.all_logits)
     if quant and opts.graph == "contrib":
@@ -176,19 +180,18 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
         tmp.expect(model_bytes(model) + 4_000_000)  # + tokenizer and manifest
         save_model(model, tmp.path / MODEL_FILE)
         del model
-        write_tokenizer(ckpt.tokenizer_files, tmp.path / TOKENIZER_FILE, eos, ckpt.config.vocab_size)
+        write_tokenizer(tok, ckpt.tokenizer_files, tmp.path / TOKENIZER_FILE, eos, ckpt.config.vocab_size)
         raw = _manifest(ckpt, opts, quant)
-        write_manifest(tmp.path, raw)
     with stages.stage("verify"):
-        parity = check_parity(ckpt, tmp.path, read_manifest(tmp.path), prompts, opts.parity_tokens,
-                              threads=opts.threads, progress=opts.progress)
+        parity = check_parity(ref or torch_model(ckpt), tmp.path, Manifest.from_dict(raw), prompts,
+                              opts.parity_tokens, threads=opts.threads, progress=opts.progress)
     stages.close()
     seconds = stages.seconds
     failures = parity.failures(opts.variant, opts.thresholds)
     raw["parity"] = {**parity.to_dict(), "reference": "transformers GPT2LMHeadModel fp32",
                      "thresholds": asdict(opts.thresholds), "passed": not failures}
     raw["export_seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    write_manifest(tmp.path, raw)
+    write_manifest(tmp.path, raw, file_table(tmp.path))
     if opts.verify and failures:
         raise ParityError(f"parity below thresholds ({'; '.join(failures)}): nothing written; "
                           "loosen the thresholds or use a more precise variant")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 from onnx import helper
@@ -21,20 +22,17 @@ from .checkpoint import Checkpoint
 from .onnx_ops import GraphEditor
 from .quantize import QuantConfig, dynamic_int8, quiet
 
-
-def _write_hf_dir(ckpt: Checkpoint, d: Path) -> None:
-    """optimum reads a transformers dir: write the normalized checkpoint as one."""
-    from .parity import torch_model
-
-    torch_model(ckpt).save_pretrained(d, safe_serialization=True)
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel
 
 
-def trace_with_optimum(ckpt: Checkpoint) -> onnx.ModelProto:
+def trace_with_optimum(ref: GPT2LMHeadModel) -> onnx.ModelProto:
+    """optimum reads a transformers dir: the checkpoint's torch model is written as one, then traced."""
     from optimum.exporters.onnx import main_export
 
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "hf", Path(tmp) / "onnx"
-        _write_hf_dir(ckpt, src)
+        ref.save_pretrained(src, safe_serialization=True)
         logging.disable(logging.WARNING)
         try:
             main_export(str(src), str(out), task="text-generation-with-past", do_validation=False,
@@ -99,9 +97,10 @@ def _tie_embedding(model: onnx.ModelProto, vocab: int) -> onnx.ModelProto:
     return ed.model()
 
 
-def build_portable(ckpt: Checkpoint, quant: QuantConfig | None) -> onnx.ModelProto:
+def build_portable(ckpt: Checkpoint, ref: GPT2LMHeadModel, quant: QuantConfig | None) -> onnx.ModelProto:
+    """`ref`: the checkpoint as transformers' model (checkpoint.torch_model), built once by the pipeline."""
     cfg = ckpt.config
-    model = trace_with_optimum(ckpt)
+    model = trace_with_optimum(ref)
 
     def tie(m: onnx.ModelProto) -> onnx.ModelProto:
         return _tie_embedding(m, cfg.vocab_size) if ckpt.tied else m

@@ -28,8 +28,9 @@ def build_tokenizer(files: dict[str, Path]) -> Tokenizer:
     return tok
 
 
-def write_tokenizer(files: dict[str, Path], out: Path, eos_token_id: int, vocab_size: int) -> None:
-    tok = build_tokenizer(files)
+def write_tokenizer(tok: Tokenizer, files: dict[str, Path], out: Path, eos_token_id: int, vocab_size: int) -> None:
+    """Check `tok` (built from `files` by build_tokenizer) against the model and write it: the checkpoint's own
+    tokenizer.json as is, else the one built from vocab.json + merges.txt."""
     if tok.token_to_id(EOS_TEXT) != eos_token_id:
         raise ExportError(f"the tokenizer maps {EOS_TEXT} to {tok.token_to_id(EOS_TEXT)}, the config's eos is "
                           f"{eos_token_id}: give the tokenizer that belongs to this checkpoint")

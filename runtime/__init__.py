@@ -1,8 +1,11 @@
 """dialogpt-onnx runtime: DialoGPT chat and generation on onnxruntime, without torch or transformers."""
 
 from .chat import ChatSession
-from .errors import ModelDirError
-from .model import DialogModel, Generation, Score, load
+from .errors import ContextOverflow, ModelDirError, UsageError
+from .mmi import MMIOptions, MMIReranker
+from .model import DialogModel, load
+from .results import Generation, Score
 from .sampling import SamplingOptions
 
-__all__ = ["ChatSession", "DialogModel", "Generation", "ModelDirError", "SamplingOptions", "Score", "load"]
+__all__ = ["ChatSession", "ContextOverflow", "DialogModel", "Generation", "MMIOptions", "MMIReranker",
+           "ModelDirError", "SamplingOptions", "Score", "UsageError", "load"]

@@ -1,7 +1,7 @@
 """CLI: python -m runtime chat MODEL_DIR [options] | python -m runtime generate MODEL_DIR "text" [options]
 
 Exit codes: 0 done, 2 a user error (one line on stderr), 3 an internal error (a bug: trace shown),
-130 interrupted by Ctrl-C.
+130 interrupted by Ctrl-C. The HTTP server is `python -m serve` (the serving package).
 
 Chat, piped (stdin not a terminal): exactly one output line per input line. An empty input line gives
 an empty output line; a line the model cannot take (invalid UTF-8, longer than the context) gives an
@@ -20,11 +20,10 @@ import signal
 import sys
 import traceback
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TextIO
 
 from .cli import OneLineParser, finite_float, nonnegative_int, positive_int
-from .errors import ModelDirError
+from .errors import UsageError
 
 # Every character Python's str.splitlines() breaks on: none may reach a piped reply line.
 _LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -54,12 +53,6 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mmi-forward-weight", type=finite_float, default=0.0)
 
 
-def _rerank(a: argparse.Namespace):  # -> MMIOptions | None
-    from .mmi import MMIOptions
-
-    return MMIOptions(candidates=a.mmi_candidates, forward_weight=a.mmi_forward_weight) if a.rerank else None
-
-
 def _gen_kwargs(a: argparse.Namespace) -> dict:
     return {k: getattr(a, k) for k in ("max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k",
                                        "top_p", "repetition_penalty", "no_repeat_ngram_size", "seed")}
@@ -73,20 +66,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     chat.add_argument("--max-history-tokens", type=positive_int, default=None,
                       help="tokens of history kept (older turns + the new one), oldest turns dropped first "
                            "(default 128)")
-    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the .[serve] extra)")
-    srv.add_argument("model_dir")
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=positive_int, default=8000)
-    srv.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together")
-    srv.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting before 429")
-    srv.add_argument("--session-cache-mb", type=float, default=256,
-                     help="memory for chats' KV between turns; least recently used chats are evicted (0: off)")
-    srv.add_argument("--threads", type=positive_int, default=None,
-                     help="onnxruntime threads (per replica with --ray; default: all CPUs, or a replica's share)")
-    srv.add_argument("--ray", action="store_true", help="run replicas on Ray Serve (needs the .[ray] extra)")
-    srv.add_argument("--replicas", type=positive_int, default=None, help="Ray Serve replicas (default 1; needs --ray)")
-    srv.add_argument("--ray-address", default=None,
-                     help="join this Ray cluster (e.g. auto, after `ray start`) instead of starting a local one")
     gen = sub.add_parser("generate", help="print the reply to one text")
     _options(gen)
     gen.add_argument("text")
@@ -158,7 +137,7 @@ def _repl(session, interactive: bool) -> None:
             continue
         try:
             pieces = session.stream(text)
-        except ValueError as e:  # this line only: say why and go on with the chat
+        except UsageError as e:  # this line only: say why and go on with the chat
             if piped:
                 out.write("\n")
                 out.flush()
@@ -175,57 +154,38 @@ def _repl(session, interactive: bool) -> None:
         out.flush()
 
 
-def _serve(a: argparse.Namespace) -> None:
-    if not a.ray and (a.replicas is not None or a.ray_address is not None):
-        raise ValueError("--replicas and --ray-address run on Ray Serve: add --ray")
-    if a.session_cache_mb < 0:
-        raise ValueError(f"--session-cache-mb must be >= 0 (0 turns the cache off), got {a.session_cache_mb:g}")
-    from .manifest import read_manifest
-
-    read_manifest(Path(a.model_dir), verify=False)  # a wrong dir: one line, before any server or cluster
-    try:
-        import uvicorn  # noqa: F401
-
-        from .server import serve
-    except ImportError:
-        raise ValueError("serving needs the serve extra: pip install 'dialogpt-onnx[serve]'") from None
-    if not a.ray:
-        serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_queue=a.max_queue,
-              session_cache_mb=a.session_cache_mb, threads=a.threads)
-        return
-    try:
-        import ray.serve  # noqa: F401
-    except ImportError:
-        raise ValueError("--ray needs the ray extra: pip install 'dialogpt-onnx[ray]'") from None
-    from .ray_serve import ReplicaSettings, serve_on_ray
-
-    settings = ReplicaSettings(a.model_dir, max_batch=a.max_batch, max_queue=a.max_queue,
-                               session_cache_mb=a.session_cache_mb, threads=a.threads)
-    serve_on_ray(settings, replicas=a.replicas or 1, host=a.host, port=a.port, address=a.ray_address)
+SERVE_MOVED = "error: the server is its own command now: python -m serve MODEL_DIR [options] (needs the serve extra)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["serve"]:  # one line, without importing the server
+        print(SERVE_MOVED, file=sys.stderr)
+        return 2
+    a = parse(args)
     # Invalid UTF-8 on stdin becomes lone surrogates, refused per line; unencodable output never crashes.
     sys.stdin.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
+        from .mmi import MMIOptions, MMIReranker
         from .model import load
 
-        if a.cmd == "serve":
-            _serve(a)
-            return 0
         if a.backward and not a.rerank:
-            raise ValueError("--backward is used by --rerank mmi: add --rerank mmi, or drop --backward")
-        model = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify,
-                     backward=a.backward)
+            raise UsageError("--backward is used by --rerank mmi: add --rerank mmi, or drop --backward")
+        if a.rerank and not a.backward:
+            raise UsageError("--rerank mmi needs a backward model: add --backward BACKWARD_DIR (an export of "
+                             "`python -m training --reverse`)")
+        replier = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify)
+        if a.rerank:
+            replier = MMIReranker(replier, load(a.backward, threads=a.threads, verify=not a.no_verify),
+                                  MMIOptions(candidates=a.mmi_candidates, forward_weight=a.mmi_forward_weight))
         if a.cmd == "generate":
-            print(model.generate(a.text, rerank=_rerank(a), **_gen_kwargs(a)).text)
+            print(replier.generate(a.text, **_gen_kwargs(a)).text)
             return 0
-        session = model.chat(max_history_tokens=a.max_history_tokens, rerank=_rerank(a), **_gen_kwargs(a))
+        session = replier.chat(max_history_tokens=a.max_history_tokens, **_gen_kwargs(a))
         _repl(session, interactive=sys.stdin.isatty())
         return 0
-    except (ModelDirError, ValueError, TypeError) as e:
+    except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -22,16 +22,16 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from tokenizers import Tokenizer
+
+from .checks import fits_context, integer
 from .generate import generate_ids, sample_with_logprobs
-from .model import Generation
+from .graph import Graph
+from .results import Generation
 from .sampling import SamplingOptions
 from .text import StreamDecoder
-
-if TYPE_CHECKING:
-    from .mmi import MMIReranker
-    from .model import DialogModel
 
 # Tokens of history (older turns + the new user turn) kept by default. Measured with benchmarks.history_budget on
 # the bundled 8 x 256 model (Topical-Chat test replies): NLL within 1% of the best from 32 to 128 tokens, 1.7-3% worse
@@ -39,13 +39,41 @@ if TYPE_CHECKING:
 DEFAULT_HISTORY_TOKENS = 128
 
 
+class ChatModel(Protocol):
+    """What a chat needs of its model (runtime.model.DialogModel)."""
+
+    graph: Graph
+    tokenizer: Tokenizer
+    eos: int
+
+    @property
+    def max_length(self) -> int: ...
+    def options(self, **kw: Any) -> SamplingOptions: ...
+    def encode_turn(self, text: str) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+
+
+class Ranked(Protocol):
+    best: Generation
+
+
+class Reranker(Protocol):
+    """What a chat needs of a reranker (runtime.mmi.MMIReranker): candidates per reply, how they are
+    sampled, and how they are ranked."""
+
+    forward: Any
+
+    @property
+    def candidates(self) -> int: ...
+    def sampling(self, opts: SamplingOptions) -> SamplingOptions: ...
+    def rerank(self, prompt: list[int], generations: list[Generation]) -> Ranked: ...
+
+
 class ChatSession:
-    def __init__(self, model: DialogModel, opts: SamplingOptions, max_history_tokens: int | None,
-                 reranker: MMIReranker | None = None) -> None:
-        budget = DEFAULT_HISTORY_TOKENS if max_history_tokens is None else max_history_tokens
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"max_history_tokens must be None (default {DEFAULT_HISTORY_TOKENS}) or an integer "
-                             f">= 1, got {max_history_tokens!r}")
+    def __init__(self, model: ChatModel, opts: SamplingOptions, max_history_tokens: int | None,
+                 reranker: Reranker | None = None) -> None:
+        budget = integer("max_history_tokens", max_history_tokens, 1, none=f"default {DEFAULT_HISTORY_TOKENS}")
+        budget = DEFAULT_HISTORY_TOKENS if budget is None else budget
         self._model = model
         self._opts = opts
         self._reranker = reranker  # MMI: each reply is the best of N sampled candidates, given whole
@@ -100,9 +128,7 @@ class ChatSession:
         """The reply to one user turn, as text pieces. Arguments are checked here, before any piece."""
         opts = self._model.options(**{**self._opts.__dict__, **options}) if options else self._opts
         new = self._model.encode_turn(user_text)
-        if len(new) + opts.max_new_tokens > self._limit:
-            raise ValueError(f"a turn of {len(new)} tokens + max_new_tokens {opts.max_new_tokens} exceeds the "
-                             f"context of {self._limit} tokens: shorten the message")
+        fits_context(len(new), opts.max_new_tokens, self._limit)
         with self._lock:
             self._finish_active()
             gen = self._turn(new, opts)
@@ -140,7 +166,7 @@ class ChatSession:
         but its last token, as a plain turn leaves it) and said whole."""
         assert self._reranker is not None
         sampling = self._reranker.sampling(opts)
-        n = self._reranker.options.candidates
+        n = self._reranker.candidates
         fork = self._cache.fork(n, reserve=len(history) + sampling.max_new_tokens)
         try:
             cands = sample_with_logprobs(fork, [prompt] * n, sampling, self._model.eos, keep_cache=True,

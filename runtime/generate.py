@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from .graph import Cache
 from .sampling import SamplingOptions, choose, process
 from .scoring import token_logprob
-from .session import KVCache
 
 
 def plain_greedy(opts: SamplingOptions) -> bool:
@@ -16,7 +16,7 @@ def plain_greedy(opts: SamplingOptions) -> bool:
             and opts.min_new_tokens == 0)
 
 
-def generate_ids(dec: KVCache, prompts: list[list[int]], opts: SamplingOptions, eos: int,
+def generate_ids(dec: Cache, prompts: list[list[int]], opts: SamplingOptions, eos: int,
                  stop_at_eos: bool = True, keep_cache: bool = False,
                  on_logits: Callable[[int, np.ndarray], None] | None = None,
                  history: list[list[int]] | None = None) -> Iterator[np.ndarray]:
@@ -55,7 +55,7 @@ def generate_ids(dec: KVCache, prompts: list[list[int]], opts: SamplingOptions, 
         logits = dec.step(nxt, active=None if not done.any() else ~done)
 
 
-def sample_with_logprobs(dec: KVCache, prompts: list[list[int]], opts: SamplingOptions, eos: int,
+def sample_with_logprobs(dec: Cache, prompts: list[list[int]], opts: SamplingOptions, eos: int,
                          keep_cache: bool = False, history: list[list[int]] | None = None
                          ) -> list[tuple[list[int], float]]:
     """generate_ids to the end, with each row's tokens and their summed log-probability under the raw

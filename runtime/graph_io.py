@@ -41,13 +41,21 @@ class GraphIO:
                 "max_kv_length": self.max_kv_length}
 
     @classmethod
-    def from_manifest(cls, io: dict[str, Any]) -> GraphIO:
-        """Raises KeyError / TypeError on a malformed table (the manifest reader turns that into one line)."""
+    def from_manifest(cls, io: object) -> GraphIO:
+        """The manifest's io table, checked: raises TypeError naming what is wrong (the manifest reader turns
+        that into one line)."""
+        if not isinstance(io, dict):
+            raise TypeError("lacks 'io'")
+        for k in ("inputs", "outputs", "past_key", "past_value", "present_key", "present_value", "logits"):
+            if k not in io:
+                raise TypeError(f"lacks io.{k}")
         if not isinstance(io["inputs"], dict) or not all(isinstance(v, str) for v in io["inputs"].values()):
-            raise TypeError("io.inputs must map roles to names")
+            raise TypeError("has malformed io.inputs: they must map roles to names")
+        if not isinstance(io["outputs"], dict) or not isinstance(io["outputs"].get("logits"), str):
+            raise TypeError("has malformed io.outputs: they must name the logits")
         texts = {k: io[k] for k in ("past_key", "past_value", "present_key", "present_value", "logits")}
-        if not all(isinstance(v, str) for v in texts.values()) or not isinstance(io["outputs"]["logits"], str):
-            raise TypeError("io names must be strings")
+        if not all(isinstance(v, str) for v in texts.values()):
+            raise TypeError("has a malformed io table: its names must be strings")
         return cls(inputs=dict(io["inputs"]), logits=io["outputs"]["logits"], past_key=texts["past_key"],
                    past_value=texts["past_value"], present_key=texts["present_key"],
                    present_value=texts["present_value"], logits_positions=texts["logits"],

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .checks import is_integer
 from .errors import ModelDirError
 from .graph_io import GraphIO
 
@@ -26,38 +27,46 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 @dataclass(frozen=True)
-class Manifest:
-    raw: dict[str, Any]
-    io: GraphIO
+class ModelShape:
+    """The shape of a GPT-2 model as far as running it goes: the manifest's `model` table. The exporter's
+    ModelConfig and the trainer's settings describe a model through this one type."""
+
+    n_layer: int
+    n_head: int
+    head_dim: int
+    n_positions: int
+    vocab_size: int
+    eos_token_id: int
 
     @property
-    def n_layer(self) -> int:
-        return int(self.raw["model"]["n_layer"])
-
-    @property
-    def n_head(self) -> int:
-        return int(self.raw["model"]["n_head"])
-
-    @property
-    def head_dim(self) -> int:
-        return int(self.raw["model"]["head_dim"])
-
-    @property
-    def n_positions(self) -> int:
-        return int(self.raw["model"]["n_positions"])
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.raw["model"]["vocab_size"])
-
-    @property
-    def eos_token_id(self) -> int:
-        return int(self.raw["model"]["eos_token_id"])
+    def n_embd(self) -> int:
+        return self.n_head * self.head_dim
 
     @property
     def kv_bytes_per_token(self) -> int:
         """KV cache bytes one token costs per row: K and V, every layer, float32."""
         return 2 * self.n_layer * self.n_head * self.head_dim * 4
+
+    def to_manifest(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, model: object) -> ModelShape:
+        """Raises TypeError naming the first missing or invalid key (read_manifest turns it into one line)."""
+        if not isinstance(model, dict):
+            raise TypeError("lacks 'model'")
+        for f in fields(cls):
+            v = model.get(f.name)
+            if not is_integer(v) or v < (0 if f.name == "eos_token_id" else 1):
+                raise TypeError(f"lacks a valid model.{f.name}")
+        return cls(**{f.name: int(model[f.name]) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Manifest:
+    raw: dict[str, Any]
+    shape: ModelShape
+    io: GraphIO
 
     @property
     def variant(self) -> str:
@@ -71,38 +80,15 @@ class Manifest:
     def all_logits(self) -> bool:
         return self.io.all_logits
 
-
-# What the runtime reads from a manifest; a manifest lacking any of it is refused in one line.
-_MODEL_KEYS = ("n_layer", "n_head", "head_dim", "n_positions", "vocab_size", "eos_token_id")
-_IO_KEYS = ("inputs", "outputs", "past_key", "past_value", "present_key", "present_value", "logits")
-
-
-def _check_structure(raw: dict[str, Any], path: Path) -> GraphIO:
-    def bad(what: str) -> ModelDirError:
-        return ModelDirError(f"{path} {what}: re-export the model")
-
-    if not isinstance(raw.get("files"), dict) or not all(isinstance(v, str) for v in raw["files"].values()):
-        raise bad("has no valid 'files' table")
-    model, io = raw.get("model"), raw.get("io")
-    if not isinstance(model, dict):
-        raise bad("lacks 'model'")
-    for k in _MODEL_KEYS:
-        if isinstance(model.get(k), bool) or not isinstance(model.get(k), int) or model[k] < (0 if k == "eos_token_id"
-                                                                                              else 1):
-            raise bad(f"lacks a valid model.{k}")
-    if not isinstance(io, dict):
-        raise bad("lacks 'io'")
-    for k in _IO_KEYS:
-        if k not in io:
-            raise bad(f"lacks io.{k}")
-    if not isinstance(io["inputs"], dict) or not isinstance(io["outputs"], dict) or "logits" not in io["outputs"]:
-        raise bad("has malformed io.inputs / io.outputs")
-    if not isinstance(raw.get("variant"), str):
-        raise bad("lacks 'variant'")
-    try:
-        return GraphIO.from_manifest(io)
-    except (KeyError, TypeError) as e:
-        raise bad(f"has a malformed io table ({e})") from None
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: Path | str = MANIFEST) -> Manifest:
+        """Check the structure the runtime reads (model shape, I/O table, variant) and type it."""
+        try:
+            if not isinstance(raw.get("variant"), str):
+                raise TypeError("lacks 'variant'")
+            return cls(raw, ModelShape.from_manifest(raw.get("model")), GraphIO.from_manifest(raw.get("io")))
+        except TypeError as e:
+            raise ModelDirError(f"{where} {e}: re-export the model") from None
 
 
 def read_manifest(model_dir: Path, verify: bool = True) -> Manifest:
@@ -121,14 +107,16 @@ def read_manifest(model_dir: Path, verify: bool = True) -> Manifest:
     if not isinstance(raw, dict):
         raise ModelDirError(f"{path} is not a JSON object: re-export the model")
     version = raw.get("format_version")
-    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+    if is_integer(version) and version > FORMAT_VERSION:
         raise ModelDirError(f"{path} has format version {version}, written by a newer dialogpt-onnx; this one "
                             f"reads version {FORMAT_VERSION}: upgrade dialogpt-onnx")
     if version != FORMAT_VERSION:
         raise ModelDirError(f"{path} has format version {version!r}, this runtime reads {FORMAT_VERSION}: "
                             "re-export the model with this version of dialogpt-onnx")
-    io = _check_structure(raw, path)
-    files: dict[str, str] = raw["files"]
+    files = raw.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ModelDirError(f"{path} has no valid 'files' table: re-export the model")
+    manifest = Manifest.from_dict(raw, path)
     sizes: dict[str, int] = raw.get("file_sizes", {})
     for name in (MODEL_FILE, TOKENIZER_FILE):
         if name not in files:
@@ -143,13 +131,21 @@ def read_manifest(model_dir: Path, verify: bool = True) -> Manifest:
         if verify and sha256(f) != digest:
             raise ModelDirError(f"{f} does not match the sha256 in {MANIFEST} (corrupted or replaced): "
                                 "re-export or copy the file again")
-    return Manifest(raw, io)
+    return manifest
 
 
-def write_manifest(model_dir: Path, raw: dict[str, Any]) -> None:
-    """Fill in format version and file digests, then write manifest.json (called by the exporter)."""
-    raw = {"format_version": FORMAT_VERSION, **raw}
+def file_table(model_dir: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file in a model dir but the manifest: hashed once, by the exporter."""
     written = [f for f in sorted(model_dir.iterdir()) if f.is_file() and f.name != MANIFEST]
-    raw["files"] = {f.name: sha256(f) for f in written}
-    raw["file_sizes"] = {f.name: f.stat().st_size for f in written}  # checked at every load, even unverified
+    return {f.name: {"sha256": sha256(f), "size": f.stat().st_size} for f in written}
+
+
+def write_manifest(model_dir: Path, raw: dict[str, Any], files: dict[str, dict[str, Any]]) -> Manifest:
+    """Write manifest.json with the format version and the files' digests (from file_table) and return it
+    as the runtime reads it (called once per export)."""
+    raw = {"format_version": FORMAT_VERSION, **raw,
+           "files": {k: v["sha256"] for k, v in files.items()},
+           "file_sizes": {k: v["size"] for k, v in files.items()}}  # checked at every load, even unverified
+    manifest = Manifest.from_dict(raw)
     (model_dir / MANIFEST).write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    return manifest

@@ -9,13 +9,16 @@ model was trained. score = backward + forward_weight * forward, each a per-token
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from .model import DialogModel, Generation, Score
-    from .sampling import SamplingOptions
+from .chat import ChatSession
+from .checks import integer, number
+from .errors import UsageError
+from .model import DialogModel, load
+from .results import Generation, Score
+from .sampling import SamplingOptions
 
 
 @dataclass(frozen=True)
@@ -26,15 +29,11 @@ class MMIOptions:
     source_turns: int = 1  # history turns, newest first, that the backward model scores
 
     def validate(self) -> None:
-        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
-            raise ValueError(f"candidates must be an integer >= 1, got {self.candidates!r}")
-        if isinstance(self.source_turns, bool) or not isinstance(self.source_turns, int) or self.source_turns < 1:
-            raise ValueError(f"source_turns must be an integer >= 1, got {self.source_turns!r}")
+        integer("candidates", self.candidates, 1)
+        integer("source_turns", self.source_turns, 1)
         if self.reduce not in ("mean", "sum"):
-            raise ValueError(f"reduce must be 'mean' or 'sum', got {self.reduce!r}")
-        w = self.forward_weight
-        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
-            raise ValueError(f"forward_weight must be a finite number, got {w!r}")
+            raise UsageError(f"reduce must be 'mean' or 'sum', got {self.reduce!r}", "reduce")
+        number("forward_weight", self.forward_weight)
 
 
 @dataclass(frozen=True)
@@ -52,13 +51,13 @@ class Reranked:
 
 def check_compatible(forward: DialogModel, backward: DialogModel) -> None:
     """The backward model must read the forward model's tokens: same vocabulary, EOS and tokenizer."""
-    f, b = forward.manifest, backward.manifest
+    f, b = forward.manifest.shape, backward.manifest.shape
     if f.vocab_size != b.vocab_size or f.eos_token_id != b.eos_token_id:
-        raise ValueError(f"backward model {backward.dir} has vocabulary {b.vocab_size} / EOS {b.eos_token_id}, the "
+        raise UsageError(f"backward model {backward.dir} has vocabulary {b.vocab_size} / EOS {b.eos_token_id}, the "
                          f"forward model {f.vocab_size} / {f.eos_token_id}: give a backward model trained with the "
                          "same tokenizer")
     if forward.tokenizer.to_str() != backward.tokenizer.to_str():
-        raise ValueError(f"backward model {backward.dir} has another tokenizer than the forward model: give a "
+        raise UsageError(f"backward model {backward.dir} has another tokenizer than the forward model: give a "
                          "backward model trained with the same tokenizer")
 
 
@@ -77,7 +76,8 @@ def source_turns(ids: list[int], eos: int, n: int) -> list[int]:
 
 
 class MMIReranker:
-    """Forward and backward model, loaded once; safe to share between threads (both models are)."""
+    """The forward and backward model pair, loaded once; safe to share between threads (both models are).
+    generate() and chat() give the best of `options.candidates` sampled replies."""
 
     def __init__(self, forward: DialogModel, backward: DialogModel, options: MMIOptions | None = None) -> None:
         check_compatible(forward, backward)
@@ -85,13 +85,25 @@ class MMIReranker:
         self.options = options or MMIOptions()
         self.options.validate()
 
+    @classmethod
+    def load(cls, forward_dir: str | Path, backward_dir: str | Path, options: MMIOptions | None = None,
+             threads: int | None = None, max_length: int | None = None, verify: bool = True) -> MMIReranker:
+        """Open both exported model dirs (the backward one from `python -m training --reverse`)."""
+        forward = load(forward_dir, threads=threads, max_length=max_length, verify=verify)
+        return cls(forward, load(backward_dir, threads=threads, verify=verify), options)
+
+    @property
+    def candidates(self) -> int:
+        """Sampled replies per turn."""
+        return self.options.candidates
+
     def _reduce(self, total: float, n: int) -> float:
         return total / n if self.options.reduce == "mean" else total
 
     def rerank(self, prompt: list[int], generations: list[Generation]) -> Reranked:
         """Score candidates for one prompt (token ids ending where the reply starts) and sort them."""
         if not generations:
-            raise ValueError("no candidates to rerank")
+            raise UsageError("no candidates to rerank")
         eos = self.forward.eos
         source = source_turns(prompt, eos, self.options.source_turns)
         replies = [g.ids if g.ids[-1:] == [eos] else [*g.ids, eos] for g in generations]
@@ -107,7 +119,16 @@ class MMIReranker:
 
     def reply(self, prompt: str | list[int], **sampling: Any) -> Reranked:
         """Sample `candidates` replies (see sampling()) and return them reranked."""
-        return self.candidates(self.forward.prompt_ids(prompt), self.forward.options(**sampling))
+        return self.reply_ids(self.forward.prompt_ids(prompt), self.forward.options(**sampling))
+
+    def generate(self, prompt: str | list[int], **sampling: Any) -> Generation:
+        """The best reply to one prompt, with every candidate's scores in `.candidates` (best first)."""
+        out = self.reply(prompt, **sampling)
+        return replace(out.best, candidates=out.candidates)
+
+    def chat(self, max_history_tokens: int | None = None, **options: Any) -> ChatSession:
+        """A conversation on the forward model whose every reply is the best of `candidates`."""
+        return self.forward.chat(max_history_tokens, reranker=self, **options)
 
     @staticmethod
     def sampling(opts: SamplingOptions) -> SamplingOptions:
@@ -115,7 +136,7 @@ class MMIReranker:
         they set no top-k."""
         return replace(opts, do_sample=True, top_k=opts.top_k or 50)
 
-    def candidates(self, prompt: list[int], opts: SamplingOptions) -> Reranked:
+    def reply_ids(self, prompt: list[int], opts: SamplingOptions) -> Reranked:
         """reply() for token ids and checked options."""
         cands = self.forward.generate(prompt, num_return_sequences=self.options.candidates,
                                       **asdict(self.sampling(opts)))

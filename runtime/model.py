@@ -1,82 +1,41 @@
-"""The public runtime API: load a model dir, generate, stream, chat.
+"""The public runtime API: load a model dir, generate, stream, score, chat.
 
-A loaded DialogModel is safe to share between threads: it holds the onnxruntime session (whose `run`
-is thread-safe), the tokenizer and the manifest, all read-only after load. Every call to generate() or
-stream() owns a fresh KV cache, and every ChatSession owns its own, so concurrent callers never share
+A loaded DialogModel is safe to share between threads: it holds the graph (whose onnxruntime `run` is
+thread-safe), the tokenizer and the manifest, all read-only after load. Every call to generate() or
+stream() owns a fresh cache, and every ChatSession owns its own, so concurrent callers never share
 mutable state and each gets exactly the reply it would get alone.
 """
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from .chat import ChatSession, Reranker
+from .checks import fits_context, integer, is_integer
+from .errors import UsageError
 from .generate import generate_ids, sample_with_logprobs
+from .graph import open_graph
 from .manifest import TOKENIZER_FILE, Manifest, read_manifest
+from .results import Generation, Score
 from .sampling import SamplingOptions
 from .scoring import batch_reply_logprobs
-from .session import open_graph
 from .text import StreamDecoder, encode_dialogue, encode_turn, load_tokenizer
-
-if TYPE_CHECKING:
-    from .chat import ChatSession
-    from .mmi import MMIOptions, MMIReranker
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    ids: list[int]
-    logprob: float | None = None  # log p(ids | prompt) under the model's raw logits
-    candidates: list | None = None  # rerank="mmi": every candidate (runtime.mmi.Candidate), best first
-
-
-@dataclass(frozen=True)
-class Score:
-    """log p(reply | context) under the model: natural-log probabilities of the reply's tokens (its
-    closing <|endoftext|> included when the reply was given as text)."""
-    token_logprobs: list[float]
-
-    @property
-    def sum_logprob(self) -> float:
-        return float(sum(self.token_logprobs))
-
-    @property
-    def mean_logprob(self) -> float:
-        return self.sum_logprob / len(self.token_logprobs)
-
-
-def _check_positive_int(name: str, value: object, what: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
-        raise ValueError(f"{name} must be None ({what}) or an integer >= 1, got {value!r}")
-
-
-def _is_ids(x: object) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool | np.bool_)
 
 
 class DialogModel:
     def __init__(self, model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-                 verify: bool = True, backward: str | Path | None = None) -> None:
-        _check_positive_int("threads", threads, "all cores")
-        _check_positive_int("max_length", max_length, "the model's context")
+                 verify: bool = True) -> None:
+        integer("threads", threads, 1, none="all cores")
+        integer("max_length", max_length, 1, none="the model's context")
         self.dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.dir, verify=verify)
         self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)
         self.graph = open_graph(self.dir, self.manifest, threads=threads, max_length=max_length)
-        self.eos = self.manifest.eos_token_id
-        # the backward model MMI reranking scores candidates with (python -m training --reverse)
-        self.backward: DialogModel | None = None
-        if backward is not None:
-            from .mmi import check_compatible
-
-            self.backward = DialogModel(backward, threads=threads, verify=verify)
-            check_compatible(self, self.backward)
+        self.eos = self.manifest.shape.eos_token_id
 
     @property
     def max_length(self) -> int:
@@ -86,14 +45,14 @@ class DialogModel:
     @property
     def kv_bytes_per_token(self) -> int:
         """KV cache memory one token of context costs (per batch row)."""
-        return self.manifest.kv_bytes_per_token
+        return self.manifest.shape.kv_bytes_per_token
 
     # -- helpers -------------------------------------------------------------------------------
     def options(self, **kw: Any) -> SamplingOptions:
         try:
             opts = SamplingOptions(**kw)
         except TypeError as e:
-            raise ValueError(f"unknown generation option: {e}") from None
+            raise UsageError(f"unknown generation option: {e}") from None
         opts.validate()
         return opts
 
@@ -107,13 +66,13 @@ class DialogModel:
             return self.encode_turn(item)
         if isinstance(item, np.ndarray):
             item = item.tolist()
-        if not isinstance(item, Sequence) or isinstance(item, bytes | bytearray) or not all(map(_is_ids, item)):
+        if not isinstance(item, Sequence) or isinstance(item, bytes | bytearray) or not all(map(is_integer, item)):
             raise TypeError(f"each input must be a str or a list of token ids, got {_describe(item)}")
         ids = [int(t) for t in item]
         if not ids:
-            raise ValueError("input ids must be a non-empty list")
-        if min(ids) < 0 or max(ids) >= self.manifest.vocab_size:
-            raise ValueError(f"input ids must lie in [0, {self.manifest.vocab_size})")
+            raise UsageError("input ids must be a non-empty list")
+        if min(ids) < 0 or max(ids) >= self.manifest.shape.vocab_size:
+            raise UsageError(f"input ids must lie in [0, {self.manifest.shape.vocab_size})")
         return ids
 
     def prompt_ids(self, item: str | list[int]) -> list[int]:
@@ -133,44 +92,29 @@ class DialogModel:
         if not isinstance(inputs, Sequence):
             raise TypeError(f"inputs must be a str, a list of token ids, or a list of those; got {_describe(inputs)}")
         if not inputs:
-            raise ValueError("inputs must not be empty")
-        if all(map(_is_ids, inputs)):  # numpy ints count too
+            raise UsageError("inputs must not be empty")
+        if all(map(is_integer, inputs)):  # numpy ints count too
             return [self._prompt(inputs)], True
         return [self._prompt(x) for x in inputs], False
 
     def check_fits(self, n_prompt: int, opts: SamplingOptions) -> None:
-        limit = self.max_length
-        if n_prompt + opts.max_new_tokens > limit:
-            raise ValueError(f"input of {n_prompt} tokens + max_new_tokens {opts.max_new_tokens} exceeds the "
-                             f"context of {limit}: shorten the input or lower max_new_tokens")
+        fits_context(n_prompt, opts.max_new_tokens, self.max_length)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i != self.eos], skip_special_tokens=True)
 
     # -- API -----------------------------------------------------------------------------------
     def generate(self, inputs: str | list[int] | list[str] | list[list[int]], num_return_sequences: int = 1,
-                 rerank: str | MMIOptions | None = None, **options: Any
-                 ) -> Generation | list[Generation] | list[list[Generation]]:
+                 **options: Any) -> Generation | list[Generation] | list[list[Generation]]:
         """Reply to one prompt (text or ids) or a batch of them. Text is encoded as one DialoGPT turn.
         num_return_sequences=N (sampling only) gives N candidates per prompt, generated as one batch: a
         list for one prompt, a list of lists for a batch. Every Generation carries its forward
         log-probability under the model (sum over its tokens, EOS included when generated).
-        rerank="mmi" (one prompt; needs load(..., backward=DIR)): the best of N sampled candidates by the
-        backward model, with every candidate's scores in `.candidates`."""
-        if rerank is not None:
-            reranker = self.reranker(rerank)
-            prompts, single = self._prompts(inputs)
-            if not single or num_return_sequences != 1:
-                raise ValueError("rerank takes one prompt and returns one reply (MMIOptions.candidates sets N)")
-            out = reranker.candidates(prompts[0], self.options(**options))
-            return replace(out.best, candidates=out.candidates)
+        For MMI reranking, see runtime.mmi.MMIReranker."""
         opts = self.options(**options)
-        if isinstance(num_return_sequences, bool) or not isinstance(num_return_sequences, numbers.Integral) \
-                or num_return_sequences < 1:
-            raise ValueError(f"num_return_sequences must be an integer >= 1, got {num_return_sequences!r}")
-        n = int(num_return_sequences)
+        n = integer("num_return_sequences", num_return_sequences, 1)
         if n > 1 and not opts.do_sample:
-            raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy gives one reply)")
+            raise UsageError("num_return_sequences > 1 needs do_sample=True (greedy gives one reply)")
         prompts, single = self._prompts(inputs)
         self.check_fits(max(map(len, prompts)), opts)
         rows = [p for p in prompts for _ in range(n)]
@@ -187,7 +131,7 @@ class DialogModel:
         opts = self.options(**options)
         prompts, single = self._prompts(inputs)
         if not single:
-            raise ValueError("stream() takes one prompt: call it once per prompt, or generate() for a batch")
+            raise UsageError("stream() takes one prompt: call it once per prompt, or generate() for a batch")
         self.check_fits(len(prompts[0]), opts)
         return self._stream(prompts[0], opts)
 
@@ -209,7 +153,7 @@ class DialogModel:
         context: a turn (str), a dialogue (list of str, one per turn) or token ids (ending where the
         reply starts, e.g. with EOS); reply: a turn (str: its tokens + EOS) or token ids. An export with
         `--all-logits` scores a batch in one pass; the default export feeds the reply token by token."""
-        if isinstance(reply, str) or (isinstance(reply, Sequence) and reply and all(map(_is_ids, reply))):
+        if isinstance(reply, str) or (isinstance(reply, Sequence) and reply and all(map(is_integer, reply))):
             return self._score_pairs([(self._context(context), self._prompt(reply))])[0]
         if not isinstance(context, Sequence) or isinstance(context, str) or not isinstance(reply, Sequence) \
                 or len(context) != len(reply) or not reply:
@@ -223,30 +167,16 @@ class DialogModel:
         return self._prompt(item)
 
     def _score_pairs(self, pairs: list[tuple[list[int], list[int]]]) -> list[Score]:
-        longest = max(len(c) + len(r) for c, r in pairs)
-        if longest > self.max_length:
-            raise ValueError(f"context + reply of {longest} tokens exceeds the context of {self.max_length}: "
-                             "shorten the context")
+        fits_context(max(len(c) + len(r) for c, r in pairs), 0, self.max_length)
         return [Score([float(x) for x in lp]) for lp in batch_reply_logprobs(self.graph.new_cache(), pairs)]
 
-    def reranker(self, rerank: str | MMIOptions) -> MMIReranker:
-        """The MMI reranker for rerank="mmi" (default options) or an MMIOptions."""
-        from .mmi import MMIOptions, MMIReranker
-
-        if isinstance(rerank, str) and rerank != "mmi":
-            raise ValueError(f"rerank must be None, 'mmi' or an MMIOptions, got {rerank!r}")
-        if self.backward is None:
-            raise ValueError("rerank='mmi' needs a backward model: load with runtime.load(DIR, backward=BACKWARD_DIR)"
-                             " (CLI: --backward BACKWARD_DIR)")
-        return MMIReranker(self, self.backward, rerank if isinstance(rerank, MMIOptions) else MMIOptions())
-
-    def chat(self, max_history_tokens: int | None = None, rerank: str | MMIOptions | None = None,
+    def chat(self, max_history_tokens: int | None = None, reranker: Reranker | None = None,
              **options: Any) -> ChatSession:
-        """A new conversation with its own history and KV cache (see ChatSession). rerank="mmi": every
-        reply is the best of N sampled candidates by the backward model (needs load(..., backward=DIR))."""
-        from .chat import ChatSession
-
-        reranker = self.reranker(rerank) if rerank is not None else None
+        """A new conversation with its own history and KV cache (see ChatSession). With a reranker (an
+        runtime.mmi.MMIReranker over this model), every reply is the best of N sampled candidates."""
+        if reranker is not None and reranker.forward is not self:
+            raise UsageError("the reranker's forward model is another model: call reranker.chat(), or build the "
+                             "reranker over this model")
         return ChatSession(self, self.options(**options), max_history_tokens, reranker)
 
 
@@ -255,10 +185,10 @@ def _describe(x: object) -> str:
 
 
 def load(model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-         verify: bool = True, backward: str | Path | None = None) -> DialogModel:
+         verify: bool = True) -> DialogModel:
     """Open an exported model dir. Checks the manifest and every file's size; verify=True (the default)
     also checks every file's sha256 (~1 s per GB: pass verify=False for a dir you trust and load often)."""
-    return DialogModel(model_dir, threads=threads, max_length=max_length, verify=verify, backward=backward)
+    return DialogModel(model_dir, threads=threads, max_length=max_length, verify=verify)
 
 
 __all__ = ["DialogModel", "Generation", "Score", "load"]

@@ -3,11 +3,12 @@ repetition penalty → no-repeat-ngram → temperature → top-k → top-p → d
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
+
+from .checks import integer, is_integer, is_number, number
+from .errors import UsageError
 
 # Below this, logits / temperature overflows float32 for ordinary logits (|logit| ~ 30): sampling at
 # such a temperature is greedy decoding, which do_sample=False does exactly.
@@ -28,36 +29,23 @@ class SamplingOptions:
 
     def validate(self) -> None:
         """Every option checked for type and range; the error names the argument and what is allowed."""
-        def bad(arg: str, rng: str, val: object) -> ValueError:
-            return ValueError(f"{arg} must be {rng}, got {val!r}")
-
-        def integer(x: object) -> bool:
-            return isinstance(x, numbers.Integral) and not isinstance(x, bool | np.bool_)
-
-        def real(x: object) -> bool:
-            return isinstance(x, numbers.Real) and not isinstance(x, bool | np.bool_) and math.isfinite(x)
-
-        if not integer(self.max_new_tokens) or self.max_new_tokens < 0:
-            raise bad("max_new_tokens", "an integer >= 0", self.max_new_tokens)
-        if not integer(self.min_new_tokens) or self.min_new_tokens < 0:
-            raise bad("min_new_tokens", "an integer >= 0", self.min_new_tokens)
+        integer("max_new_tokens", self.max_new_tokens, 0)
+        integer("min_new_tokens", self.min_new_tokens, 0)
         if self.min_new_tokens > self.max_new_tokens:
-            raise bad("min_new_tokens", f"<= max_new_tokens ({self.max_new_tokens})", self.min_new_tokens)
+            raise UsageError(f"min_new_tokens must be <= max_new_tokens ({self.max_new_tokens}), got "
+                             f"{self.min_new_tokens!r}", "min_new_tokens")
         if not isinstance(self.do_sample, bool | np.bool_):
-            raise bad("do_sample", "True or False", self.do_sample)
-        if not real(self.top_p) or not 0.0 < self.top_p <= 1.0:
-            raise bad("top_p", "a number in (0, 1]", self.top_p)
-        if not integer(self.top_k) or self.top_k < 0:
-            raise bad("top_k", "an integer >= 0 (0 turns it off)", self.top_k)
-        if not real(self.temperature) or (self.do_sample and not self.temperature >= MIN_TEMPERATURE):
-            raise bad("temperature", f"a number >= {MIN_TEMPERATURE} when sampling (do_sample=False for greedy)",
-                      self.temperature)
-        if not real(self.repetition_penalty) or not self.repetition_penalty > 0:
-            raise bad("repetition_penalty", "a number > 0 (1.0 turns it off)", self.repetition_penalty)
-        if not integer(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
-            raise bad("no_repeat_ngram_size", "an integer >= 0 (0 turns it off)", self.no_repeat_ngram_size)
-        if self.seed is not None and (not integer(self.seed) or not 0 <= self.seed < 2**63):
-            raise bad("seed", "None or an integer in [0, 2**63)", self.seed)
+            raise UsageError(f"do_sample must be True or False, got {self.do_sample!r}", "do_sample")
+        number("top_p", self.top_p, "a number in (0, 1]", is_number(self.top_p) and 0.0 < self.top_p <= 1.0)
+        integer("top_k", self.top_k, 0, note="0 turns it off")
+        t = self.temperature
+        number("temperature", t, f"a number >= {MIN_TEMPERATURE} when sampling (do_sample=False for greedy)",
+               not self.do_sample or (is_number(t) and t >= MIN_TEMPERATURE))
+        number("repetition_penalty", self.repetition_penalty, "a number > 0 (1.0 turns it off)",
+               is_number(self.repetition_penalty) and self.repetition_penalty > 0)
+        integer("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, note="0 turns it off")
+        if self.seed is not None and (not is_integer(self.seed) or not 0 <= self.seed < 2**63):
+            raise UsageError(f"seed must be None or an integer in [0, 2**63), got {self.seed!r}", "seed")
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> None:

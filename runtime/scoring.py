@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import UsageError
+from .graph import Cache
+
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
@@ -21,14 +24,14 @@ def token_logprob(logits: np.ndarray, token: int) -> float:
     return float(logits[token] - top - np.log(np.exp(logits - top).sum()))
 
 
-def batch_reply_logprobs(cache, pairs: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
+def batch_reply_logprobs(cache: Cache, pairs: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
     """reply_logprobs for many (context, reply) pairs: one ragged batch through an all-logits graph,
     one pair at a time through a last-logits graph."""
     if not cache.m.all_logits:
         return [reply_logprobs(cache, c, r) for c, r in pairs]
     for c, r in pairs:
         if not c or not r:
-            raise ValueError("context and reply must both be non-empty token lists")
+            raise UsageError("context and reply must both be non-empty token lists")
     rows = [c + r for c, r in pairs]
     cache.reset(len(rows), reserve=max(map(len, rows)))
     cache.prefill(rows)
@@ -39,14 +42,14 @@ def batch_reply_logprobs(cache, pairs: list[tuple[list[int], list[int]]]) -> lis
     return out
 
 
-def reply_logprobs(cache, context: list[int], reply: list[int]) -> np.ndarray:
+def reply_logprobs(cache: Cache, context: list[int], reply: list[int]) -> np.ndarray:
     """log p(reply[i] | context + reply[:i]) for every i, as float64 [len(reply)].
 
-    `cache` is a KVCache or PortableCache (from `model.graph.new_cache()`); it is reset first."""
+    `cache` is any runtime.graph.Cache (from `model.graph.new_cache()`); it is reset first."""
     if cache.m.all_logits:
         return batch_reply_logprobs(cache, [(context, reply)])[0]
     if not context or not reply:
-        raise ValueError("context and reply must both be non-empty token lists")
+        raise UsageError("context and reply must both be non-empty token lists")
     cache.reset(1, reserve=len(context) + len(reply))
     out = np.empty(len(reply))
     logits = cache.prefill([context])[0]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from .errors import ModelDirError
+from .errors import ModelDirError, UsageError
 
 # <|endoftext|> in GPT-2's vocabulary: DialoGPT ends every turn with it. Checkpoints name their own in
 # config.json (and the manifest carries it); this is the default when they do not.
@@ -27,11 +27,11 @@ def encode_turn(tok: Tokenizer, text: str, eos: int) -> list[int]:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if not text.strip():
-        raise ValueError("text must be a non-empty string")
+        raise UsageError("text must be a non-empty string")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: what Python makes of invalid UTF-8 bytes on argv/stdin
-        raise ValueError("text is not valid UTF-8: fix the input's encoding") from None
+        raise UsageError("text is not valid UTF-8: fix the input's encoding") from None
     return tok.encode(text, add_special_tokens=False).ids + [eos]
 
 

@@ -13,7 +13,9 @@ from training.corpora import DIALOGPT_CONFIGS as CONFIGS
 from training.corpora import DIALOGPT_TOKENIZER as TOKENIZER
 from training.corpora import TOPICAL_CHAT, dialogpt_config
 
-__all__ = ["CONFIGS", "TOKENIZER", "TOPICAL_CHAT"]
+__all__ = ["CONFIGS", "ROOT", "TOKENIZER", "TOPICAL_CHAT"]
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: where `python -m ...` runs in tests
 
 # Small enough for CI, big enough that attention, MLP and the tied head all matter.
 TINY = {"n_layer": 2, "n_embd": 64, "n_head": 4}

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import save_hf, tiny_model
+from checkpoints import ROOT, save_hf, tiny_model
 
 import runtime
 from runtime.errors import ModelDirError
 from runtime.manifest import sha256
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = ("--n-prompts", "1", "--parity-tokens", "4")
 
 
@@ -609,7 +608,7 @@ def test_failed_turn_is_rolled_back(exported, monkeypatch):
     chat.send("Hello")
     before = chat.turns
     calls = [0]
-    real = model.graph.sess.run_with_iobinding
+    real = model.graph.ort_session.run_with_iobinding
 
     def failing(binding):
         calls[0] += 1
@@ -617,11 +616,11 @@ def test_failed_turn_is_rolled_back(exported, monkeypatch):
             raise RuntimeError("onnxruntime failed")
         return real(binding)
 
-    model.graph.sess.run_with_iobinding = failing
+    model.graph.ort_session.run_with_iobinding = failing
     with pytest.raises(RuntimeError):
         chat.send("Will fail")
     assert chat.turns == before
-    model.graph.sess.run_with_iobinding = real
+    model.graph.ort_session.run_with_iobinding = real
     chat.send("Works again")
     assert chat.history[-2] == "Works again" and chat.stats["recomputes"] == 1
 
@@ -728,7 +727,7 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_turn(exported):
 
 
 PTY_DRIVER = r"""
-import os, pty, select, sys, time
+import os, pty, select, signal, sys, time
 # The child is the real chat CLI with every token paced at 20 ms, so its 1000-token reply lasts 20 s: only
 # the Ctrl-C ends it, however fast the machine (unpaced, the tiny model's reply ended before a fixed sleep).
 CHILD = (
@@ -741,6 +740,9 @@ CHILD = (
 )
 pid, fd = pty.fork()
 if pid == 0:
+    # a terminal's foreground job gets SIGINT's default action whatever this driver inherited (a background
+    # job's SIGINT is ignored, and exec keeps that): Python then turns Ctrl-C into KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execv(sys.executable, [sys.executable, "-c", CHILD, "chat", sys.argv[1],
                               "--max-new-tokens", "1000", "--min-new-tokens", "1000"])
 screen = b""
@@ -755,6 +757,8 @@ def read_until(done, timeout=30):
         except OSError:
             break
     return done()
+sys.path.insert(0, sys.argv[2])
+from processes import wait_until_reading  # a prompt on screen is not yet a read that Ctrl-C interrupts
 steps = [read_until(lambda: b">>> You: " in screen)]
 os.write(fd, b"Tell me a very long story\n")
 bot = lambda: screen.find(b"Bot: ")
@@ -762,7 +766,7 @@ bot = lambda: screen.find(b"Bot: ")
 steps.append(read_until(lambda: bot() >= 0 and len(screen) > bot() + len(b"Bot: ") + 8))
 os.write(fd, b"\x03")                                   # Ctrl-C during the reply
 steps.append(read_until(lambda: b"(stopped)" in screen))
-steps.append(read_until(lambda: b">>> You: " in screen[screen.find(b"(stopped)"):]))
+steps.append(read_until(lambda: b">>> You: " in screen[screen.find(b"(stopped)"):]) and wait_until_reading(pid))
 os.write(fd, b"\x03")                                   # Ctrl-C at the prompt
 read_until(lambda: False, timeout=15)                   # drain until the child closes the terminal
 end = time.time() + 15                                  # closing the terminal comes a moment before the exit
@@ -783,7 +787,8 @@ def test_ctrl_c_interactive_session(exported, tmp_path):
     Ctrl-C at the prompt exits 130. Driven through a pseudo-terminal by a separate process."""
     driver = tmp_path / "driver.py"
     driver.write_text(PTY_DRIVER)
-    proc = subprocess.run([sys.executable, str(driver), str(exported("fp32"))], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, str(driver), str(exported("fp32")), str(ROOT / "tests")], cwd=ROOT,
+                          capture_output=True,
                           text=True, timeout=180)
     assert proc.stdout.strip() == "[True, True, True, True] 130", (proc.stdout, proc.stderr[-3000:])
 
@@ -810,19 +815,19 @@ def test_a_signal_inside_the_weights_loader_is_an_interruption_not_a_bad_file(hf
     interrupted (128 + signal), not blame the user's file."""
     import safetensors.torch
 
-    from export import outdir
+    from export import signals
     from export.checkpoint import load_checkpoint
     from export.errors import ExportError, Interrupted
 
     def swallowing_load_file(path):
         try:
-            outdir._handler(signal.SIGTERM, None)  # the signal arrives mid-call...
+            signals._handler(signal.SIGTERM, None)  # the signal arrives mid-call...
         except Interrupted:
             raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") \
                 from None  # ...and the C code reports its own error instead
         raise AssertionError("unreachable")
 
     monkeypatch.setattr(safetensors.torch, "load_file", swallowing_load_file)
-    with outdir.interruptible(), pytest.raises(Interrupted) as e:
+    with signals.interruptible(), pytest.raises(Interrupted) as e:
         load_checkpoint(hf_dir)
     assert e.value.args[0] == signal.SIGTERM and not isinstance(e.value, ExportError)

@@ -70,9 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from export.checkpoint import load_checkpoint
+    from export.checkpoint import load_checkpoint, torch_model
     from export.errors import ExportError
-    from export.parity import torch_model
     from export.tokenizer import build_tokenizer
     from runtime.cli import OneLineParser, nonnegative_int, positive_int
 

@@ -96,9 +96,8 @@ def _build_model(s: Settings):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if s.init:
-        from export.checkpoint import load_checkpoint
+        from export.checkpoint import load_checkpoint, torch_model
         from export.errors import ExportError
-        from export.parity import torch_model
 
         try:
             ckpt = load_checkpoint(s.init, DIALOGPT_TOKENIZER)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import onnx
-
-ROOT = Path(__file__).resolve().parents[1]
+from checkpoints import ROOT
 
 
 def test_quick_run_writes_results_report_and_plots(tmp_path):

@@ -1,90 +1,54 @@
-"""The decoder graph (shared, read-only) and the KV cache (one per generation or chat).
+"""The contrib-op graph (the fast one) and its cache: one per generation, chat or engine.
 
-`DecoderGraph` owns the onnxruntime session; onnxruntime's `run` is thread-safe, and the graph keeps
-no per-call state, so one loaded model serves any number of threads. Every generation and every chat
-owns a `KVCache`: its buffers, its own IO binding and its row lengths. Nothing else writes them.
+`ContribGraph` owns the onnxruntime session and keeps no per-call state, so one loaded model serves any
+number of threads. Every caller owns a `ContribCache`: its KV buffers, its own IO binding and its row
+lengths, and the calls that extend them (prefill, step). Nothing else writes them.
 
 The cache is one preallocated buffer per layer and K/V ([batch, heads, capacity, head_dim]), bound as
 both past and present, so GroupQueryAttention appends in place: no per-step copies. Each row keeps its
 own length, so rows of a batch may hold different numbers of tokens (ragged batches: position ids
 follow each row's real tokens, never padding). Capacity grows by doubling, up to the context.
+The row operations (free, move, save, load) are what a batching engine needs (runtime.graph.RowCache).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ModelDirError
-from .manifest import MODEL_FILE, Manifest
-from .prefix_cache import SavedRow
+from .checks import fits_context
+from .ort_session import OrtGraph
 
 MIN_CAPACITY = 64
 
 
-def make_session(path: Path, threads: int | None) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or os.cpu_count() or 1
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one clear line
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ModelDirError(f"{path} is not a loadable ONNX model ({first}): re-export the model") from None
+@dataclass(frozen=True)
+class RowKV:
+    """A copy of one row's cached tokens and their KV, [n_head, len(tokens), head_dim] per layer and K/V."""
+
+    tokens: tuple[int, ...]
+    kv: tuple[np.ndarray, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.kv)
 
 
-def check_inputs(sess: ort.InferenceSession, names: dict[str, str]) -> None:
-    """The graph must have the inputs the manifest promises."""
-    have = {i.name for i in sess.get_inputs()}
-    want = set(names.values()) - {""}
-    if not want <= have:
-        raise ModelDirError(f"model.onnx lacks inputs {sorted(want - have)} listed in the manifest: re-export")
+class ContribGraph(OrtGraph):
+    def new_cache(self) -> ContribCache:
+        return ContribCache(self)
 
 
-def open_graph(model_dir: Path, manifest: Manifest, threads: int | None = None,
-               max_length: int | None = None):  # -> DecoderGraph | PortableGraph
-    """The graph class that fits the manifest: the fast contrib graph or the portable one."""
-    if manifest.graph == "portable":
-        from .portable_session import PortableGraph
-
-        return PortableGraph(model_dir, manifest, threads=threads, max_length=max_length)
-    return DecoderGraph(model_dir, manifest, threads=threads, max_length=max_length)
-
-
-class Graph:
-    """A loaded graph: session, I/O names, context. Read-only after construction: safe to share."""
-
-    def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
-                 max_length: int | None = None) -> None:
-        self.m = manifest
-        self.sess = make_session(Path(model_dir) / MODEL_FILE, threads)
-        self.names = manifest.io.inputs
-        self.logits_name = manifest.io.logits
-        self.max_length = min(max_length or manifest.n_positions, manifest.n_positions)
-        check_inputs(self.sess, self.names)
-
-
-class DecoderGraph(Graph):
-    """The contrib-op graph; each caller's state lives in a KVCache."""
-
-    def new_cache(self) -> KVCache:
-        return KVCache(self)
-
-
-class KVCache:
+class ContribCache:
     """One caller's KV state: buffers, IO binding and per-row lengths. Not shared between threads."""
 
-    def __init__(self, graph: DecoderGraph) -> None:
+    def __init__(self, graph: ContribGraph) -> None:
         self.graph = graph
         self.m = graph.m
         self.max_length = graph.max_length
-        self.binding = graph.sess.io_binding()
+        self.binding = graph.ort_session.io_binding()
         self.batch = 0
         self.capacity = 0
         self.lengths = np.zeros(0, dtype=np.int64)  # tokens cached per row
@@ -102,7 +66,7 @@ class KVCache:
         """Free the buffers; the next prefill allocates again (the caller must reset first)."""
         self._kv = []
         self._rows_bound = None
-        self.binding = self.graph.sess.io_binding()
+        self.binding = self.graph.ort_session.io_binding()
         self.capacity = 0
         self.batch = 0
         self.lengths = np.zeros(0, dtype=np.int64)
@@ -124,14 +88,14 @@ class KVCache:
         self.lengths[b] = 0
         self._step_ready = False
 
-    def save_row(self, b: int, tokens: list[int]) -> SavedRow:
-        """A copy of row b's KV, stored under the tokens it holds (see PrefixCache)."""
+    def save_row(self, b: int, tokens: list[int]) -> RowKV:
+        """A copy of row b's KV, stored under the tokens it holds (a serving prefix cache keeps it)."""
         held = int(self.lengths[b])
         if len(tokens) != held:
             raise ValueError(f"row {b} holds {held} tokens, not {len(tokens)}")
-        return SavedRow(tuple(tokens), tuple(a[b, :, :held].copy() for a in self._kv))
+        return RowKV(tuple(tokens), tuple(a[b, :, :held].copy() for a in self._kv))
 
-    def load_row(self, b: int, saved: SavedRow, n: int) -> None:
+    def load_row(self, b: int, saved: RowKV, n: int) -> None:
         """Row b holds the first n tokens of `saved` (whatever it held before is forgotten)."""
         if not 0 < n <= len(saved.tokens):
             raise ValueError(f"cannot load {n} of the {len(saved.tokens)} saved tokens")
@@ -142,13 +106,13 @@ class KVCache:
         self.lengths[b] = n
         self._step_ready = False
 
-    def fork(self, n: int, reserve: int = 0) -> KVCache:
+    def fork(self, n: int, reserve: int = 0) -> ContribCache:
         """A new cache of n rows, each holding a copy of this one-row cache's tokens (the rows then grow
         apart: N candidate replies to one history, without prefilling the history N times)."""
         if self.batch != 1:
             raise ValueError("fork() copies a one-row cache")
         held = int(self.lengths[0])
-        out = KVCache(self.graph)
+        out = ContribCache(self.graph)
         out.reset(n, reserve=max(reserve, held))
         if held:
             out._allocate(max(MIN_CAPACITY, out._reserve, held))
@@ -158,31 +122,29 @@ class KVCache:
         return out
 
     def _allocate(self, capacity: int, keep: int = 0) -> None:
-        shape = (self.batch, self.m.n_head, capacity, self.m.head_dim)
+        shape = (self.batch, self.m.shape.n_head, capacity, self.m.shape.head_dim)
         old = self._kv
-        self._kv = [np.zeros(shape, dtype=np.float32) for _ in range(2 * self.m.n_layer)]
+        self._kv = [np.zeros(shape, dtype=np.float32) for _ in range(2 * self.m.shape.n_layer)]
         if keep:
             for new, prev in zip(self._kv, old, strict=True):
                 new[:, :, :keep] = prev[:, :, :keep]
         self.capacity = capacity
         if not self.m.all_logits:  # [batch, 1, vocab]: one buffer serves every call (bound by _bind_rows)
-            self._logits = np.empty((self.batch, 1, self.m.vocab_size), dtype=np.float32)
+            self._logits = np.empty((self.batch, 1, self.m.shape.vocab_size), dtype=np.float32)
         self._rows_bound = None  # the new buffers: bind them
         self._bind_rows(0, self.batch)
         self._total = np.array(capacity, dtype=np.int32)  # an upper bound is all GQA needs
         self.binding.bind_cpu_input(self.graph.names["total_sequence_length"], self._total)
         if self.m.all_logits:  # [batch, seq, vocab] varies per call: let onnxruntime allocate it
             self.binding.bind_output(self.graph.logits_name, "cpu")
-            self._logits_slot = 2 * self.m.n_layer  # outputs come back in binding order: KV first
+            self._logits_slot = 2 * self.m.shape.n_layer  # outputs come back in binding order: KV first
         self._step_ready = False
 
     def _ensure_capacity(self, needed: int, padded: int | None = None) -> None:
         """Room for `needed` real tokens in the longest row (at most the context) and for `padded` slots:
         GroupQueryAttention writes every row's padded chunk after that row's cached tokens, so a ragged
         call needs max(cached) + chunk width, which may pass the context by up to the chunk width."""
-        if needed > self.max_length:
-            raise ValueError(f"sequence of {needed} tokens exceeds the context of {self.max_length}: "
-                             "shorten the history or lower max_new_tokens")
+        fits_context(needed, 0, self.max_length)
         padded = max(needed, padded or 0)
         if padded > self.capacity:
             cap = max(self.capacity, MIN_CAPACITY, self._reserve)
@@ -240,7 +202,7 @@ class KVCache:
         if (start, stop) == self._rows_bound:
             return
         b, io = self.binding, self.m.io
-        for i in range(self.m.n_layer):
+        for i in range(self.m.shape.n_layer):
             for j, kind in enumerate(("key", "value")):
                 buf = ort.OrtValue.ortvalue_from_numpy(self._kv[2 * i + j][start:stop])
                 b.bind_ortvalue_input(io.kv_name("past", kind, i), buf)
@@ -268,7 +230,7 @@ class KVCache:
             self._seqk[:] = np.where(active, self.lengths, np.maximum(self.lengths - 1, 0))
         if self.m.all_logits:
             self.binding.bind_output(self.graph.logits_name, "cpu")
-        self.graph.sess.run_with_iobinding(self.binding)
+        self.graph.ort_session.run_with_iobinding(self.binding)
         self.lengths += 1 if active is None else active  # only once the cache really holds the token
         if self.m.all_logits:
             return self.binding.get_outputs()[self._logits_slot].numpy()[:, 0]
@@ -289,4 +251,4 @@ class KVCache:
             self.binding.bind_cpu_input(self.graph.names[key], arr)
         if self.m.all_logits:  # the shape changes with the step: let onnxruntime allocate anew
             self.binding.bind_output(self.graph.logits_name, "cpu")
-        self.graph.sess.run_with_iobinding(self.binding)
+        self.graph.ort_session.run_with_iobinding(self.binding)

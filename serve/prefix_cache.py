@@ -14,21 +14,10 @@ Owned by the engine's worker thread alone: no locks.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class SavedRow:
-    """One row's cached tokens and their KV, [n_head, len(tokens), head_dim] per layer and K/V."""
-
-    tokens: tuple[int, ...]
-    kv: tuple[np.ndarray, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.kv)
+from runtime.contrib_graph import RowKV
 
 
 def common_prefix(a: tuple[int, ...], b: list[int]) -> int:
@@ -44,9 +33,9 @@ class PrefixCache:
 
     def __init__(self, budget_bytes: int) -> None:
         if budget_bytes < 0:
-            raise ValueError(f"the session cache budget must be >= 0 bytes, got {budget_bytes}")
+            raise ValueError(f"the prefix cache budget must be >= 0 bytes, got {budget_bytes}")
         self.budget = budget_bytes
-        self._rows: OrderedDict[tuple[int, ...], SavedRow] = OrderedDict()
+        self._rows: OrderedDict[tuple[int, ...], RowKV] = OrderedDict()
         self.nbytes = 0
         self.hits = 0  # lookups that reused tokens
         self.reused_tokens = 0  # prompt tokens not recomputed thanks to the cache
@@ -54,7 +43,7 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def lookup(self, prompt: list[int]) -> tuple[SavedRow | None, int]:
+    def lookup(self, prompt: list[int]) -> tuple[RowKV | None, int]:
         """The saved row sharing the longest prefix with `prompt`, and how many tokens of it to reuse:
         at most len(prompt) - 1, since the prompt's last token must be fed to get the next logits."""
         best, best_n = None, 0
@@ -68,7 +57,7 @@ class PrefixCache:
             self.reused_tokens += best_n
         return best, best_n
 
-    def store(self, row: SavedRow) -> None:
+    def store(self, row: RowKV) -> None:
         """Keep `row`, dropping saved rows it extends (the same chat's earlier turns), then the least
         recently used ones while over budget. A row larger than the whole budget is not kept."""
         if row.nbytes > self.budget or not row.tokens:

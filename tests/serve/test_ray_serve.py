@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
+from checkpoints import ROOT
 from openai import OpenAI
-from test_server import _free_port
+from processes import free_port
 
 import runtime
 from runtime.text import encode_dialogue
@@ -25,10 +25,10 @@ QUESTIONS = ["Do you like movies?", "Who is your favorite band?", "I like jazz m
 def test_two_ray_serve_replicas_answer_like_the_model_alone(exported):
     model_dir = exported("int8")
     model = runtime.load(model_dir)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", str(model_dir), "--ray", "--replicas", "2",
-                             "--port", str(port)], cwd=Path(__file__).resolve().parents[1], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "serve", str(model_dir), "--ray", "--replicas", "2",
+                             "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -68,8 +68,8 @@ def test_two_ray_serve_replicas_answer_like_the_model_alone(exported):
 
 def test_ray_options_without_ray_are_refused(exported):
     def serve(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "runtime", "serve", *args], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parents[1], timeout=120)
+        return subprocess.run([sys.executable, "-m", "serve", *args], capture_output=True, text=True,
+                              cwd=ROOT, timeout=120)
 
     r = serve(str(exported("int8")), "--replicas", "2")
     assert r.returncode == 2 and r.stderr.strip() == "error: --replicas and --ray-address run on Ray Serve: add --ray"

@@ -1,8 +1,8 @@
-"""Session for the portable (standard-ops) graph: optimum's I/O, past and present concatenated each step.
+"""The portable (standard-ops) graph and its cache: optimum's I/O, past and present concatenated each step.
 
 Slower by design (a copy of the whole cache per step): it exists for engines without onnxruntime's
-contrib ops and as the benchmark's baseline. Same interface as DecoderGraph / KVCache: the graph is
-shared and read-only, each generation or chat owns a PortableCache.
+contrib ops and as the benchmark's baseline. Same protocols as the contrib graph (runtime.graph.Graph /
+Cache): the graph is shared and read-only, each generation or chat owns a PortableCache.
 """
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import fits_context
 from .manifest import Manifest
-from .session import Graph
+from .ort_session import OrtGraph
 
 
-class PortableGraph(Graph):
+class PortableGraph(OrtGraph):
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
                  max_length: int | None = None) -> None:
         super().__init__(model_dir, manifest, threads=threads, max_length=max_length)
         self.out_names = [self.logits_name] + [manifest.io.kv_name("present", k, i)
-                                               for i in range(manifest.n_layer) for k in ("key", "value")]
+                                               for i in range(manifest.shape.n_layer) for k in ("key", "value")]
 
     def new_cache(self) -> PortableCache:
         return PortableCache(self)
@@ -48,12 +49,12 @@ class PortableCache:
     def reset(self, batch: int = 1, reserve: int = 0) -> None:
         self.batch = batch
         self.lengths = np.zeros(batch, dtype=np.int64)
-        shape = (batch, self.m.n_head, 0, self.m.head_dim)
-        self._past = [np.zeros(shape, dtype=np.float32) for _ in range(2 * self.m.n_layer)]
+        shape = (batch, self.m.shape.n_head, 0, self.m.shape.head_dim)
+        self._past = [np.zeros(shape, dtype=np.float32) for _ in range(2 * self.m.shape.n_layer)]
         self._mask = np.zeros((batch, 0), dtype=np.int64)  # 1 where the cache holds a real token
 
     def fork(self, n: int, reserve: int = 0) -> PortableCache:
-        """A new cache of n rows, each a copy of this one-row cache (see KVCache.fork)."""
+        """A new cache of n rows, each a copy of this one-row cache (see ContribCache.fork)."""
         if self.batch != 1:
             raise ValueError("fork() copies a one-row cache")
         out = PortableCache(self.graph)
@@ -66,20 +67,23 @@ class PortableCache:
 
     def _run(self, ids: np.ndarray, pos: np.ndarray, new_mask: np.ndarray) -> np.ndarray:
         mask = np.concatenate([self._mask, new_mask], axis=1)
-        if mask.shape[1] > self.max_length:
-            raise ValueError(f"sequence of {mask.shape[1]} positions exceeds the context of {self.max_length}: "
-                             "shorten the history or lower max_new_tokens")
+        fits_context(mask.shape[1], 0, self.max_length)
         names = self.graph.names
         feeds = {names["input_ids"]: ids, names["position_ids"]: pos, names["attention_mask"]: mask}
-        for i in range(self.m.n_layer):
+        for i in range(self.m.shape.n_layer):
             feeds[self.m.io.kv_name("past", "key", i)] = self._past[2 * i]
             feeds[self.m.io.kv_name("past", "value", i)] = self._past[2 * i + 1]
-        out = self.graph.sess.run(self.graph.out_names, feeds)
+        out = self.graph.ort_session.run(self.graph.out_names, feeds)
         self._past, self._mask = out[1:], mask
         self.capacity = mask.shape[1]
         return out[0]
 
-    def prefill(self, rows: list[list[int]]) -> np.ndarray:
+    def prefill(self, rows: list[list[int]], start: int = 0) -> np.ndarray:
+        """Append each row's new tokens; every row of the batch runs (start must be 0: concatenated past
+        and present cannot run a subset of rows)."""
+        if start != 0 or len(rows) != self.batch:
+            raise ValueError(f"the portable cache runs all its {self.batch} rows at once, got rows "
+                             f"{start}..{start + len(rows) - 1}")
         q = np.array([len(r) for r in rows], dtype=np.int64)
         width = int(q.max())
         if width == 0:

@@ -1,7 +1,7 @@
 """Scale-out on Ray Serve (`pip install .[ray]`): N replicas of the engine and its HTTP API behind Ray's
 HTTP proxy, on one machine or a cluster.
 
-    python -m runtime serve MODEL_DIR --ray --replicas 2 [--ray-address auto] [--host ...] [--port ...]
+    python -m serve MODEL_DIR --ray --replicas 2 [--ray-address auto] [--host ...] [--port ...]
 
 Each replica is one process holding one model and one batching engine (create_app: the same routes,
 errors and session cache as the single-process server). Ray routes each request to a replica; a chat's
@@ -16,6 +16,8 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from runtime.errors import UsageError
+
 APP_NAME = "dialogpt"
 
 
@@ -24,19 +26,20 @@ class ReplicaSettings:
     model_dir: str
     max_batch: int = 8
     max_queue: int = 64
-    session_cache_mb: float = 256
+    prefix_cache_mb: float = 256
     threads: int | None = None  # onnxruntime threads per replica (default: its share of the CPUs)
 
 
 def build_replica_app(settings: ReplicaSettings):
     """The ASGI app of one replica: its own model and engine, closed when Ray stops the replica."""
+    from runtime import load
+
     from .engine import Engine
-    from .model import load
-    from .server import create_app
+    from .http import create_app
 
     model = load(settings.model_dir, threads=settings.threads)
     engine = Engine(model, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                    session_cache_mb=settings.session_cache_mb)
+                    prefix_cache_mb=settings.prefix_cache_mb)
     return create_app(engine, model_name=settings.model_dir, close_engine=True)
 
 
@@ -74,7 +77,7 @@ def serve_on_ray(settings: ReplicaSettings, replicas: int, host: str = "127.0.0.
         try:
             serve.run(application(settings, replicas, per_replica), name=APP_NAME, route_prefix="/")
         except RuntimeError as e:  # a replica failed to start: its own log (above) says why
-            raise ValueError(f"Ray Serve could not start the replicas ({str(e).splitlines()[0]}): see the "
+            raise UsageError(f"Ray Serve could not start the replicas ({str(e).splitlines()[0]}): see the "
                              "replica log above") from None
         print(f"serving {settings.model_dir} on http://{host}:{port} with {replicas} Ray Serve replicas "
               "(Ctrl-C stops)", flush=True)

@@ -21,16 +21,18 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .generate import plain_greedy
-from .prefix_cache import PrefixCache
-from .sampling import SamplingOptions, choose, process
+from runtime import DialogModel, Generation
+from runtime.checks import integer, number
+from runtime.errors import UsageError
+from runtime.generate import plain_greedy
+from runtime.graph import RowCache
+from runtime.sampling import SamplingOptions, choose, process
 
-if TYPE_CHECKING:
-    from .model import DialogModel, Generation
+from .prefix_cache import PrefixCache
 
 _DONE = -1  # end of a request's token stream
 
@@ -119,20 +121,18 @@ class _Row:
 
 class Engine:
     def __init__(self, model: DialogModel, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256,
-                 session_cache_mb: float = 256) -> None:
+                 prefix_cache_mb: float = 256) -> None:
         for name, v in (("max_batch", max_batch), ("max_queue", max_queue), ("prefill_chunk", prefill_chunk)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        mb = session_cache_mb
-        if isinstance(mb, bool) or not isinstance(mb, int | float) or not mb >= 0:
-            raise ValueError(f"session_cache_mb must be a number >= 0 (0 turns the cache off), got {mb!r}")
+            integer(name, v, 1)
+        number("prefix_cache_mb", prefix_cache_mb, "a number >= 0 (0 turns the cache off)",
+               isinstance(prefix_cache_mb, int | float) and prefix_cache_mb >= 0)
         if model.manifest.graph != "contrib":
-            raise ValueError("the engine batches the contrib graph (ragged rows in one KV buffer); export "
+            raise UsageError("the engine batches the contrib graph (ragged rows in one KV buffer); export "
                              "without --graph portable")
         self.model = model
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         # chats' KV between turns: touched by the worker thread only (its counters may be read anywhere)
-        self.sessions = PrefixCache(int(session_cache_mb * 2**20))
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
         self._closed = False
@@ -163,8 +163,6 @@ class Engine:
 
     def generate(self, prompt: str | list[int], **options: Any) -> Generation:
         """submit() and wait for the whole reply."""
-        from .model import Generation
-
         ids = list(self.submit(prompt, **options).tokens())
         return Generation(self.model.decode(ids), ids)
 
@@ -172,9 +170,9 @@ class Engine:
         """What the engine is doing, for /health and load tests (a snapshot; any thread)."""
         with self._wake:
             waiting = len(self._waiting)
-        c = self.sessions
+        c = self.prefix_cache
         return {"waiting": waiting, "steps": self.steps,
-                "session_cache": {"chats": len(c), "mb": c.nbytes / 2**20, "budget_mb": c.budget / 2**20,
+                "prefix_cache": {"chats": len(c), "mb": c.nbytes / 2**20, "budget_mb": c.budget / 2**20,
                                   "hits": c.hits, "reused_tokens": c.reused_tokens}}
 
     def close(self) -> None:
@@ -216,8 +214,8 @@ class Engine:
                 req.emit(_DONE)
             cache.release()
 
-    def _join(self, cache, b: int, req: Request) -> _Row:
-        saved, n = self.sessions.lookup(req.prompt)
+    def _join(self, cache: RowCache, b: int, req: Request) -> _Row:
+        saved, n = self.prefix_cache.lookup(req.prompt)
         if saved is None:
             cache.free_row(b)
         else:  # the same chat's earlier turn: its KV is reused, only the new tokens are prefilled
@@ -225,7 +223,7 @@ class Engine:
         return _Row(req, req.prompt[n:], np.random.default_rng(req.opts.seed), list(req.prompt),
                     list(req.prompt[:n]))
 
-    def _step(self, cache, rows: list[_Row | None]) -> None:
+    def _step(self, cache: RowCache, rows: list[_Row | None]) -> None:
         """One step: joining rows prefill (at most `prefill_chunk` prompt tokens in all; adjacent rows
         of similar chunk lengths share a call, see _prefill_groups), then every replying row decodes one
         token in a shared call. Apart, because a call pads its rows to the longest: a 40-token prompt
@@ -266,7 +264,7 @@ class Engine:
         self.steps += 1
         self.rows_computed += rows
 
-    def _emit(self, cache, rows: list[_Row | None], b: int, logits: np.ndarray) -> None:
+    def _emit(self, cache: RowCache, rows: list[_Row | None], b: int, logits: np.ndarray) -> None:
         """Row b's next token from its logits; a finished reply frees the row and keeps its KV."""
         r = rows[b]
         o = r.req.opts
@@ -278,8 +276,8 @@ class Engine:
         r.generated += 1
         r.req.emit(t)
         if t == self.model.eos or r.generated >= o.max_new_tokens:
-            if self.sessions.budget:
-                self.sessions.store(cache.save_row(b, r.cached))
+            if self.prefix_cache.budget:
+                self.prefix_cache.store(cache.save_row(b, r.cached))
             r.req.emit(_DONE)
             rows[b] = None
         else:
@@ -302,7 +300,7 @@ def _prefill_groups(chunks: dict[int, list[int]], max_padding: float = 0.25) -> 
     return runs
 
 
-def _pack(cache, rows: list[_Row | None]) -> None:
+def _pack(cache: RowCache, rows: list[_Row | None]) -> None:
     """Move busy rows to the front (the last busy row fills the first free slot, its KV with it), so that
     a step runs the first k rows only."""
     lo, hi = 0, len(rows) - 1

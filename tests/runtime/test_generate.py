@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from checkpoints import ROOT
+from processes import wait_until_reading
 
 import runtime
 from runtime.generate import generate_ids
 from runtime.text import EOS_TOKEN_ID, encode_dialogue
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ragged_batch_equals_each_prompt_alone(exported, topical_contexts):
@@ -174,8 +173,8 @@ def test_ctrl_c_ends_chat_cleanly(exported):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdin.write("Hello\n")
     proc.stdin.flush()
-    # one reply line: the reply's own Ctrl-C handler is gone, so from here SIGINT means "exit" wherever it lands
-    assert proc.stdout.readline()
+    assert proc.stdout.readline()  # one reply line; then the chat waits for the next line
+    assert wait_until_reading(proc.pid)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in err

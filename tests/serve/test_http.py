@@ -3,7 +3,7 @@ get OpenAI-style errors."""
 
 from __future__ import annotations
 
-import socket
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -12,12 +12,14 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import uvicorn
+from checkpoints import ROOT
 from openai import OpenAI
+from processes import free_port
 
 import runtime
-from runtime.engine import Engine
-from runtime.server import create_app
 from runtime.text import encode_dialogue
+from serve.engine import Engine
+from serve.http import create_app
 
 MESSAGES = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Do you like movies?"},
             {"role": "assistant", "content": "Yes, I love them."}, {"role": "user", "content": "Which ones?"}]
@@ -42,17 +44,11 @@ def chat_replies(model, user_turns: list[str], **options) -> list[Turn]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def live_server(model, **engine_options):
     """The app on a real port (uvicorn in a thread) over its own engine: (engine, base url)."""
     engine = Engine(model, **engine_options)
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(engine, "tiny"), host="127.0.0.1", port=port, log_level="error"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
@@ -145,7 +141,11 @@ def test_chat_page_is_served(server):
     _, url = server
     r = httpx.get(f"{url}/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert "/v1/chat/completions" in r.text and 'const MODEL = "tiny"' in r.text and "stream: true" in r.text
+    assert "/v1/chat/completions" in r.text and 'id="model">"tiny"</script>' in r.text and "stream: true" in r.text
+    # the page's data is JSON in a data block: no value can close it or inject markup
+    from serve.http import _page_data
+
+    assert json.loads(_page_data('</script><b>"x"&')) == '</script><b>"x"&' and "<" not in _page_data("</script>")
 
 
 def _chromium() -> tuple[str, str] | None:
@@ -216,11 +216,10 @@ def test_sigterm_finishes_in_flight_requests_and_exits(exported):
     import signal
     import subprocess
     import sys
-    from pathlib import Path
 
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", str(exported("int8")), "--port", str(port)],
-                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serve", str(exported("int8")), "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -258,7 +257,7 @@ def test_a_chats_next_turn_reuses_its_kv(exported):
         r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6)
         want = chat_replies(model, ["Do you like movies?", "Which ones?", "Why?"], max_new_tokens=6)
         assert [m["content"] for m in messages[1::2]] + [r.choices[0].message.content] == [w.text for w in want]
-        assert engine.sessions.hits == 2  # turns 2 and 3 started from the previous turn's KV, all of it:
+        assert engine.prefix_cache.hits == 2  # turns 2 and 3 started from the previous turn's KV, all of it:
         # a turn's row holds its prompt and reply but the reply's last token (never fed); the next prompt
         # matches all of it, even where the reply's text re-encodes to other tokens (random weights here)
-        assert engine.sessions.reused_tokens == sum(len(w.prompt) + len(w.ids) - 1 for w in want[:2])
+        assert engine.prefix_cache.reused_tokens == sum(len(w.prompt) + len(w.ids) - 1 for w in want[:2])

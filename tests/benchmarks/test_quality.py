@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkpoints import ROOT
 
 
 def test_quick_fidelity_report(tmp_path):

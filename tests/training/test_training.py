@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from checkpoints import ROOT
 
 import runtime
 from export import ExportOptions, export_model
@@ -21,7 +22,6 @@ from training.corpora import DataError, data_licenses, read_dialogues, tokenizer
 from training.trainer import Settings, Trainer
 from training.windows import IGNORE, Batches, dialogue_windows, labels_for
 
-ROOT = Path(__file__).resolve().parents[1]
 DIALOGUES = [
     ["Hi! Do you like music?", "I love jazz, especially Miles Davis.", "Which album should I start with?",
      "Kind of Blue, without a doubt."],

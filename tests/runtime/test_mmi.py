@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from checkpoints import ROOT
 from tokenizers import AddedToken
 
 import runtime
@@ -68,46 +69,42 @@ def test_incompatible_backward_model_and_bad_options(exported, backward_dir):
 
 
 def test_mmi_through_generate_and_chat(exported, backward_dir, topical_contexts):
-    model = runtime.load(exported("int8"), backward=backward_dir)
-    g = model.generate("Do you like movies?", rerank=MMIOptions(candidates=4), seed=2, max_new_tokens=8)
+    mmi = MMIReranker.load(exported("int8"), backward_dir, MMIOptions(candidates=4))
+    model = mmi.forward
+    g = mmi.generate("Do you like movies?", seed=2, max_new_tokens=8)
     assert len(g.candidates) == 4 and g.ids == g.candidates[0].generation.ids
     assert g.candidates[0].score == max(c.score for c in g.candidates)
-    chat = model.chat(rerank="mmi", seed=2, max_new_tokens=8, max_history_tokens=model.max_length)
+    chat = mmi.chat(seed=2, max_new_tokens=8, max_history_tokens=model.max_length)
     for text in topical_contexts[2][:3]:
         reply = chat.send(text)
         # the chosen reply is what the reranker picks for the same history, and it joins the history
         history = [t for turn in chat.turns[:-1] for t in turn]
-        best = model.reranker("mmi").candidates(history, model.options(seed=2, max_new_tokens=8)).best
+        best = mmi.reply_ids(history, model.options(seed=2, max_new_tokens=8)).best
         assert reply == best.text and chat.turns[-1] == (best.ids if best.ids[-1:] == [model.eos]
                                                          else [*best.ids, model.eos])
     # candidates branch from the chat's cache: the history was prefilled once, never recomputed
     assert chat.stats["recomputes"] == 0
     assert sum(map(len, chat.turns)) - 2 <= chat.stats["prefilled_tokens"] < sum(map(len, chat.turns))
-    plain = runtime.load(exported("int8"))
-    with pytest.raises(ValueError, match="needs a backward model"):
-        plain.generate("Hi", rerank="mmi")
-    with pytest.raises(ValueError, match="needs a backward model"):
-        plain.chat(rerank="mmi")
-    with pytest.raises(ValueError, match="rerank must be"):
-        model.generate("Hi", rerank="bleu")
-    with pytest.raises(ValueError, match="one prompt"):
-        model.generate(["Hi", "Yo"], rerank="mmi")
+    # the model chats with its own reranker only, and generate() takes no reranking arguments
+    other = runtime.load(exported("int8"))
+    with pytest.raises(ValueError, match="forward model is another model"):
+        other.chat(reranker=mmi)
+    with pytest.raises(ValueError, match="unknown generation option"):
+        other.generate("Hi", rerank="mmi")
 
 
 def test_mmi_from_the_cli(exported, backward_dir):
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     run = [sys.executable, "-m", "runtime", "generate", str(exported("int8")), "Do you like movies?",
            "--max-new-tokens", "8", "--seed", "2"]
     ok = subprocess.run([*run, "--rerank", "mmi", "--backward", str(backward_dir), "--mmi-candidates", "4"],
                         capture_output=True, text=True, timeout=300, cwd=root)
     assert ok.returncode == 0 and ok.stdout.strip(), ok.stderr[-1500:]
-    model = runtime.load(exported("int8"), backward=backward_dir)
-    assert ok.stdout.rstrip("\n") == model.generate("Do you like movies?", rerank=MMIOptions(candidates=4), seed=2,
-                                                    max_new_tokens=8).text
+    mmi = MMIReranker.load(exported("int8"), backward_dir, MMIOptions(candidates=4))
+    assert ok.stdout.rstrip("\n") == mmi.generate("Do you like movies?", seed=2, max_new_tokens=8).text
     missing = subprocess.run([*run, "--rerank", "mmi"], capture_output=True, text=True, timeout=300, cwd=root)
     assert missing.returncode == 2 and "needs a backward model" in missing.stderr and "Traceback" not in missing.stderr
 
@@ -116,12 +113,11 @@ def test_mmi_benchmark_quick(exported, backward_dir, tmp_path):
     import json
     import subprocess
     import sys
-    from pathlib import Path
 
     out = tmp_path / "mmi"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.mmi", str(exported("int8")), "--backward",
                            str(backward_dir), "--quick", "--candidates", "2,4", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-1500:]
     run = json.loads((out / "results.json").read_text())
     assert list(run["systems"]) == ["greedy", "top-k 50", "MMI N=2", "MMI N=4"]
@@ -130,5 +126,5 @@ def test_mmi_benchmark_quick(exported, backward_dir, tmp_path):
     assert "BLEU-2" in (out / "report.md").read_text() and (out / "mmi.png").read_bytes()[:4] == b"\x89PNG"
     bad = subprocess.run([sys.executable, "-m", "benchmarks.mmi", str(exported("int8")), "--backward",
                           str(backward_dir), "--candidates", "0"], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --candidates")

@@ -72,7 +72,7 @@ def test_one_chat_used_by_two_threads_at_once_is_refused(exported):
     model = runtime.load(exported("fp32"), threads=1)
     chat = model.chat(max_new_tokens=16, min_new_tokens=16)
     inside, release = threading.Event(), threading.Event()
-    real = model.graph.sess.run_with_iobinding
+    real = model.graph.ort_session.run_with_iobinding
     calls = [0]
 
     def slow_run(binding):  # hold the first turn inside its third onnxruntime call
@@ -82,7 +82,7 @@ def test_one_chat_used_by_two_threads_at_once_is_refused(exported):
             release.wait(10)
         return real(binding)
 
-    model.graph.sess.run_with_iobinding = slow_run
+    model.graph.ort_session.run_with_iobinding = slow_run
     replies: list[str] = []
     errors: list[BaseException] = []
     first = threading.Thread(target=lambda: replies.append(chat.send("Tell me a long story.")))

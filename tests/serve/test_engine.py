@@ -9,7 +9,7 @@ import pytest
 from reference import contexts_ids
 
 import runtime
-from runtime.engine import Engine, EngineClosed, EngineFull
+from serve.engine import Engine, EngineClosed, EngineFull
 
 OPTIONS = [{"max_new_tokens": 12}, {"max_new_tokens": 9, "do_sample": True, "top_k": 20, "seed": 4},
            {"max_new_tokens": 7, "do_sample": True, "top_p": 0.8, "temperature": 0.7, "seed": 1},
@@ -104,16 +104,16 @@ def _run_chats(engine: Engine, chats: list[list[list[int]]], opts: dict) -> list
 def test_chat_sessions_keep_their_kv_between_turns(model, prompts):
     chats = _chats(model, prompts, turns=3)
     opts = {"max_new_tokens": 8, "do_sample": True, "top_k": 20, "seed": 3}
-    cold = Engine(model, max_batch=2, session_cache_mb=0)  # every turn recomputes the whole history
+    cold = Engine(model, max_batch=2, prefix_cache_mb=0)  # every turn recomputes the whole history
     warm = Engine(model, max_batch=2, prefill_chunk=16)
     try:
         want = _run_chats(cold, chats, opts)
         assert _run_chats(warm, chats, opts) == want
-        assert cold.sessions.hits == 0
+        assert cold.prefix_cache.hits == 0
         # every chat's turns 2 and 3 found the previous turn's KV: at least its history and reply
-        assert warm.sessions.hits >= 8
-        assert warm.sessions.reused_tokens >= sum(len(c[0]) + len(c[1]) for c in chats)
-        assert len(warm.sessions) == len(chats)  # a chat's later turn replaces its earlier entry
+        assert warm.prefix_cache.hits >= 8
+        assert warm.prefix_cache.reused_tokens >= sum(len(c[0]) + len(c[1]) for c in chats)
+        assert len(warm.prefix_cache) == len(chats)  # a chat's later turn replaces its earlier entry
     finally:
         cold.close()
         warm.close()
@@ -122,25 +122,26 @@ def test_chat_sessions_keep_their_kv_between_turns(model, prompts):
 def test_session_cache_budget_evicts_least_recently_used(model, prompts):
     per_token = model.kv_bytes_per_token
     chats = _chats(model, prompts, turns=2)
-    cold = Engine(model, session_cache_mb=0)
-    engine = Engine(model, max_batch=1, session_cache_mb=60 * per_token / 2**20)  # about two short chats
+    cold = Engine(model, prefix_cache_mb=0)
+    engine = Engine(model, max_batch=1, prefix_cache_mb=60 * per_token / 2**20)  # about two short chats
     try:
         want = _run_chats(cold, chats, {"max_new_tokens": 6})
         assert _run_chats(engine, chats, {"max_new_tokens": 6}) == want  # evicted chats are recomputed
-        assert 0 < engine.sessions.nbytes <= 60 * per_token
-        assert len(engine.sessions) < len(chats)
+        assert 0 < engine.prefix_cache.nbytes <= 60 * per_token
+        assert len(engine.prefix_cache) < len(chats)
     finally:
         cold.close()
         engine.close()
-    with pytest.raises(ValueError, match="session_cache_mb"):
-        Engine(model, session_cache_mb=-1)
+    with pytest.raises(ValueError, match="prefix_cache_mb"):
+        Engine(model, prefix_cache_mb=-1)
 
 
 def test_prefix_cache_lookup_and_store():
-    from runtime.prefix_cache import PrefixCache, SavedRow
+    from runtime.contrib_graph import RowKV
+    from serve.prefix_cache import PrefixCache
 
     def row(tokens):
-        return SavedRow(tuple(tokens), (np.zeros((1, len(tokens), 2), np.float32),))  # 8 bytes a token
+        return RowKV(tuple(tokens), (np.zeros((1, len(tokens), 2), np.float32),))  # 8 bytes a token
 
     cache = PrefixCache(budget_bytes=8 * 10)
     cache.store(row([1, 2, 3]))
@@ -234,7 +235,7 @@ def test_listeners_hear_every_token_and_a_broken_one_only_cancels_its_request(mo
 
 
 def test_prefill_groups_join_adjacent_rows_of_similar_length():
-    from runtime.engine import _prefill_groups
+    from serve.engine import _prefill_groups
 
     chunks = {0: [1] * 30, 1: [1] * 28, 2: [1] * 31, 3: [1] * 5, 5: [1] * 6, 6: [1] * 6}
     # with 0-2, row 3 would pad to 31 (124 slots for 94 tokens): alone; row 4 is not joining: 5 starts anew

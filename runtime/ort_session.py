@@ -1,0 +1,42 @@
+"""The onnxruntime side of a loaded graph: session options, the session, the graph's I/O names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .errors import ModelDirError
+from .manifest import MODEL_FILE, Manifest
+
+
+def make_session(path: Path, threads: int | None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or os.cpu_count() or 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one clear line
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ModelDirError(f"{path} is not a loadable ONNX model ({first}): re-export the model") from None
+
+
+class OrtGraph:
+    """A loaded graph: session, I/O names, context. Read-only after construction: safe to share between
+    threads (onnxruntime's `run` is thread-safe)."""
+
+    def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
+                 max_length: int | None = None) -> None:
+        self.m = manifest
+        self.ort_session = make_session(Path(model_dir) / MODEL_FILE, threads)
+        self.names = manifest.io.inputs
+        self.logits_name = manifest.io.logits
+        self.max_length = min(max_length or manifest.shape.n_positions, manifest.shape.n_positions)
+        have = {i.name for i in self.ort_session.get_inputs()}
+        want = set(self.names.values()) - {""}
+        if not want <= have:
+            raise ModelDirError(f"model.onnx lacks inputs {sorted(want - have)} listed in the manifest: re-export")

@@ -1,0 +1,29 @@
+"""What the runtime returns: plain values, imported by the model, chat and MMI alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    ids: list[int]
+    logprob: float | None = None  # log p(ids | prompt) under the model's raw logits
+    candidates: list[Any] | None = None  # MMI: every candidate (runtime.mmi.Candidate), best first
+
+
+@dataclass(frozen=True)
+class Score:
+    """log p(reply | context) under the model: natural-log probabilities of the reply's tokens (its
+    closing <|endoftext|> included when the reply was given as text)."""
+    token_logprobs: list[float]
+
+    @property
+    def sum_logprob(self) -> float:
+        return float(sum(self.token_logprobs))
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.sum_logprob / len(self.token_logprobs)

@@ -1,0 +1,84 @@
+"""CLI: python -m serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--max-queue 64]
+                                 [--prefix-cache-mb 256] [--threads N] [--ray [--replicas N] [--ray-address A]]
+
+Exit codes: 0 stopped, 2 a user error (one line on stderr), 3 an internal error (a bug: trace shown);
+SIGTERM / Ctrl-C: in-flight replies finish, then the process ends by that signal (143 / 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from runtime.cli import OneLineParser, positive_int
+from runtime.errors import UsageError
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = OneLineParser(prog="python -m serve", description="OpenAI-compatible HTTP server and chat page for an "
+                                                          "exported model (needs the serve extra)")
+    p.add_argument("model_dir")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together")
+    p.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting before 429")
+    p.add_argument("--prefix-cache-mb", type=float, default=256,
+                   help="memory for chats' KV between turns; least recently used chats are evicted (0: off)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="onnxruntime threads (per replica with --ray; default: all CPUs, or a replica's share)")
+    p.add_argument("--ray", action="store_true", help="run replicas on Ray Serve (needs the .[ray] extra)")
+    p.add_argument("--replicas", type=positive_int, default=None, help="Ray Serve replicas (default 1; needs --ray)")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. auto, after `ray start`) instead of starting a local one")
+    return p.parse_args(argv)
+
+
+def run(a: argparse.Namespace) -> None:
+    if not a.ray and (a.replicas is not None or a.ray_address is not None):
+        raise UsageError("--replicas and --ray-address run on Ray Serve: add --ray")
+    if a.prefix_cache_mb < 0:
+        raise UsageError(f"--prefix-cache-mb must be >= 0 (0 turns the cache off), got {a.prefix_cache_mb:g}")
+    from runtime.manifest import read_manifest
+
+    read_manifest(Path(a.model_dir), verify=False)  # a wrong dir: one line, before any server or cluster
+    try:
+        import uvicorn  # noqa: F401
+
+        from .http import serve
+    except ImportError:
+        raise UsageError("serving needs the serve extra: pip install 'dialogpt-onnx[serve]'") from None
+    if not a.ray:
+        serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_queue=a.max_queue,
+              prefix_cache_mb=a.prefix_cache_mb, threads=a.threads)
+        return
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        raise UsageError("--ray needs the ray extra: pip install 'dialogpt-onnx[ray]'") from None
+    from .ray_serve import ReplicaSettings, serve_on_ray
+
+    settings = ReplicaSettings(a.model_dir, max_batch=a.max_batch, max_queue=a.max_queue,
+                               prefix_cache_mb=a.prefix_cache_mb, threads=a.threads)
+    serve_on_ray(settings, replicas=a.replicas or 1, host=a.host, port=a.port, address=a.ray_address)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    try:
+        run(a)
+        return 0
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a bug, not a user error
+        traceback.print_exc()
+        print("internal error (a bug in dialogpt-onnx): please report it with the trace above", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The OpenAI-compatible HTTP app over the batching engine (Starlette; `pip install .[serve]`).
+
+POST /v1/chat/completions: the messages' contents become DialoGPT turns, each ended by <|endoftext|>
+(system messages are skipped: DialoGPT has no system prompt). `max_tokens`, `temperature` (0 or omitted:
+greedy, the runtime's default; > 0 samples), `top_p`, `seed`, `stream` (server-sent events). GET
+/v1/models, GET /health, GET / (the chat page). Errors use OpenAI's body ({"error": {...}}): 400 for bad
+input, 429 with Retry-After when the engine's queue is full. A streaming client that disconnects frees
+its row. A chat's next turn reuses the KV its previous turn left (the engine's prefix cache): only the
+new turns are prefilled. A reply sent back as an assistant message is read as the tokens this server
+generated for that text (ReplyTokens), so a served chat gets the replies a ChatSession gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+from importlib.resources import files
+from typing import Any
+
+from runtime import DialogModel, UsageError
+from runtime.text import StreamDecoder
+
+from .engine import Engine, EngineClosed, EngineFull, Request
+from .openai_api import BadRequest, ChatRequest, ReplyTokens, dialogue_ids, param_of
+
+CHAT_PAGE = files("serve").joinpath("static/chat.html").read_text(encoding="utf-8")
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+                        status_code=status, headers=headers)
+
+
+def _page_data(value: object) -> str:
+    """JSON for the page's data block: `<`, `>` and `&` escaped, so no value can close the block."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def create_app(engine: Engine, model_name: str, close_engine: bool = False):
+    """The ASGI app over `engine`; close_engine: the app's shutdown closes the engine (Ray replicas)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request as HttpRequest
+    from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    model = engine.model
+    replies = ReplyTokens()
+    page = CHAT_PAGE.replace("{{MODEL}}", _page_data(model_name))
+
+    async def health(_: HttpRequest) -> JSONResponse:
+        # pid: which process (Ray replica) answered; the engine's queue and prefix cache
+        return JSONResponse({"status": "ok", "pid": os.getpid(), **engine.stats()})
+
+    async def models(_: HttpRequest) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
+                                                         "owned_by": "dialogpt-onnx"}]})
+
+    async def completions(request: HttpRequest):
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "the request body is not valid JSON", "invalid_request_error")
+        try:
+            chat = ChatRequest.parse(body)
+            prompt = dialogue_ids(model, chat.turns, replies)
+            req = engine.submit(prompt, **chat.options)
+        except BadRequest as e:
+            return _error(400, str(e), "invalid_request_error", e.param)
+        except UsageError as e:  # the runtime's checks: options out of range, a history over the context
+            return _error(400, str(e), "invalid_request_error", param_of(e.arg))
+        except EngineFull as e:
+            return _error(429, str(e), "rate_limit_error", headers={"Retry-After": "1"})
+        except EngineClosed as e:
+            return _error(503, str(e), "server_error", headers={"Retry-After": "5"})
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
+        if chat.stream:
+            usage_of = len(prompt) if chat.include_usage else None
+            return StreamingResponse(_sse(req, head, model, usage_of, replies), media_type="text/event-stream")
+        try:
+            ids = await asyncio.to_thread(lambda: list(req.tokens()))
+        except EngineClosed as e:
+            return _error(503, str(e), "server_error", headers={"Retry-After": "5"})
+        finish = "stop" if ids[-1:] == [model.eos] else "length"
+        text = model.decode(ids)
+        replies.record(text, ids[:-1] if finish == "stop" else ids)
+        return JSONResponse({**head, "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(ids),
+                      "total_tokens": len(prompt) + len(ids)}})
+
+    async def chat_page(_: HttpRequest) -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if close_engine:
+            engine.close()
+
+    return Starlette(routes=[Route("/", chat_page), Route("/health", health), Route("/v1/models", models),
+                             Route("/v1/chat/completions", completions, methods=["POST"])], lifespan=lifespan)
+
+
+async def _sse(req: Request, head: dict[str, Any], model: DialogModel, prompt_tokens: int | None,
+               replies: ReplyTokens):
+    """Server-sent events in OpenAI's chunk format; a client that goes away cancels the request. With
+    prompt_tokens (stream_options.include_usage), a last chunk carries the usage, as OpenAI sends it."""
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        return "data: " + json.dumps({**head, "object": "chat.completion.chunk",
+                                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+    sd = StreamDecoder(model.tokenizer)
+    finish, n, text = "length", 0, []
+    loop, ready = asyncio.get_running_loop(), asyncio.Event()
+    req.listen(lambda: loop.call_soon_threadsafe(ready.set))  # no thread parked per token
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        over = False
+        while not over:
+            await ready.wait()
+            ready.clear()
+            try:
+                got = req.poll()
+            except EngineClosed:  # the server is shutting down: end the stream where it is
+                break
+            out = []  # the tokens that arrived together go out in one write, one event each
+            for t in got:
+                if t is None:
+                    over = True
+                    break
+                n += 1
+                if t == model.eos:
+                    finish = "stop"
+                    continue
+                piece = sd.push(t)
+                if piece:
+                    text.append(piece)
+                    out.append(chunk({"content": piece}))
+            if out:
+                yield "".join(out)
+        tail = sd.flush()
+        if tail:
+            text.append(tail)
+            yield chunk({"content": tail})
+        replies.record("".join(text), sd.ids)  # EOS is not among them: it is never pushed
+        yield chunk({}, finish)
+        if prompt_tokens is not None:
+            yield "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [], "usage": {
+                "prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}}) + "\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        req.cancel()  # no-op when finished; frees the row when the client disconnected
+
+
+def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, max_queue: int = 64,
+          prefix_cache_mb: float = 256, threads: int | None = None) -> None:
+    """Load the model, start the engine and serve the app with uvicorn until SIGINT / SIGTERM: uvicorn
+    stops taking connections, lets in-flight replies finish, then the process ends by that signal."""
+    import uvicorn
+
+    from runtime import load
+
+    model = load(model_dir, threads=threads)
+    engine = Engine(model, max_batch=max_batch, max_queue=max_queue, prefix_cache_mb=prefix_cache_mb)
+    try:
+        uvicorn.run(create_app(engine, model_name=str(model_dir)), host=host, port=port, log_level="warning")
+    finally:
+        engine.close()

@@ -1,0 +1,28 @@
+"""Helpers for tests that drive other processes: a free loopback port for the servers they start (tests
+target 127.0.0.1 only), and the event "the process is waiting for input"."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_reading(pid: int, timeout: float = 30) -> bool:
+    """True once `pid` sleeps in read() (syscall 0 on x86_64, 63 on aarch64): a signal sent now interrupts
+    that read. Output seen is not that event: a SIGINT between a prompt's write and the read waits for input."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if Path(f"/proc/{pid}/syscall").read_text().split()[0] in ("0", "63"):
+                return True
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.02)
+    return False
