@@ -85,3 +85,11 @@ def fp16_rounded(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
         for p in model.parameters():
             p.copy_(p.half().float())
     return model
+
+
+def copy_writable(src: Path, dst: Path) -> Path:
+    """A copy of a checkpoint or model dir whose files a test may then break."""
+    shutil.copytree(src, dst)
+    for f in dst.iterdir():
+        f.chmod(0o644)
+    return dst

@@ -64,3 +64,13 @@ def exported(tmp_path_factory, hf_dir):
         return cache[variant]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def backward_dir(tmp_path_factory, hf_bin_dir):
+    """Any model with the same tokenizer serves to test the mechanics (the real one is trained with
+    `python -m training --reverse`); exported with all-position logits, as a backward model should be."""
+    out = tmp_path_factory.mktemp("backward") / "model"
+    export_model(hf_bin_dir, out, ExportOptions(variant="fp32", all_logits=True, progress=False, n_prompts=1,
+                                                parity_tokens=4))
+    return out

@@ -26,3 +26,12 @@ def wait_until_reading(pid: int, timeout: float = 30) -> bool:
             pass
         time.sleep(0.02)
     return False
+
+
+def one_line(proc, code: int, phrase: str) -> None:
+    """A CLI failed as users should see it: exit `code`, one line on stderr naming the problem, no trace."""
+    err = proc.stderr.decode() if isinstance(proc.stderr, bytes) else proc.stderr
+    err = err.strip()
+    assert proc.returncode == code, (proc.returncode, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert phrase in err, err

@@ -9,19 +9,8 @@ from checkpoints import ROOT
 from tokenizers import AddedToken
 
 import runtime
-from export import ExportOptions, export_model
 from runtime.mmi import MMIOptions, MMIReranker, source_turns
 from runtime.text import encode_dialogue
-
-
-@pytest.fixture(scope="module")
-def backward_dir(tmp_path_factory, hf_bin_dir):
-    """Any model with the same tokenizer serves to test the mechanics (the real one is trained with
-    `python -m training --reverse`); exported with all-position logits, as a backward model should be."""
-    out = tmp_path_factory.mktemp("backward") / "model"
-    export_model(hf_bin_dir, out, ExportOptions(variant="fp32", all_logits=True, progress=False, n_prompts=1,
-                                                parity_tokens=4))
-    return out
 
 
 def test_source_turns_newest_first():
@@ -107,24 +96,3 @@ def test_mmi_from_the_cli(exported, backward_dir):
     assert ok.stdout.rstrip("\n") == mmi.generate("Do you like movies?", seed=2, max_new_tokens=8).text
     missing = subprocess.run([*run, "--rerank", "mmi"], capture_output=True, text=True, timeout=300, cwd=root)
     assert missing.returncode == 2 and "needs a backward model" in missing.stderr and "Traceback" not in missing.stderr
-
-
-def test_mmi_benchmark_quick(exported, backward_dir, tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    out = tmp_path / "mmi"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.mmi", str(exported("int8")), "--backward",
-                           str(backward_dir), "--quick", "--candidates", "2,4", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-1500:]
-    run = json.loads((out / "results.json").read_text())
-    assert list(run["systems"]) == ["greedy", "top-k 50", "MMI N=2", "MMI N=4"]
-    for r in run["systems"].values():
-        assert 0 < r["distinct_2"] <= 1 and r["bleu_2"] >= 0 and r["ms_per_reply"]["median"] > 0
-    assert "BLEU-2" in (out / "report.md").read_text() and (out / "mmi.png").read_bytes()[:4] == b"\x89PNG"
-    bad = subprocess.run([sys.executable, "-m", "benchmarks.mmi", str(exported("int8")), "--backward",
-                          str(backward_dir), "--candidates", "0"], capture_output=True, text=True, timeout=120,
-                         cwd=ROOT)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: --candidates")

@@ -1,0 +1,88 @@
+"""The house's rules, checked on the source: each package imports only the rooms below it, no module
+imports back into a circle (imports inside functions and type-only imports count), and the embeddable
+runtime loads none of the serving or training stack."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from checkpoints import ROOT
+
+PACKAGES = ("runtime", "serve", "export", "training", "benchmarks")
+# what each package may import from the others (the README's layout section says the same)
+ALLOWED = {"runtime": set(), "serve": {"runtime"}, "export": {"runtime"}, "training": {"runtime", "export"},
+           "benchmarks": {"runtime", "serve", "export", "training"}}
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports, wherever in the file the import statement stands."""
+    modules = {_module(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                targets = [f"{base}.{a.name}" for a in node.names] + [base]
+            for t in targets:  # the longest project module the name refers to
+                while t and t not in modules:
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    found.add(t)
+        graph[name] = found
+    return graph
+
+
+def test_no_import_circle():
+    graph = import_graph()
+    assert len(graph) > 40  # the walk found the tree
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                raise AssertionError("import circle: " + " -> ".join([*path[path.index(n):], n]))
+            if n not in state:
+                visit(n, [*path, n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_packages_import_only_the_rooms_below_them():
+    bad = [f"{m} imports {n}" for m, ns in import_graph().items() for n in ns
+           if n.split(".")[0] != m.split(".")[0] and n.split(".")[0] not in ALLOWED[m.split(".")[0]]]
+    assert not bad, bad
+
+
+def test_import_runtime_loads_no_serving_training_or_torch_stack():
+    code = ("import sys, runtime; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'starlette', 'uvicorn', 'ray', 'pydantic', 'torch', 'transformers', 'serve', 'export', 'training'}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", (proc.stdout, proc.stderr)
+
+
+def test_runtime_serve_names_the_new_command_without_importing_the_server():
+    code = ("import sys; from runtime.__main__ import main; code = main(['serve', 'some/dir']); "
+            "print(code, sorted({m.split('.')[0] for m in sys.modules} & {'serve', 'starlette', 'uvicorn'}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "2 []", (proc.stdout, proc.stderr)
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "python -m serve MODEL_DIR" in proc.stderr
