@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.checks import integer, is_number, number
 from runtime.manifest import ModelShape
 from runtime.text import EOS_TOKEN_ID as DEFAULT_EOS
 
@@ -96,11 +97,11 @@ def config_from_dict(raw: dict[str, Any], where: str = "config.json") -> ModelCo
     if not isinstance(activation, str) or activation not in TANH_GELUS | ERF_GELUS:
         raise ExportError(f"{where} uses activation '{activation}', which this exporter does not build: "
                           f"use one of {sorted(TANH_GELUS | ERF_GELUS)}")
+    def bad(message: str, _: str) -> ExportError:
+        return ExportError(f"{where}: {message}: fix the config")
+
     def count(key: str, default: object = None, minimum: int = 1) -> int:
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ExportError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}: fix the config")
-        return value
+        return integer(key, raw.get(key, default), minimum, error=bad)
 
     def flag(key: str, default: bool) -> bool:
         value = raw.get(key, default)
@@ -112,8 +113,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "config.json") -> ModelCo
     if n_embd % n_head:
         raise ExportError(f"{where}: n_embd {n_embd} is not divisible by n_head {n_head}: fix the config")
     eps = raw.get("layer_norm_epsilon", 1e-5)
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1:
-        raise ExportError(f"{where}: layer_norm_epsilon must be a number in (0, 1), got {eps!r}: fix the config")
+    number("layer_norm_epsilon", eps, "a number in (0, 1)", is_number(eps) and 0 < eps < 1, error=bad)
     eos = count("eos_token_id", DEFAULT_EOS, minimum=0)
     bos = count("bos_token_id", eos, minimum=0)
     for key, value in (("eos_token_id", eos), ("bos_token_id", bos)):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from runtime.checks import is_number, number
 from runtime.generate import generate_ids
 from runtime.graph import open_graph
 from runtime.manifest import Manifest
@@ -32,16 +33,16 @@ class Thresholds:
     min_greedy: float = 0.50  # quantized: mean share of the greedy sequence identical to fp32's
 
     def check(self) -> None:
-        import math
-
         from .errors import ExportError
 
-        if not (math.isfinite(self.max_logit_diff) and self.max_logit_diff >= 0):
-            raise ExportError(f"max_logit_diff must be a number >= 0, got {self.max_logit_diff!r}")
+        def bad(message: str, _: str) -> ExportError:
+            return ExportError(message)
+
+        d = self.max_logit_diff
+        number("max_logit_diff", d, "a number >= 0", is_number(d) and d >= 0, error=bad)
         for name in ("min_top1", "min_greedy"):
             v = getattr(self, name)
-            if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
-                raise ExportError(f"{name} must be a number in [0, 1], got {v!r}")
+            number(name, v, "a number in [0, 1]", is_number(v) and 0.0 <= v <= 1.0, error=bad)
 
 
 @dataclass

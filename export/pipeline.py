@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from runtime.checks import integer, optional_integer
 from runtime.graph_io import PORTABLE_IO, contrib_io
 from runtime.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, file_table, write_manifest
 from runtime.text import encode_dialogue
@@ -74,6 +75,10 @@ def default_quant(variant: str) -> QuantConfig | None:
     return None
 
 
+def _export_error(message: str, _: str) -> ExportError:
+    return ExportError(message)
+
+
 def _check_args(opts: ExportOptions) -> None:
     if opts.variant not in VARIANTS:
         raise ExportError(f"unknown variant '{opts.variant}': use one of {', '.join(VARIANTS)}")
@@ -82,12 +87,9 @@ def _check_args(opts: ExportOptions) -> None:
     if opts.graph == "portable" and opts.all_logits:
         raise ExportError("--all-logits is for the contrib graph (the portable graph always outputs every "
                           "position): drop one of the two options")
-    for name, value in (("n_prompts", opts.n_prompts), ("parity_tokens", opts.parity_tokens)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ExportError(f"{name} must be an integer >= 1, got {value!r}")
-    if opts.threads is not None and (isinstance(opts.threads, bool) or not isinstance(opts.threads, int)
-                                     or opts.threads < 1):
-        raise ExportError(f"threads must be an integer >= 1, got {opts.threads!r}")
+    integer("n_prompts", opts.n_prompts, 1, error=_export_error)
+    integer("parity_tokens", opts.parity_tokens, 1, error=_export_error)
+    optional_integer("threads", opts.threads, 1, "all cores", error=_export_error)
     opts.thresholds.check()
 
 

@@ -20,7 +20,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Iterator
-from typing import TextIO
+from typing import TextIO, cast
 
 from .cli import OneLineParser, finite_float, nonnegative_int, positive_int
 from .errors import UsageError
@@ -168,19 +168,21 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         from .mmi import MMIOptions, MMIReranker
-        from .model import load
+        from .model import DialogModel, load
+        from .results import Generation
 
         if a.backward and not a.rerank:
             raise UsageError("--backward is used by --rerank mmi: add --rerank mmi, or drop --backward")
         if a.rerank and not a.backward:
             raise UsageError("--rerank mmi needs a backward model: add --backward BACKWARD_DIR (an export of "
                              "`python -m training --reverse`)")
-        replier = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify)
+        model = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify)
+        replier: DialogModel | MMIReranker = model
         if a.rerank:
-            replier = MMIReranker(replier, load(a.backward, threads=a.threads, verify=not a.no_verify),
+            replier = MMIReranker(model, load(a.backward, threads=a.threads, verify=not a.no_verify),
                                   MMIOptions(candidates=a.mmi_candidates, forward_weight=a.mmi_forward_weight))
         if a.cmd == "generate":
-            print(replier.generate(a.text, **_gen_kwargs(a)).text)
+            print(cast(Generation, replier.generate(a.text, **_gen_kwargs(a))).text)  # one text: one Generation
             return 0
         session = replier.chat(max_history_tokens=a.max_history_tokens, **_gen_kwargs(a))
         _repl(session, interactive=sys.stdin.isatty())

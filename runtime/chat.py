@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from tokenizers import Tokenizer
 
-from .checks import fits_context, integer
+from .checks import fits_context, optional_integer
 from .generate import generate_ids, sample_with_logprobs
 from .graph import Graph
 from .results import Generation
@@ -42,9 +42,11 @@ DEFAULT_HISTORY_TOKENS = 128
 class ChatModel(Protocol):
     """What a chat needs of its model (runtime.model.DialogModel)."""
 
-    graph: Graph
     tokenizer: Tokenizer
     eos: int
+
+    @property
+    def graph(self) -> Graph: ...
 
     @property
     def max_length(self) -> int: ...
@@ -54,7 +56,8 @@ class ChatModel(Protocol):
 
 
 class Ranked(Protocol):
-    best: Generation
+    @property
+    def best(self) -> Generation: ...
 
 
 class Reranker(Protocol):
@@ -72,7 +75,7 @@ class Reranker(Protocol):
 class ChatSession:
     def __init__(self, model: ChatModel, opts: SamplingOptions, max_history_tokens: int | None,
                  reranker: Reranker | None = None) -> None:
-        budget = integer("max_history_tokens", max_history_tokens, 1, none=f"default {DEFAULT_HISTORY_TOKENS}")
+        budget = optional_integer("max_history_tokens", max_history_tokens, 1, f"default {DEFAULT_HISTORY_TOKENS}")
         budget = DEFAULT_HISTORY_TOKENS if budget is None else budget
         self._model = model
         self._opts = opts

@@ -5,41 +5,50 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
+from typing import TypeGuard
 
 import numpy as np
 
 from .errors import ContextOverflow, UsageError
 
 
-def is_integer(x: object) -> bool:
+def is_integer(x: object) -> TypeGuard[int]:
     """A real integer: Python or numpy ints, never bools."""
     return isinstance(x, numbers.Integral) and not isinstance(x, bool | np.bool_)
 
 
-def is_number(x: object) -> bool:
+def is_number(x: object) -> TypeGuard[float]:
     """A finite real number (ints included), never a bool."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool | np.bool_) and math.isfinite(x)
 
 
-def integer(name: str, value: object, minimum: int = 0, none: str | None = None, note: str = "",
-            error: type[Exception] = UsageError) -> int | None:
-    """`value` as an int >= minimum; None passes when `none` says what None means (e.g. "all cores").
-    `note` adds what a special value means (e.g. "0 turns it off")."""
-    if value is None and none is not None:
-        return None
-    if not is_integer(value) or value < minimum:  # type: ignore[operator]
-        what = f"an integer >= {minimum}" + (f" ({note})" if note else "")
-        what = f"None ({none}) or {what}" if none is not None else what
-        raise _error(error, f"{name} must be {what}, got {value!r}", name)
-    return int(value)  # type: ignore[arg-type]
+# Makes the exception from (message, argument name): the runtime's UsageError, or a caller's own kind.
+ErrorFactory = Callable[[str, str], Exception]
+
+
+def integer(name: str, value: object, minimum: int = 0, note: str = "", error: ErrorFactory = UsageError) -> int:
+    """`value` as an int >= minimum. `note` adds what a special value means (e.g. "0 turns it off")."""
+    if not is_integer(value) or value < minimum:
+        raise error(f"{name} must be an integer >= {minimum}" + (f" ({note})" if note else "") + f", got {value!r}",
+                    name)
+    return int(value)
+
+
+def optional_integer(name: str, value: object, minimum: int, none: str, error: ErrorFactory = UsageError
+                     ) -> int | None:
+    """None (which means `none`, e.g. "all cores") or an int >= minimum."""
+    if value is not None and (not is_integer(value) or value < minimum):
+        raise error(f"{name} must be None ({none}) or an integer >= {minimum}, got {value!r}", name)
+    return None if value is None else int(value)
 
 
 def number(name: str, value: object, what: str = "a finite number", ok: bool = True,
-           error: type[Exception] = UsageError) -> float:
+           error: ErrorFactory = UsageError) -> float:
     """`value` as a float: finite, and `ok` (the caller's range test) true; `what` describes the range."""
     if not is_number(value) or not ok:
-        raise _error(error, f"{name} must be {what}, got {value!r}", name)
-    return float(value)  # type: ignore[arg-type]
+        raise error(f"{name} must be {what}, got {value!r}", name)
+    return float(value)
 
 
 def fits_context(tokens: int, new_tokens: int, context: int) -> None:
@@ -48,7 +57,3 @@ def fits_context(tokens: int, new_tokens: int, context: int) -> None:
         asked = f" + {new_tokens} new tokens" if new_tokens else ""
         raise ContextOverflow(f"input of {tokens} tokens{asked} exceeds the context of {context} tokens: shorten "
                               "the input (or the history) or ask for fewer new tokens")
-
-
-def _error(kind: type[Exception], message: str, name: str) -> Exception:
-    return kind(message, name) if issubclass(kind, UsageError) else kind(message)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .chat import ChatSession
 from .checks import integer, number
@@ -140,4 +140,5 @@ class MMIReranker:
         """reply() for token ids and checked options."""
         cands = self.forward.generate(prompt, num_return_sequences=self.options.candidates,
                                       **asdict(self.sampling(opts)))
-        return self.rerank(prompt, cands if isinstance(cands, list) else [cands])
+        # one prompt: a list of Generations (N > 1) or one Generation (N = 1)
+        return self.rerank(prompt, cast("list[Generation]", cands if isinstance(cands, list) else [cands]))

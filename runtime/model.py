@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .chat import ChatSession, Reranker
-from .checks import fits_context, integer, is_integer
+from .checks import fits_context, integer, is_integer, optional_integer
 from .errors import UsageError
 from .generate import generate_ids, sample_with_logprobs
 from .graph import open_graph
@@ -29,8 +29,8 @@ from .text import StreamDecoder, encode_dialogue, encode_turn, load_tokenizer
 class DialogModel:
     def __init__(self, model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
                  verify: bool = True) -> None:
-        integer("threads", threads, 1, none="all cores")
-        integer("max_length", max_length, 1, none="the model's context")
+        optional_integer("threads", threads, 1, "all cores")
+        optional_integer("max_length", max_length, 1, "the model's context")
         self.dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.dir, verify=verify)
         self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)

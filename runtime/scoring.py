@@ -35,6 +35,7 @@ def batch_reply_logprobs(cache: Cache, pairs: list[tuple[list[int], list[int]]])
     rows = [c + r for c, r in pairs]
     cache.reset(len(rows), reserve=max(map(len, rows)))
     cache.prefill(rows)
+    assert cache.last_all_logits is not None  # an all-logits graph keeps every position's logits
     out = []
     for b, (c, r) in enumerate(pairs):
         lp = log_softmax(cache.last_all_logits[b, len(c) - 1: len(c) + len(r) - 1])

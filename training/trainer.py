@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from runtime.checks import integer
+from runtime.manifest import ModelShape
 from runtime.text import EOS_TOKEN_ID, encode_turn
 
 from .corpora import (
@@ -63,11 +65,16 @@ class Settings:
     eval_every: int = 500  # steps between held-out evaluations (0: only at the end)
     eval_conversations: int = 50  # held-out conversations per periodic evaluation
 
+    def model_shape(self) -> ModelShape:
+        """The from-scratch model: DialoGPT-small's config (vocabulary, context, EOS) at this depth and width."""
+        base = dialogpt_config("small")
+        return ModelShape(n_layer=self.layers, n_head=self.heads, head_dim=self.width // self.heads,
+                          n_positions=base["n_positions"], vocab_size=base["vocab_size"],
+                          eos_token_id=base.get("eos_token_id", EOS_TOKEN_ID))
+
     def check(self) -> None:
         for name in ("layers", "width", "heads", "length", "batch", "accum"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise DataError(f"{name} must be an integer >= 1, got {v!r}")
+            integer(name, getattr(self, name), 1, error=lambda message, _: DataError(message))
         if self.width % self.heads:
             raise DataError(f"width {self.width} is not divisible by heads {self.heads}: change one of them")
         if not self.lr > 0 or self.max_steps < 0 or self.warmup < 0 or self.eval_every < 0:
@@ -107,7 +114,8 @@ def _build_model(s: Settings):
         if not ckpt.config.scale_attn_by_inverse_layer_idx:  # SDPA is faster and exact for these
             model.config._attn_implementation = "sdpa"
         return model.train()
-    raw = {**dialogpt_config("small"), "n_layer": s.layers, "n_embd": s.width, "n_head": s.heads}
+    shape = s.model_shape()
+    raw = {**dialogpt_config("small"), "n_layer": shape.n_layer, "n_embd": shape.n_embd, "n_head": shape.n_head}
     torch.manual_seed(s.seed)
     return GPT2LMHeadModel(GPT2Config(**raw)).train()
 
