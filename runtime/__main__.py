@@ -14,15 +14,13 @@ what was said), Ctrl-C at the prompt or EOF (Ctrl-D) exits.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import signal
 import sys
-import traceback
 from collections.abc import Iterator
 from typing import TextIO, cast
 
-from .cli import OneLineParser, finite_float, nonnegative_int, positive_int
+from .cli import OneLineParser, finite_float, nonnegative_int, positive_int, run_command
 from .errors import UsageError
 
 # Every character Python's str.splitlines() breaks on: none may reach a piped reply line.
@@ -166,44 +164,29 @@ def main(argv: list[str] | None = None) -> int:
     # Invalid UTF-8 on stdin becomes lone surrogates, refused per line; unencodable output never crashes.
     sys.stdin.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
-    try:
-        from .mmi import MMIOptions, MMIReranker
-        from .model import DialogModel, load
-        from .results import Generation
+    return run_command(lambda: _run(a))
 
-        if a.backward and not a.rerank:
-            raise UsageError("--backward is used by --rerank mmi: add --rerank mmi, or drop --backward")
-        if a.rerank and not a.backward:
-            raise UsageError("--rerank mmi needs a backward model: add --backward BACKWARD_DIR (an export of "
-                             "`python -m training --reverse`)")
-        model = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify)
-        replier: DialogModel | MMIReranker = model
-        if a.rerank:
-            replier = MMIReranker(model, load(a.backward, threads=a.threads, verify=not a.no_verify),
-                                  MMIOptions(candidates=a.mmi_candidates, forward_weight=a.mmi_forward_weight))
-        if a.cmd == "generate":
-            print(cast(Generation, replier.generate(a.text, **_gen_kwargs(a))).text)  # one text: one Generation
-            return 0
-        session = replier.chat(max_history_tokens=a.max_history_tokens, **_gen_kwargs(a))
-        _repl(session, interactive=sys.stdin.isatty())
-        return 0
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if isinstance(e, BrokenPipeError):  # the reader went away (e.g. `| head -1`): nothing left to say
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-            return 0
-        print(f"error: {e.strerror or e} ({e.filename or 'I/O'}): check the path and its permissions",
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("", file=sys.stderr)
-        return 130
-    except Exception:  # a bug, not a user error
-        traceback.print_exc()
-        print("internal error (a bug in dialogpt-onnx): please report it with the trace above", file=sys.stderr)
-        return 3
+
+def _run(a: argparse.Namespace) -> None:
+    from .mmi import MMIOptions, MMIReranker
+    from .model import DialogModel, load
+    from .results import Generation
+
+    if a.backward and not a.rerank:
+        raise UsageError("--backward is used by --rerank mmi: add --rerank mmi, or drop --backward")
+    if a.rerank and not a.backward:
+        raise UsageError("--rerank mmi needs a backward model: add --backward BACKWARD_DIR (an export of "
+                         "`python -m training --reverse`)")
+    model = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify)
+    replier: DialogModel | MMIReranker = model
+    if a.rerank:
+        replier = MMIReranker(model, load(a.backward, threads=a.threads, verify=not a.no_verify),
+                              MMIOptions(candidates=a.mmi_candidates, forward_weight=a.mmi_forward_weight))
+    if a.cmd == "generate":
+        print(cast(Generation, replier.generate(a.text, **_gen_kwargs(a))).text)  # one text: one Generation
+        return
+    session = replier.chat(max_history_tokens=a.max_history_tokens, **_gen_kwargs(a))
+    _repl(session, interactive=sys.stdin.isatty())
 
 
 if __name__ == "__main__":

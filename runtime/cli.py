@@ -1,10 +1,16 @@
-"""What both CLIs (export and runtime) share: usage errors as one line with exit 2, checked number types."""
+"""What the CLIs share: usage errors as one line with exit 2, checked number types, and one mapping from
+what a command raised to its exit code."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
+from collections.abc import Callable
 from typing import NoReturn
+
+from .errors import UsageError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -41,3 +47,29 @@ def finite_float(text: str) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
+
+
+def run_command(command: Callable[[], None]) -> int:
+    """Run a CLI command and turn its outcome into the exit code: 0 done, 2 a user error (one line on
+    stderr), 130 Ctrl-C, 3 a bug (its trace shown). Only UsageError and OS errors (a path, a permission) are
+    the user's: any other exception, ValueError included, is a bug."""
+    try:
+        command()
+        return 0
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):  # the reader went away (e.g. `| head -1`): nothing left to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 0
+        print(f"error: {e.strerror or e} ({e.filename or 'I/O'}): check the path and its permissions",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except Exception:  # a bug, not a user error
+        traceback.print_exc()
+        print("internal error (a bug in dialogpt-onnx): please report it with the trace above", file=sys.stderr)
+        return 3

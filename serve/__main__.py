@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
-from runtime.cli import OneLineParser, positive_int
+from runtime.cli import OneLineParser, positive_int, run_command
 from runtime.errors import UsageError
 
 
@@ -66,18 +65,7 @@ def run(a: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
-    try:
-        run(a)
-        return 0
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except Exception:  # a bug, not a user error
-        traceback.print_exc()
-        print("internal error (a bug in dialogpt-onnx): please report it with the trace above", file=sys.stderr)
-        return 3
+    return run_command(lambda: run(a))
 
 
 if __name__ == "__main__":

@@ -192,3 +192,15 @@ def test_ctrl_c_at_a_piped_chats_prompt_exits_130(exported):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in err
+
+
+def test_a_bug_is_exit_3_even_when_it_is_a_value_error(exported):
+    """Only UsageError (and OS errors) are the user's: a ValueError from inside is a bug, shown with its trace."""
+    child = ("import sys\nfrom runtime.model import DialogModel\n"
+             "def broken(*args, **kwargs):\n    raise ValueError('simulated bug')\n"
+             "DialogModel.generate = broken\n"
+             "from runtime.__main__ import main\nsys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", child, "generate", str(exported("int8")), "Hello"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "simulated bug" in proc.stderr and "Traceback" in proc.stderr and "internal error" in proc.stderr
