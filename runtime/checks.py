@@ -19,8 +19,13 @@ def is_integer(x: object) -> TypeGuard[int]:
 
 
 def is_number(x: object) -> TypeGuard[float]:
-    """A finite real number (ints included), never a bool."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool | np.bool_) and math.isfinite(x)
+    """A finite real number (ints included, if a float can hold them), never a bool."""
+    if not isinstance(x, numbers.Real) or isinstance(x, bool | np.bool_):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int beyond float range (10**400): not a usable number
+        return False
 
 
 # Makes the exception from (message, argument name): the runtime's UsageError, or a caller's own kind.

@@ -1,5 +1,5 @@
-"""CLI: python -m serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--max-queue 64]
-                                 [--prefix-cache-mb 256] [--threads N] [--ray [--replicas N] [--ray-address A]]
+"""CLI: python -m serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--model-name NAME] [--max-batch 8]
+                        [--max-queue 64] [--prefix-cache-mb 256] [--threads N] [--ray [--replicas N] [--ray-address A]]
 
 Exit codes: 0 stopped, 2 a user error (one line on stderr), 3 an internal error (a bug: trace shown);
 SIGTERM / Ctrl-C: in-flight replies finish, then the process ends by that signal (143 / 130).
@@ -15,12 +15,21 @@ from runtime.cli import OneLineParser, positive_int, run_command
 from runtime.errors import UsageError
 
 
+def port_number(text: str) -> int:
+    port = positive_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {port}")
+    return port
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m serve", description="OpenAI-compatible HTTP server and chat page for an "
                                                           "exported model (needs the serve extra)")
     p.add_argument("model_dir")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
+    p.add_argument("--model-name", default=None,
+                   help="the model's name for clients (default: MODEL_DIR's base name; its path is never shown)")
     p.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together")
     p.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting before 429")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
@@ -50,7 +59,7 @@ def run(a: argparse.Namespace) -> None:
         raise UsageError("serving needs the serve extra: pip install 'dialogpt-onnx[serve]'") from None
     if not a.ray:
         serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_queue=a.max_queue,
-              prefix_cache_mb=a.prefix_cache_mb, threads=a.threads)
+              prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name)
         return
     try:
         import ray.serve  # noqa: F401
@@ -59,7 +68,7 @@ def run(a: argparse.Namespace) -> None:
     from .ray_serve import ReplicaSettings, serve_on_ray
 
     settings = ReplicaSettings(a.model_dir, max_batch=a.max_batch, max_queue=a.max_queue,
-                               prefix_cache_mb=a.prefix_cache_mb, threads=a.threads)
+                               prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name)
     serve_on_ray(settings, replicas=a.replicas or 1, host=a.host, port=a.port, address=a.ray_address)
 
 

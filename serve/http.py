@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from runtime import DialogModel, UsageError
@@ -64,8 +65,9 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
     async def completions(request: HttpRequest):
         try:
             body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "the request body is not valid JSON", "invalid_request_error")
+        except (ValueError, RecursionError):  # not JSON or not UTF-8, an int of > 4,300 digits, nesting too deep
+            return _error(400, "the request body is not valid JSON (or nests or numbers beyond what this server "
+                               "reads)", "invalid_request_error")
         try:
             chat = ChatRequest.parse(body)
             prompt = dialogue_ids(model, chat.turns, replies)
@@ -159,8 +161,13 @@ async def _sse(req: Request, head: dict[str, Any], model: DialogModel, prompt_to
         req.cancel()  # no-op when finished; frees the row when the client disconnected
 
 
+def public_name(model_dir: str | Path, model_name: str | None = None) -> str:
+    """The name clients see (`model` in responses, /v1/models, the page): never the directory's path."""
+    return model_name or Path(model_dir).resolve().name
+
+
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, max_queue: int = 64,
-          prefix_cache_mb: float = 256, threads: int | None = None) -> None:
+          prefix_cache_mb: float = 256, threads: int | None = None, model_name: str | None = None) -> None:
     """Load the model, start the engine and serve the app with uvicorn until SIGINT / SIGTERM: uvicorn
     stops taking connections, lets in-flight replies finish, then the process ends by that signal."""
     import uvicorn
@@ -170,6 +177,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
     model = load(model_dir, threads=threads)
     engine = Engine(model, max_batch=max_batch, max_queue=max_queue, prefix_cache_mb=prefix_cache_mb)
     try:
-        uvicorn.run(create_app(engine, model_name=str(model_dir)), host=host, port=port, log_level="warning")
+        app = create_app(engine, model_name=public_name(model_dir, model_name))
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         engine.close()

@@ -27,9 +27,22 @@ class BadRequest(ValueError):
         self.param = param
 
 
+# Request fields: each is applied, or refused with a 400 naming it (never silently ignored).
+APPLIED = {"messages", "max_tokens", "max_completion_tokens", "min_tokens", "temperature", "top_p", "top_k",
+           "repetition_penalty", "seed", "stream", "stream_options", "n"}
+INFORMATIVE = {"model", "user"}  # OpenAI's: name the model / the end user; nothing to apply
+# Refused unless they ask for nothing (their neutral value): this server does not implement them yet.
+NEUTRAL = {"stop": (None, [], ""), "logprobs": (None, False), "top_logprobs": (None, 0),
+           "frequency_penalty": (None, 0, 0.0), "presence_penalty": (None, 0, 0.0), "logit_bias": (None, {}),
+           "response_format": (None, {"type": "text"}), "tools": (None, []), "tool_choice": (None, "none"),
+           "functions": (None, []), "function_call": (None, "none")}
+# Roles: DialoGPT has turns (user, assistant) and no system prompt; system and developer messages are left out.
+TURN_ROLES, SKIPPED_ROLES = ("user", "assistant"), ("system", "developer")
+
+
 @dataclass(frozen=True)
 class ChatRequest:
-    turns: list[tuple[str, str]]  # (role, content), system messages left out
+    turns: list[tuple[str, str]]  # (role, content), system and developer messages left out
     options: dict[str, Any] = field(default_factory=dict)  # the runtime's generation options
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage
@@ -39,6 +52,13 @@ class ChatRequest:
         """The one validator of a request body: raises BadRequest naming the field."""
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
+        for name, value in body.items():
+            if name in APPLIED or name in INFORMATIVE:
+                continue
+            if name not in NEUTRAL:
+                raise BadRequest(f"unknown field {name!r}: this server applies {sorted(APPLIED)}", name)
+            if value not in NEUTRAL[name]:
+                raise BadRequest(f"{name} is not supported by this server yet: leave it out", name)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise BadRequest(f"stream must be true or false, got {stream!r}", "stream")
@@ -48,16 +68,35 @@ class ChatRequest:
         return cls(_turns(body), _options(body), stream, bool(so.get("include_usage")))
 
 
+def _content(m: dict[str, Any], i: int) -> str:
+    """A message's text: a string, or OpenAI's list of parts, whose text parts are joined."""
+    content = m.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(isinstance(p, dict) for p in content):
+        kinds = {p.get("type") for p in content}
+        if kinds != {"text"} or not all(isinstance(p.get("text"), str) for p in content):
+            raise BadRequest(f"messages[{i}].content: only text parts are supported, got types "
+                             f"{sorted(map(str, kinds))}", "messages")
+        return "".join(p["text"] for p in content)
+    raise BadRequest(f"messages[{i}].content must be a string or a list of text parts", "messages")
+
+
 def _turns(body: dict[str, Any]) -> list[tuple[str, str]]:
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise BadRequest("messages must be a non-empty list", "messages")
     turns = []
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
-            raise BadRequest(f"messages[{i}] must have a string role and a string content", "messages")
-        if m["role"] != "system":  # DialoGPT has no system prompt
-            turns.append((m["role"], m["content"]))
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise BadRequest(f"messages[{i}] must be an object with a string role", "messages")
+        role = m["role"]
+        if role not in TURN_ROLES + SKIPPED_ROLES:
+            raise BadRequest(f"messages[{i}].role {role!r} is not one of {', '.join(TURN_ROLES + SKIPPED_ROLES)}",
+                             "messages")
+        text = _content(m, i)
+        if role in TURN_ROLES:
+            turns.append((role, text))
     if not turns:
         raise BadRequest("messages hold no user or assistant turn", "messages")
     return turns
@@ -65,13 +104,14 @@ def _turns(body: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _options(body: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's fields -> the runtime's options. Checked here: only what OpenAI defines differently from the
-    runtime (max_tokens >= 1, temperature 0 = greedy) and the fields this server refuses."""
+    runtime (max_tokens >= 1, temperature 0 = greedy, n = 1); the runtime checks the rest at submit."""
     opts: dict[str, Any] = {}
-    mt = body.get("max_tokens", body.get("max_completion_tokens"))
-    if mt is not None:
-        if not is_integer(mt) or mt < 1:
-            raise BadRequest(f"max_tokens must be an integer >= 1, got {mt!r}", "max_tokens")
-        opts["max_new_tokens"] = mt
+    for name in ("max_tokens", "max_completion_tokens"):  # the newer name wins; null means "not given"
+        mt = body.get(name)
+        if mt is not None:
+            if not is_integer(mt) or mt < 1:
+                raise BadRequest(f"{name} must be an integer >= 1, got {mt!r}", name)
+            opts["max_new_tokens"] = mt
     if body.get("min_tokens") is not None:  # an extension (as vLLM's): no end of turn before this many tokens
         opts["min_new_tokens"] = body["min_tokens"]
     temperature = body.get("temperature")
@@ -79,16 +119,13 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest(f"temperature must be a number >= 0, got {temperature!r}", "temperature")
     if temperature:  # 0 (or omitted) is greedy, as OpenAI's API defines temperature 0
         opts.update(do_sample=True, temperature=temperature)
-    for name in ("top_p", "seed"):  # top_p is checked when greedy too; it applies when sampling
+    # top_p and top_k are checked when greedy too, and apply when sampling; repetition_penalty: vLLM's extension
+    for name in ("top_p", "top_k", "repetition_penalty", "seed"):
         if body.get(name) is not None:
             opts[name] = body[name]
-    # OpenAI fields this server does not implement: refused when they ask for something, not ignored
-    if body.get("n", 1) != 1:
-        raise BadRequest(f"n must be 1 (one choice per request), got {body['n']!r}", "n")
-    if body.get("stop") not in (None, [], ""):
-        raise BadRequest("stop sequences are not supported: DialoGPT ends its turn itself; use max_tokens", "stop")
-    if body.get("logprobs"):
-        raise BadRequest("logprobs are not supported here: use the runtime's model.score()", "logprobs")
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise BadRequest(f"n must be 1 (one choice per request), got {n!r}", "n")
     return opts
 
 

@@ -28,6 +28,7 @@ class ReplicaSettings:
     max_queue: int = 64
     prefix_cache_mb: float = 256
     threads: int | None = None  # onnxruntime threads per replica (default: its share of the CPUs)
+    model_name: str | None = None  # what clients see (default: the directory's base name)
 
 
 def build_replica_app(settings: ReplicaSettings):
@@ -35,12 +36,12 @@ def build_replica_app(settings: ReplicaSettings):
     from runtime import load
 
     from .engine import Engine
-    from .http import create_app
+    from .http import create_app, public_name
 
     model = load(settings.model_dir, threads=settings.threads)
     engine = Engine(model, max_batch=settings.max_batch, max_queue=settings.max_queue,
                     prefix_cache_mb=settings.prefix_cache_mb)
-    return create_app(engine, model_name=settings.model_dir, close_engine=True)
+    return create_app(engine, model_name=public_name(settings.model_dir, settings.model_name), close_engine=True)
 
 
 def application(settings: ReplicaSettings, replicas: int, cpus_per_replica: float):

@@ -104,6 +104,22 @@ def test_openai_client_chat_and_stream(server):
     (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\n"]}', "stop"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "logprobs": true}', "logprobs"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": true, "stream_options": 5}', "stream_options"),
+    # every field is applied or refused, never silently ignored
+    (b'{"messages": [{"role": "user", "content": "hi"}], "top_k": -1}', "top_k"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 0.5}', "frequency_penalty"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 1}', "presence_penalty"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"50256": -100}}', "logit_bias"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}',
+     "response_format"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}', "tools"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "bogus": 1}', "bogus"),
+    (b'{"messages": [{"role": "tool", "content": "hi"}]}', "messages"),
+    (b'{"messages": [{"role": "bogus", "content": "hi"}]}', "messages"),
+    (b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}', "messages"),
+    # what JSON can hold but the server cannot read: 400, never 500
+    (b'{"messages": [{"role": "user", "content": "hi"}], "seed": ' + b"9" * 5001 + b"}", None),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1' + b"0" * 400 + b"}", "temperature"),
+    (b"[" * 100_000 + b"]" * 100_000, None),
 ])
 def test_bad_requests_get_openai_errors(server, body, param):
     _, url = server
@@ -261,3 +277,40 @@ def test_a_chats_next_turn_reuses_its_kv(exported):
         # a turn's row holds its prompt and reply but the reply's last token (never fed); the next prompt
         # matches all of it, even where the reply's text re-encodes to other tokens (random weights here)
         assert engine.prefix_cache.reused_tokens == sum(len(w.prompt) + len(w.ids) - 1 for w in want[:2])
+
+
+def test_openai_message_forms_and_fields_are_applied(server):
+    """List-of-parts content, developer (as system) messages, top_k, n: null, max_tokens: null beside
+    max_completion_tokens: each applied as OpenAI defines it."""
+    model, url = server
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    prompt = encode_dialogue(model.tokenizer, ["Do you like movies?"], model.eos)
+    want = model.generate(prompt, max_new_tokens=6)
+    text_parts = [{"type": "text", "text": "Do you like "}, {"type": "text", "text": "movies?"}]
+    parts = [{"role": "developer", "content": "be nice"}, {"role": "user", "content": text_parts}]
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": parts, "max_tokens": None,
+                                                         "max_completion_tokens": 6, "n": None}).json()
+    assert r["choices"][0]["message"]["content"] == want.text and r["usage"]["completion_tokens"] == len(want.ids)
+    question = [{"role": "user", "content": "Do you like movies?"}]
+    sampled = client.chat.completions.create(model="tiny", messages=question, max_tokens=8, temperature=0.9,
+                                             seed=4, extra_body={"top_k": 3})
+    assert sampled.choices[0].message.content == model.generate(prompt, max_new_tokens=8, do_sample=True,
+                                                                temperature=0.9, top_k=3, seed=4).text
+
+
+def test_the_model_is_named_by_its_base_name_never_its_path(exported):
+    from serve.http import public_name
+
+    assert public_name(exported("int8")) == exported("int8").name and "/" not in public_name(exported("int8"))
+    assert public_name(exported("int8"), "my-bot") == "my-bot"
+
+
+def test_serve_cli_refuses_a_port_out_of_range(exported):
+    import subprocess
+    import sys
+
+    from processes import one_line
+
+    proc = subprocess.run([sys.executable, "-m", "serve", str(exported("int8")), "--port", "70000"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    one_line(proc, 2, "--port: must be a TCP port, 1 to 65535, got 70000")
