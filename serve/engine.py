@@ -136,6 +136,7 @@ class Engine:
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
         self._closed = False
+        self.failure: BaseException | None = None  # what stopped the worker, if it died (health reports it)
         self.steps = 0  # graph calls made (a reply of n tokens alone takes n; shared steps take fewer)
         self.rows_computed = 0  # rows summed over those calls: busy rows only, never the idle ones
         self._thread = threading.Thread(target=self._loop, name="dialogpt-engine", daemon=True)
@@ -165,6 +166,12 @@ class Engine:
         """submit() and wait for the whole reply."""
         ids = list(self.submit(prompt, **options).tokens())
         return Generation(self.model.decode(ids), ids)
+
+    @property
+    def alive(self) -> bool:
+        """The engine takes work: its worker runs and it was not closed (health endpoints report this)."""
+        with self._wake:
+            return not self._closed and self._thread.is_alive()
 
     def stats(self) -> dict[str, Any]:
         """What the engine is doing, for /health and load tests (a snapshot; any thread)."""
@@ -200,6 +207,7 @@ class Engine:
                             rows[b] = self._join(cache, b, self._waiting.popleft())
                 self._step(cache, rows)
         except BaseException as e:  # a bug or an onnxruntime failure: every caller hears of it
+            self.failure = e
             for r in rows:
                 if r is not None:
                     r.req.error = e

@@ -55,7 +55,12 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
     page = CHAT_PAGE.replace("{{MODEL}}", _page_data(model_name))
 
     async def health(_: HttpRequest) -> JSONResponse:
-        # pid: which process (Ray replica) answered; the engine's queue and prefix cache
+        # 503 once the engine cannot take work (its worker died, or it was closed): a supervisor or load
+        # balancer sees the truth. pid: which process (Ray replica) answered; the engine's queue and cache.
+        if not engine.alive:
+            why = f"the engine stopped: {type(engine.failure).__name__}: {engine.failure}" if engine.failure \
+                else "the engine is closed"
+            return JSONResponse({"status": "error", "message": why, "pid": os.getpid()}, status_code=503)
         return JSONResponse({"status": "ok", "pid": os.getpid(), **engine.stats()})
 
     async def models(_: HttpRequest) -> JSONResponse:

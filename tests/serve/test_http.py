@@ -153,6 +153,34 @@ def test_full_queue_is_429_with_retry_after(exported):
         engine.close()
 
 
+def test_health_is_503_once_the_engine_died_or_closed(exported):
+    from starlette.testclient import TestClient
+
+    model = runtime.load(exported("int8"))
+    engine = Engine(model, max_batch=1)
+    client = TestClient(create_app(engine, "tiny"))
+    try:
+        assert client.get("/health").status_code == 200
+        real = engine._step
+
+        def crash(*args, **kwargs):
+            raise RuntimeError("simulated onnxruntime failure")
+
+        engine._step = crash  # the worker's next step fails, as a broken graph or an out-of-memory would
+        req = engine.submit("hi", max_new_tokens=4)
+        with pytest.raises(RuntimeError, match="simulated"):
+            list(req.tokens())
+        engine._thread.join(timeout=30)
+        r = client.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "error" and "simulated" in r.json()["message"]
+        engine._step = real
+    finally:
+        engine.close()
+    closed = Engine(model, max_batch=1)
+    closed.close()
+    assert TestClient(create_app(closed, "tiny")).get("/health").json()["message"] == "the engine is closed"
+
+
 def test_chat_page_is_served(server):
     _, url = server
     r = httpx.get(f"{url}/")
