@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -88,13 +89,14 @@ class Server:
 def chat_client(url: str, turns: list[str], max_tokens: int, deadline: float, out: list[dict]) -> None:
     """One user: a multi-turn chat, each reply streamed; one record per request."""
     messages: list[dict] = []
+    salt = uuid.uuid4().hex  # this user's own key to the server's cached chats
     with httpx.Client(timeout=300) as http:
         for text in turns:
             if time.monotonic() > deadline:
                 return
             messages.append({"role": "user", "content": text})
             body = {"messages": messages, "max_tokens": max_tokens, "min_tokens": max_tokens, "stream": True,
-                    "stream_options": {"include_usage": True}}
+                    "stream_options": {"include_usage": True}, "cache_salt": salt}
             rec: dict = {"ok": False}
             t0 = time.perf_counter()
             stamps, reply = [], []

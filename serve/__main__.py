@@ -34,6 +34,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting before 429")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="memory for chats' KV between turns; least recently used chats are evicted (0: off)")
+    p.add_argument("--shared-prefix-cache", action="store_true",
+                   help="let requests without a cache_salt reuse each other's cached chats: faster for one "
+                        "trusted client, but any client can then tell what another said (by the reply's speed)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="onnxruntime threads (per replica with --ray; default: all CPUs, or a replica's share)")
     p.add_argument("--ray", action="store_true", help="run replicas on Ray Serve (needs the .[ray] extra)")
@@ -57,9 +60,14 @@ def run(a: argparse.Namespace) -> None:
         from .http import serve
     except ImportError:
         raise UsageError("serving needs the serve extra: pip install 'dialogpt-onnx[serve]'") from None
+    if a.shared_prefix_cache:
+        print("warning: --shared-prefix-cache: clients without a cache_salt share cached chats; one can tell "
+              "what another said from how fast a guess is answered. Use it for one trusted client only.",
+              file=sys.stderr)
     if not a.ray:
         serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_queue=a.max_queue,
-              prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name)
+              prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name,
+              share_prefix_cache=a.shared_prefix_cache)
         return
     try:
         import ray.serve  # noqa: F401
@@ -68,7 +76,8 @@ def run(a: argparse.Namespace) -> None:
     from .ray_serve import ReplicaSettings, serve_on_ray
 
     settings = ReplicaSettings(a.model_dir, max_batch=a.max_batch, max_queue=a.max_queue,
-                               prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name)
+                               prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name,
+                               share_prefix_cache=a.shared_prefix_cache)
     serve_on_ray(settings, replicas=a.replicas or 1, host=a.host, port=a.port, address=a.ray_address)
 
 

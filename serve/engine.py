@@ -49,6 +49,7 @@ class EngineClosed(RuntimeError):
 class Request:
     prompt: list[int]
     opts: SamplingOptions
+    tenant: str | None = None  # whose prefix-cache rows it may reuse and add to (None: none, unless shared)
     out: queue.Queue = field(default_factory=queue.Queue)  # token ids, then _DONE
     cancelled: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -121,7 +122,7 @@ class _Row:
 
 class Engine:
     def __init__(self, model: DialogModel, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256,
-                 prefix_cache_mb: float = 256) -> None:
+                 prefix_cache_mb: float = 256, share_prefix_cache: bool = False) -> None:
         for name, v in (("max_batch", max_batch), ("max_queue", max_queue), ("prefill_chunk", prefill_chunk)):
             integer(name, v, 1)
         number("prefix_cache_mb", prefix_cache_mb, "a number >= 0 (0 turns the cache off)",
@@ -133,6 +134,9 @@ class Engine:
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         # chats' KV between turns: touched by the worker thread only (its counters may be read anywhere)
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
+        # requests that name no tenant reuse no one's KV, unless the operator shares one cache among them all
+        self.share_prefix_cache = share_prefix_cache
+        self.prompt_tokens_computed = 0  # prompt tokens prefilled (those the prefix cache gave are not)
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
         self._closed = False
@@ -143,12 +147,13 @@ class Engine:
         self._thread.start()
 
     # -- any thread --------------------------------------------------------------------------------
-    def submit(self, prompt: str | list[int], **options: Any) -> Request:
-        """Queue one reply; its tokens come from `request.tokens()`. Arguments are checked here."""
+    def submit(self, prompt: str | list[int], tenant: str | None = None, **options: Any) -> Request:
+        """Queue one reply; its tokens come from `request.tokens()`. Arguments are checked here. `tenant`
+        names whose cached chats the request may reuse (see PrefixCache): an API key's, a client's salt."""
         opts = self.model.options(**options)
         ids = self.model.prompt_ids(prompt)
         self.model.check_fits(len(ids), opts)
-        req = Request(ids, opts)
+        req = Request(ids, opts, tenant)
         if opts.max_new_tokens == 0:
             req.emit(_DONE)
             return req
@@ -222,8 +227,16 @@ class Engine:
                 req.emit(_DONE)
             cache.release()
 
+    def cache_namespace(self, tenant: str | None) -> str | None:
+        """The prefix-cache namespace of a request's tenant: its own, a shared one if the operator chose it, or
+        none (nothing reused, nothing kept). Whatever else a server remembers per chat uses the same."""
+        if tenant is not None:
+            return "t:" + tenant
+        return "shared" if self.share_prefix_cache else None
+
     def _join(self, cache: RowCache, b: int, req: Request) -> _Row:
-        saved, n = self.prefix_cache.lookup(req.prompt)
+        tenant = self.cache_namespace(req.tenant)
+        saved, n = self.prefix_cache.lookup(tenant, req.prompt) if tenant is not None else (None, 0)
         if saved is None:
             cache.free_row(b)
         else:  # the same chat's earlier turn: its KV is reused, only the new tokens are prefilled
@@ -250,6 +263,7 @@ class Engine:
             chunks[b] = r.pending[:budget]
             del r.pending[: len(chunks[b])]
             budget -= len(chunks[b])
+            self.prompt_tokens_computed += len(chunks[b])
             r.cached += chunks[b]
         for run in _prefill_groups(chunks):
             logits = cache.prefill([chunks[b] for b in run], start=run[0])
@@ -284,8 +298,9 @@ class Engine:
         r.generated += 1
         r.req.emit(t)
         if t == self.model.eos or r.generated >= o.max_new_tokens:
-            if self.prefix_cache.budget:
-                self.prefix_cache.store(cache.save_row(b, r.cached))
+            tenant = self.cache_namespace(r.req.tenant)
+            if self.prefix_cache.budget and tenant is not None:
+                self.prefix_cache.store(tenant, cache.save_row(b, r.cached))
             r.req.emit(_DONE)
             rows[b] = None
         else:

@@ -75,8 +75,9 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
                                "reads)", "invalid_request_error")
         try:
             chat = ChatRequest.parse(body)
-            prompt = dialogue_ids(model, chat.turns, replies)
-            req = engine.submit(prompt, **chat.options)
+            namespace = engine.cache_namespace(chat.cache_salt)
+            prompt = dialogue_ids(model, chat.turns, replies, namespace)
+            req = engine.submit(prompt, tenant=chat.cache_salt, **chat.options)
         except BadRequest as e:
             return _error(400, str(e), "invalid_request_error", e.param)
         except UsageError as e:  # the runtime's checks: options out of range, a history over the context
@@ -88,14 +89,15 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
         if chat.stream:
             usage_of = len(prompt) if chat.include_usage else None
-            return StreamingResponse(_sse(req, head, model, usage_of, replies), media_type="text/event-stream")
+            return StreamingResponse(_sse(req, head, model, usage_of, replies, namespace),
+                                     media_type="text/event-stream")
         try:
             ids = await asyncio.to_thread(lambda: list(req.tokens()))
         except EngineClosed as e:
             return _error(503, str(e), "server_error", headers={"Retry-After": "5"})
         finish = "stop" if ids[-1:] == [model.eos] else "length"
         text = model.decode(ids)
-        replies.record(text, ids[:-1] if finish == "stop" else ids)
+        replies.record(namespace, text, ids[:-1] if finish == "stop" else ids)
         return JSONResponse({**head, "object": "chat.completion", "choices": [
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
             "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(ids),
@@ -115,7 +117,7 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
 
 
 async def _sse(req: Request, head: dict[str, Any], model: DialogModel, prompt_tokens: int | None,
-               replies: ReplyTokens):
+               replies: ReplyTokens, namespace: str | None):
     """Server-sent events in OpenAI's chunk format; a client that goes away cancels the request. With
     prompt_tokens (stream_options.include_usage), a last chunk carries the usage, as OpenAI sends it."""
 
@@ -156,7 +158,7 @@ async def _sse(req: Request, head: dict[str, Any], model: DialogModel, prompt_to
         if tail:
             text.append(tail)
             yield chunk({"content": tail})
-        replies.record("".join(text), sd.ids)  # EOS is not among them: it is never pushed
+        replies.record(namespace, "".join(text), sd.ids)  # EOS is not among them: it is never pushed
         yield chunk({}, finish)
         if prompt_tokens is not None:
             yield "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [], "usage": {
@@ -172,7 +174,8 @@ def public_name(model_dir: str | Path, model_name: str | None = None) -> str:
 
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, max_queue: int = 64,
-          prefix_cache_mb: float = 256, threads: int | None = None, model_name: str | None = None) -> None:
+          prefix_cache_mb: float = 256, threads: int | None = None, model_name: str | None = None,
+          share_prefix_cache: bool = False) -> None:
     """Load the model, start the engine and serve the app with uvicorn until SIGINT / SIGTERM: uvicorn
     stops taking connections, lets in-flight replies finish, then the process ends by that signal."""
     import uvicorn
@@ -180,7 +183,8 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
     from runtime import load
 
     model = load(model_dir, threads=threads)
-    engine = Engine(model, max_batch=max_batch, max_queue=max_queue, prefix_cache_mb=prefix_cache_mb)
+    engine = Engine(model, max_batch=max_batch, max_queue=max_queue, prefix_cache_mb=prefix_cache_mb,
+                    share_prefix_cache=share_prefix_cache)
     try:
         app = create_app(engine, model_name=public_name(model_dir, model_name))
         uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -29,7 +29,7 @@ class BadRequest(ValueError):
 
 # Request fields: each is applied, or refused with a 400 naming it (never silently ignored).
 APPLIED = {"messages", "max_tokens", "max_completion_tokens", "min_tokens", "temperature", "top_p", "top_k",
-           "repetition_penalty", "seed", "stream", "stream_options", "n"}
+           "repetition_penalty", "seed", "stream", "stream_options", "n", "cache_salt"}
 INFORMATIVE = {"model", "user"}  # OpenAI's: name the model / the end user; nothing to apply
 # Refused unless they ask for nothing (their neutral value): this server does not implement them yet.
 NEUTRAL = {"stop": (None, [], ""), "logprobs": (None, False), "top_logprobs": (None, 0),
@@ -46,6 +46,8 @@ class ChatRequest:
     options: dict[str, Any] = field(default_factory=dict)  # the runtime's generation options
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage
+    # vLLM's field: requests with the same salt may reuse each other's cached KV; without one, none is reused
+    cache_salt: str | None = None
 
     @classmethod
     def parse(cls, body: object) -> ChatRequest:
@@ -65,7 +67,10 @@ class ChatRequest:
         so = body.get("stream_options") or {}
         if not isinstance(so, dict) or not isinstance(so.get("include_usage", False), bool):
             raise BadRequest("stream_options must be an object like {\"include_usage\": true}", "stream_options")
-        return cls(_turns(body), _options(body), stream, bool(so.get("include_usage")))
+        salt = body.get("cache_salt")
+        if salt is not None and (not isinstance(salt, str) or not 0 < len(salt) <= 256):
+            raise BadRequest("cache_salt must be a string of 1 to 256 characters (one per user or chat)", "cache_salt")
+        return cls(_turns(body), _options(body), stream, bool(so.get("include_usage")), salt)
 
 
 def _content(m: dict[str, Any], i: int) -> str:
@@ -136,35 +141,41 @@ class ReplyTokens:
     Why: byte-level BPE does not round-trip a model's output (a reply may spell " movies" as " mov" +
     "ies"; re-encoding gives " movies"), so a re-encoded history diverges from the stored KV at the first
     such token and is prefilled again from there; it also differs from what a ChatSession, which keeps
-    ids, feeds the model. With these ids a served chat replies exactly as a ChatSession does. Bounded
-    (least recently used out); thread-safe (the server's handlers record and read it).
+    ids, feeds the model. With these ids a served chat replies exactly as a ChatSession does. Kept per
+    prefix-cache namespace (a tenant's), so that no client learns what was said to another (a known reply
+    would change its prompt's token count). Bounded (least recently used out); thread-safe.
     """
 
     def __init__(self, max_replies: int = 4096) -> None:
         self.max_replies = max_replies
-        self._ids: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._ids: OrderedDict[tuple[str, str], tuple[int, ...]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def record(self, text: str, ids: list[int]) -> None:
+    def record(self, namespace: str | None, text: str, ids: list[int]) -> None:
+        if namespace is None:
+            return
         with self._lock:
-            self._ids[text] = tuple(ids)
-            self._ids.move_to_end(text)
+            self._ids[(namespace, text)] = tuple(ids)
+            self._ids.move_to_end((namespace, text))
             while len(self._ids) > self.max_replies:
                 self._ids.popitem(last=False)
 
-    def get(self, text: str) -> list[int] | None:
+    def get(self, namespace: str | None, text: str) -> list[int] | None:
+        if namespace is None:
+            return None
         with self._lock:
-            ids = self._ids.get(text)
+            ids = self._ids.get((namespace, text))
             if ids is not None:
-                self._ids.move_to_end(text)
+                self._ids.move_to_end((namespace, text))
         return None if ids is None else list(ids)
 
 
-def dialogue_ids(model: DialogModel, turns: list[tuple[str, str]], replies: ReplyTokens) -> list[int]:
+def dialogue_ids(model: DialogModel, turns: list[tuple[str, str]], replies: ReplyTokens,
+                 namespace: str | None) -> list[int]:
     """DialoGPT's prompt: every turn + EOS; an assistant turn this server wrote is taken as the ids it
     generated (see ReplyTokens), any other turn is encoded as the runtime encodes a turn."""
     ids: list[int] = []
     for role, text in turns:
-        known = replies.get(text) if role == "assistant" else None
+        known = replies.get(namespace, text) if role == "assistant" else None
         ids += model.encode_turn(text) if known is None else known + [model.eos]
     return ids

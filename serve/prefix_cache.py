@@ -29,13 +29,15 @@ def common_prefix(a: tuple[int, ...], b: list[int]) -> int:
 
 
 class PrefixCache:
-    """Saved rows by their tokens, least recently used first, at most `budget_bytes` in all."""
+    """Saved rows by tenant and tokens, least recently used first, at most `budget_bytes` in all. A lookup
+    sees only its own tenant's rows: one client's KV never serves (nor, by a faster reply, reveals) another's
+    conversation. The budget and eviction are shared."""
 
     def __init__(self, budget_bytes: int) -> None:
         if budget_bytes < 0:
             raise ValueError(f"the prefix cache budget must be >= 0 bytes, got {budget_bytes}")
         self.budget = budget_bytes
-        self._rows: OrderedDict[tuple[int, ...], RowKV] = OrderedDict()
+        self._rows: OrderedDict[tuple[str, tuple[int, ...]], RowKV] = OrderedDict()
         self.nbytes = 0
         self.hits = 0  # lookups that reused tokens
         self.reused_tokens = 0  # prompt tokens not recomputed thanks to the cache
@@ -43,32 +45,35 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def lookup(self, prompt: list[int]) -> tuple[RowKV | None, int]:
-        """The saved row sharing the longest prefix with `prompt`, and how many tokens of it to reuse:
-        at most len(prompt) - 1, since the prompt's last token must be fed to get the next logits."""
+    def lookup(self, tenant: str, prompt: list[int]) -> tuple[RowKV | None, int]:
+        """The tenant's saved row sharing the longest prefix with `prompt`, and how many tokens of it to
+        reuse: at most len(prompt) - 1, since the prompt's last token must be fed to get the next logits."""
         best, best_n = None, 0
-        for row in self._rows.values():
+        for (owner, _), row in self._rows.items():
+            if owner != tenant:
+                continue
             n = min(common_prefix(row.tokens, prompt), len(prompt) - 1)
             if n > best_n:
                 best, best_n = row, n
         if best is not None:
-            self._rows.move_to_end(best.tokens)
+            self._rows.move_to_end((tenant, best.tokens))
             self.hits += 1
             self.reused_tokens += best_n
         return best, best_n
 
-    def store(self, row: RowKV) -> None:
-        """Keep `row`, dropping saved rows it extends (the same chat's earlier turns), then the least
-        recently used ones while over budget. A row larger than the whole budget is not kept."""
+    def store(self, tenant: str, row: RowKV) -> None:
+        """Keep `row` for `tenant`, dropping the tenant's saved rows it extends (the same chat's earlier
+        turns), then the least recently used ones while over budget. A row larger than the budget is not kept."""
         if row.nbytes > self.budget or not row.tokens:
             return
-        for key in [k for k in self._rows if len(k) <= len(row.tokens) and row.tokens[: len(k)] == k]:
+        for key in [(o, k) for o, k in self._rows if o == tenant and len(k) <= len(row.tokens)
+                    and row.tokens[: len(k)] == k]:
             self._drop(key)
-        self._rows[row.tokens] = row
+        self._rows[(tenant, row.tokens)] = row
         self.nbytes += row.nbytes
         while self.nbytes > self.budget:
             self._drop(next(iter(self._rows)))
 
-    def _drop(self, key: tuple[int, ...]) -> None:
+    def _drop(self, key: tuple[str, tuple[int, ...]]) -> None:
         self.nbytes -= self._rows.pop(key).nbytes
 

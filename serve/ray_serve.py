@@ -29,6 +29,7 @@ class ReplicaSettings:
     prefix_cache_mb: float = 256
     threads: int | None = None  # onnxruntime threads per replica (default: its share of the CPUs)
     model_name: str | None = None  # what clients see (default: the directory's base name)
+    share_prefix_cache: bool = False  # requests without a cache_salt share cached chats (one trusted client)
 
 
 def build_replica_app(settings: ReplicaSettings):
@@ -40,7 +41,7 @@ def build_replica_app(settings: ReplicaSettings):
 
     model = load(settings.model_dir, threads=settings.threads)
     engine = Engine(model, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                    prefix_cache_mb=settings.prefix_cache_mb)
+                    prefix_cache_mb=settings.prefix_cache_mb, share_prefix_cache=settings.share_prefix_cache)
     return create_app(engine, model_name=public_name(settings.model_dir, settings.model_name), close_engine=True)
 
 

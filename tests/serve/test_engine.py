@@ -81,7 +81,7 @@ def _chats(model, prompts, turns: int) -> list[list[list[int]]]:
 
 def _run_chats(engine: Engine, chats: list[list[list[int]]], opts: dict) -> list[list[list[int]]]:
     """Each chat's replies, turn by turn, the chats running concurrently; every request carries the
-    whole conversation so far, as an OpenAI-style client sends it."""
+    whole conversation so far, as an OpenAI-style client sends it, and its chat's own tenant."""
     eos = engine.model.eos
     out: list[list[list[int]]] = [[] for _ in chats]
 
@@ -89,7 +89,7 @@ def _run_chats(engine: Engine, chats: list[list[list[int]]], opts: dict) -> list
         history: list[int] = []
         for user in chats[c]:
             history += user
-            reply = engine.generate(history, **opts).ids
+            reply = engine.generate(history, tenant=f"chat {c}", **opts).ids
             out[c].append(reply)
             history += reply if reply[-1:] == [eos] else reply + [eos]
 
@@ -144,17 +144,19 @@ def test_prefix_cache_lookup_and_store():
         return RowKV(tuple(tokens), (np.zeros((1, len(tokens), 2), np.float32),))  # 8 bytes a token
 
     cache = PrefixCache(budget_bytes=8 * 10)
-    cache.store(row([1, 2, 3]))
-    cache.store(row([1, 2, 3, 4, 5]))  # the same chat, a turn later: replaces its earlier entry
+    cache.store("a", row([1, 2, 3]))
+    cache.store("a", row([1, 2, 3, 4, 5]))  # the same chat, a turn later: replaces its earlier entry
     assert len(cache) == 1
-    saved, n = cache.lookup([1, 2, 3, 4, 5])
+    saved, n = cache.lookup("a", [1, 2, 3, 4, 5])
     assert saved.tokens == (1, 2, 3, 4, 5) and n == 4  # the last prompt token is always fed
-    assert cache.lookup([9, 1, 2]) == (None, 0)
-    cache.store(row([7, 8, 9]))
-    cache.store(row([6, 6, 6]))  # over budget: the least recently used entry goes
-    assert len(cache) == 2 and cache.lookup([1, 2, 3, 4, 5, 6])[0] is None
-    cache.store(row(range(20)))  # larger than the whole budget: not kept
-    assert cache.nbytes == 8 * 6
+    assert cache.lookup("a", [9, 1, 2]) == (None, 0)
+    assert cache.lookup("b", [1, 2, 3, 4, 5]) == (None, 0)  # another tenant's rows are not seen
+    cache.store("b", row([1, 2, 3]))  # nor replaced by another tenant's shorter row
+    assert len(cache) == 2 and cache.lookup("a", [1, 2, 3, 4, 5])[1] == 4
+    cache.store("a", row([6, 6, 6]))  # over budget: the least recently used entry goes
+    assert len(cache) == 2 and cache.lookup("b", [1, 2, 3, 4])[0] is None
+    cache.store("a", row(range(20)))  # larger than the whole budget: not kept
+    assert cache.nbytes == 8 * 8
 
 
 def test_a_prompt_as_long_as_the_buffer_next_to_empty_rows(model):
@@ -241,3 +243,36 @@ def test_prefill_groups_join_adjacent_rows_of_similar_length():
     # with 0-2, row 3 would pad to 31 (124 slots for 94 tokens): alone; row 4 is not joining: 5 starts anew
     assert _prefill_groups(chunks) == [[0, 1, 2], [3], [5, 6]]
     assert _prefill_groups({}) == []
+
+
+def test_one_tenant_cannot_reuse_or_detect_anothers_chat(model):
+    """The attack on a shared cache: after a victim's chat, an attacker sends a guess of its start. Across
+    tenants (or with none) nothing is reused, so neither the counters nor the work done (the time a reply
+    takes) tell a right guess from a wrong one; the victim's own next turn still reuses its KV."""
+    enc = model.encode_turn
+    secret = enc("My bank PIN is 7305 and my name is Carol Jones")
+    engine = Engine(model, max_batch=2)
+    shared = Engine(model, max_batch=2, share_prefix_cache=True)  # the operator's opt-in: the old behaviour
+    try:
+        for e in (engine, shared):
+            e.generate(secret, tenant="victim" if e is engine else None, max_new_tokens=4)
+        right, wrong = enc("My bank PIN is 7305"), enc("My bank PIN is 1111")
+        # attackers with a tenant of their own (each new: no cache of theirs to hit), then without one
+        for n, (guess, tenant) in enumerate([(right, "a1"), (wrong, "a2"), (right, None), (wrong, None)]):
+            hits, computed = engine.prefix_cache.reused_tokens, engine.prompt_tokens_computed
+            engine.generate(guess, tenant=tenant, max_new_tokens=1)
+            assert engine.prefix_cache.reused_tokens == hits, n  # nothing of the victim's KV served it
+            assert engine.prompt_tokens_computed - computed == len(guess), n  # the whole guess was computed
+        before = engine.prefix_cache.reused_tokens
+        engine.generate(secret + enc("ok") + enc("Is it safe?"), tenant="victim", max_new_tokens=2)
+        assert engine.prefix_cache.reused_tokens - before >= len(secret)  # the same tenant's next turn hits
+        # shared on purpose: the right guess reuses more of the cached chat than the wrong one (what leaked)
+        reuse = []
+        for guess in (right, wrong):
+            before = shared.prefix_cache.reused_tokens
+            shared.generate(guess, max_new_tokens=1)
+            reuse.append(shared.prefix_cache.reused_tokens - before)
+        assert reuse[0] > reuse[1]
+    finally:
+        engine.close()
+        shared.close()

@@ -294,11 +294,12 @@ def test_a_chats_next_turn_reuses_its_kv(exported):
     with live_server(model, max_batch=2) as (engine, url):
         client = OpenAI(base_url=f"{url}/v1", api_key="unused")
         messages = [{"role": "user", "content": "Do you like movies?"}]
+        mine = {"cache_salt": "one user's chat"}  # without a salt, no request reuses another's KV
         for turn in ("Which ones?", "Why?"):
-            r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6)
+            r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, extra_body=mine)
             messages += [{"role": "assistant", "content": r.choices[0].message.content},
                          {"role": "user", "content": turn}]
-        r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6)
+        r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, extra_body=mine)
         want = chat_replies(model, ["Do you like movies?", "Which ones?", "Why?"], max_new_tokens=6)
         assert [m["content"] for m in messages[1::2]] + [r.choices[0].message.content] == [w.text for w in want]
         assert engine.prefix_cache.hits == 2  # turns 2 and 3 started from the previous turn's KV, all of it:
@@ -342,3 +343,32 @@ def test_serve_cli_refuses_a_port_out_of_range(exported):
     proc = subprocess.run([sys.executable, "-m", "serve", str(exported("int8")), "--port", "70000"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     one_line(proc, 2, "--port: must be a TCP port, 1 to 65535, got 70000")
+
+
+def test_a_client_cannot_guess_anothers_chat_through_the_cache(exported):
+    """The attack on a shared cache, over HTTP: after a victim's chat, guesses of it from another salt or
+    none reuse nothing (the /health counters do not move), while the victim's next turn reuses its KV."""
+    model = runtime.load(exported("int8"))
+    with live_server(model, max_batch=2) as (engine, url):
+        def ask(content: str, salt: str | None) -> dict:
+            body = {"messages": [{"role": "user", "content": content}], "max_tokens": 2}
+            body |= {"cache_salt": salt} if salt else {}
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        def reused() -> int:
+            return httpx.get(f"{url}/health").json()["prefix_cache"]["reused_tokens"]
+
+        secret = "My bank PIN is 7305 and my name is Carol Jones"
+        reply = ask(secret, "victim")["choices"][0]["message"]["content"] or "ok"
+        for guess, salt in [("My bank PIN is 7305", "attacker"), ("My bank PIN is 7305", None),
+                            (secret, "another attacker"), (secret, None)]:
+            before = reused()
+            ask(guess, salt)
+            assert reused() == before, (guess, salt)
+        before = reused()
+        body = {"messages": [{"role": "user", "content": secret}, {"role": "assistant", "content": reply},
+                             {"role": "user", "content": "Is it safe?"}], "max_tokens": 2, "cache_salt": "victim"}
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+        assert reused() - before >= len(model.encode_turn(secret))
