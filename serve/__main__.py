@@ -8,6 +8,7 @@ SIGTERM / Ctrl-C: in-flight replies finish, then the process ends by that signal
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting before 429")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="memory for chats' KV between turns; least recently used chats are evicted (0: off)")
+    p.add_argument("--api-key", action="append", default=None, metavar="KEY",
+                   help="require `Authorization: Bearer KEY` on the API (repeatable; also --api-key-file and "
+                        "$DIALOGPT_API_KEY); each key's requests share cached chats only with each other")
+    p.add_argument("--api-key-file", default=None, help="a file of API keys, one per line")
     p.add_argument("--shared-prefix-cache", action="store_true",
                    help="let requests without a cache_salt reuse each other's cached chats: faster for one "
                         "trusted client, but any client can then tell what another said (by the reply's speed)")
@@ -53,6 +58,10 @@ def run(a: argparse.Namespace) -> None:
         raise UsageError(f"--prefix-cache-mb must be >= 0 (0 turns the cache off), got {a.prefix_cache_mb:g}")
     from runtime.manifest import read_manifest
 
+    from .auth import ENV_VAR, read_keys
+
+    keys = read_keys(a.api_key, a.api_key_file, os.environ.get(ENV_VAR))
+
     read_manifest(Path(a.model_dir), verify=False)  # a wrong dir: one line, before any server or cluster
     try:
         import uvicorn  # noqa: F401
@@ -67,7 +76,7 @@ def run(a: argparse.Namespace) -> None:
     if not a.ray:
         serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_queue=a.max_queue,
               prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name,
-              share_prefix_cache=a.shared_prefix_cache)
+              share_prefix_cache=a.shared_prefix_cache, api_keys=keys)
         return
     try:
         import ray.serve  # noqa: F401
@@ -77,7 +86,7 @@ def run(a: argparse.Namespace) -> None:
 
     settings = ReplicaSettings(a.model_dir, max_batch=a.max_batch, max_queue=a.max_queue,
                                prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name,
-                               share_prefix_cache=a.shared_prefix_cache)
+                               share_prefix_cache=a.shared_prefix_cache, api_keys=tuple(keys))
     serve_on_ray(settings, replicas=a.replicas or 1, host=a.host, port=a.port, address=a.ray_address)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from runtime import DialogModel, UsageError
 from runtime.text import StreamDecoder
 
+from .auth import ApiKeys, Unauthorized
 from .engine import Engine, EngineClosed, EngineFull, Request
 from .openai_api import BadRequest, ChatRequest, ReplyTokens, dialogue_ids, param_of
 
@@ -43,8 +44,9 @@ def _page_data(value: object) -> str:
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def create_app(engine: Engine, model_name: str, close_engine: bool = False):
-    """The ASGI app over `engine`; close_engine: the app's shutdown closes the engine (Ray replicas)."""
+def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_keys: ApiKeys | None = None):
+    """The ASGI app over `engine`; close_engine: the app's shutdown closes the engine (Ray replicas);
+    api_keys: when set, every route but the page and /health needs one of them."""
     from starlette.applications import Starlette
     from starlette.requests import Request as HttpRequest
     from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -52,22 +54,41 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
 
     model = engine.model
     replies = ReplyTokens()
+    keys = api_keys or ApiKeys()
+
+    def unauthorized() -> JSONResponse:
+        return JSONResponse({"error": {"message": "a valid API key is needed: send Authorization: Bearer KEY",
+                                       "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
+                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
     page = CHAT_PAGE.replace("{{MODEL}}", _page_data(model_name))
 
-    async def health(_: HttpRequest) -> JSONResponse:
+    async def health(request: HttpRequest) -> JSONResponse:
         # 503 once the engine cannot take work (its worker died, or it was closed): a supervisor or load
         # balancer sees the truth. pid: which process (Ray replica) answered; the engine's queue and cache.
         if not engine.alive:
             why = f"the engine stopped: {type(engine.failure).__name__}: {engine.failure}" if engine.failure \
                 else "the engine is closed"
             return JSONResponse({"status": "error", "message": why, "pid": os.getpid()}, status_code=503)
-        return JSONResponse({"status": "ok", "pid": os.getpid(), **engine.stats()})
+        try:  # the engine's counters only for key holders: the probe itself is open to all
+            keys.tenant(request.headers.get("authorization"))
+            detail = engine.stats()
+        except Unauthorized:
+            detail = {}
+        return JSONResponse({"status": "ok", "pid": os.getpid(), **detail})
 
-    async def models(_: HttpRequest) -> JSONResponse:
+    async def models(request: HttpRequest) -> JSONResponse:
+        try:
+            keys.tenant(request.headers.get("authorization"))
+        except Unauthorized:
+            return unauthorized()
         return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
                                                          "owned_by": "dialogpt-onnx"}]})
 
     async def completions(request: HttpRequest):
+        try:
+            key_tenant = keys.tenant(request.headers.get("authorization"))
+        except Unauthorized:
+            return unauthorized()
         try:
             body = json.loads(await request.body())
         except (ValueError, RecursionError):  # not JSON or not UTF-8, an int of > 4,300 digits, nesting too deep
@@ -75,9 +96,11 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False):
                                "reads)", "invalid_request_error")
         try:
             chat = ChatRequest.parse(body)
-            namespace = engine.cache_namespace(chat.cache_salt)
+            # a key's requests share its cache (narrowed by a salt); without keys, the salt alone
+            tenant = key_tenant if chat.cache_salt is None else f"{key_tenant or ''}/{chat.cache_salt}"
+            namespace = engine.cache_namespace(tenant)
             prompt = dialogue_ids(model, chat.turns, replies, namespace)
-            req = engine.submit(prompt, tenant=chat.cache_salt, **chat.options)
+            req = engine.submit(prompt, tenant=tenant, **chat.options)
         except BadRequest as e:
             return _error(400, str(e), "invalid_request_error", e.param)
         except UsageError as e:  # the runtime's checks: options out of range, a history over the context
@@ -175,7 +198,7 @@ def public_name(model_dir: str | Path, model_name: str | None = None) -> str:
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, max_queue: int = 64,
           prefix_cache_mb: float = 256, threads: int | None = None, model_name: str | None = None,
-          share_prefix_cache: bool = False) -> None:
+          share_prefix_cache: bool = False, api_keys: list[str] | None = None) -> None:
     """Load the model, start the engine and serve the app with uvicorn until SIGINT / SIGTERM: uvicorn
     stops taking connections, lets in-flight replies finish, then the process ends by that signal."""
     import uvicorn
@@ -186,7 +209,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
     engine = Engine(model, max_batch=max_batch, max_queue=max_queue, prefix_cache_mb=prefix_cache_mb,
                     share_prefix_cache=share_prefix_cache)
     try:
-        app = create_app(engine, model_name=public_name(model_dir, model_name))
+        app = create_app(engine, model_name=public_name(model_dir, model_name), api_keys=ApiKeys(api_keys or []))
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         engine.close()

@@ -30,19 +30,22 @@ class ReplicaSettings:
     threads: int | None = None  # onnxruntime threads per replica (default: its share of the CPUs)
     model_name: str | None = None  # what clients see (default: the directory's base name)
     share_prefix_cache: bool = False  # requests without a cache_salt share cached chats (one trusted client)
+    api_keys: tuple[str, ...] = ()  # required on the API when given
 
 
 def build_replica_app(settings: ReplicaSettings):
     """The ASGI app of one replica: its own model and engine, closed when Ray stops the replica."""
     from runtime import load
 
+    from .auth import ApiKeys
     from .engine import Engine
     from .http import create_app, public_name
 
     model = load(settings.model_dir, threads=settings.threads)
     engine = Engine(model, max_batch=settings.max_batch, max_queue=settings.max_queue,
                     prefix_cache_mb=settings.prefix_cache_mb, share_prefix_cache=settings.share_prefix_cache)
-    return create_app(engine, model_name=public_name(settings.model_dir, settings.model_name), close_engine=True)
+    return create_app(engine, model_name=public_name(settings.model_dir, settings.model_name), close_engine=True,
+                      api_keys=ApiKeys(settings.api_keys))
 
 
 def application(settings: ReplicaSettings, replicas: int, cpus_per_replica: float):

@@ -372,3 +372,39 @@ def test_a_client_cannot_guess_anothers_chat_through_the_cache(exported):
                              {"role": "user", "content": "Is it safe?"}], "max_tokens": 2, "cache_salt": "victim"}
         assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
         assert reused() - before >= len(model.encode_turn(secret))
+
+
+def test_api_keys_guard_the_api_and_separate_tenants(exported, tmp_path):
+    from starlette.testclient import TestClient
+
+    from serve.auth import ApiKeys, read_keys
+
+    a, b = "a" * 24, "b" * 24
+    model = runtime.load(exported("int8"))
+    engine = Engine(model, max_batch=2)
+    try:
+        client = TestClient(create_app(engine, "tiny", api_keys=ApiKeys([a, b])))
+        chat = {"messages": [{"role": "user", "content": "My bank PIN is 7305"}], "max_tokens": 2}
+        for headers in ({}, {"Authorization": "Bearer " + "c" * 24}, {"Authorization": a}):
+            r = client.post("/v1/chat/completions", json=chat, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", headers
+            assert client.get("/v1/models", headers=headers).status_code == 401
+        assert client.get("/").status_code == 200  # the page asks for the key itself
+        open_health = client.get("/health").json()
+        assert open_health["status"] == "ok" and "prefix_cache" not in open_health  # no counters without a key
+        as_a, as_b = {"Authorization": f"Bearer {a}"}, {"Authorization": f"Bearer {b}"}
+        assert client.post("/v1/chat/completions", json=chat, headers=as_a).status_code == 200
+        reused = client.get("/health", headers=as_a).json()["prefix_cache"]["reused_tokens"]
+        assert client.post("/v1/chat/completions", json=chat, headers=as_b).status_code == 200  # another tenant
+        assert client.get("/health", headers=as_b).json()["prefix_cache"]["reused_tokens"] == reused
+        assert client.post("/v1/chat/completions", json=chat, headers=as_a).status_code == 200  # the same one
+        assert client.get("/health", headers=as_a).json()["prefix_cache"]["reused_tokens"] > reused
+    finally:
+        engine.close()
+    keys = tmp_path / "keys"
+    keys.write_text(f"# ours\n{a}\n\n{b}\n")
+    assert read_keys(None, str(keys), None) == [a, b] and read_keys([a], None, b) == [a, b]
+    with pytest.raises(runtime.UsageError, match="at least 16 characters"):
+        read_keys(["short"], None, None)
+    with pytest.raises(runtime.UsageError, match="cannot read --api-key-file"):
+        read_keys(None, str(tmp_path / "missing"), None)
