@@ -49,7 +49,7 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
     api_keys: when set, every route but the page and /health needs one of them."""
     from starlette.applications import Starlette
     from starlette.requests import Request as HttpRequest
-    from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     model = engine.model
@@ -115,9 +115,11 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
             return StreamingResponse(_sse(req, head, model, usage_of, replies, namespace),
                                      media_type="text/event-stream")
         try:
-            ids = await asyncio.to_thread(lambda: list(req.tokens()))
+            ids = await _whole_reply(req, request)
         except EngineClosed as e:
             return _error(503, str(e), "server_error", headers={"Retry-After": "5"})
+        except _ClientGone:  # nobody to answer: its row was freed at the next step
+            return Response(status_code=499)
         finish = "stop" if ids[-1:] == [model.eos] else "length"
         text = model.decode(ids)
         replies.record(namespace, text, ids[:-1] if finish == "stop" else ids)
@@ -137,6 +139,32 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
 
     return Starlette(routes=[Route("/", chat_page), Route("/health", health), Route("/v1/models", models),
                              Route("/v1/chat/completions", completions, methods=["POST"])], lifespan=lifespan)
+
+
+class _ClientGone(Exception):
+    """The client of a non-streamed request disconnected before its reply was done."""
+
+
+async def _whole_reply(req: Request, request: Any, check_every: float = 0.25) -> list[int]:
+    """A non-streamed reply's token ids, waiting on the engine's callback; a client that disconnects
+    meanwhile cancels the request (its row is freed at the next step) instead of leaving it computing."""
+    loop, ready = asyncio.get_running_loop(), asyncio.Event()
+    req.listen(lambda: loop.call_soon_threadsafe(ready.set))
+    ids: list[int] = []
+    checked = loop.time()
+    while True:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ready.wait(), timeout=check_every)
+        ready.clear()
+        for t in req.poll():
+            if t is None:
+                return ids
+            ids.append(t)
+        if loop.time() - checked >= check_every:  # tokens may flow without pause: check on a clock
+            checked = loop.time()
+            if await request.is_disconnected():
+                req.cancel()
+                raise _ClientGone
 
 
 async def _sse(req: Request, head: dict[str, Any], model: DialogModel, prompt_tokens: int | None,

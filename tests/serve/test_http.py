@@ -255,6 +255,28 @@ def test_a_client_that_disconnects_frees_its_row(exported):
         assert engine.steps - steps_then < 200
 
 
+def test_a_non_streamed_request_whose_client_left_stops_computing(exported):
+    """Each step paced at 10 ms, so the 1000-token reply would take 10 s; its client gives up after 1 s."""
+    model = runtime.load(exported("int8"))
+    with live_server(model, max_batch=1) as (engine, base):
+        real_step = engine._step
+
+        def paced(*args, **kwargs):
+            time.sleep(0.01)
+            return real_step(*args, **kwargs)
+
+        engine._step = paced
+        steps_then = engine.steps
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000, "min_tokens": 1000}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base}/v1/chat/completions", json=body, timeout=1)
+        deadline, last = time.monotonic() + 30, -1
+        while engine.steps != last and time.monotonic() < deadline:  # until the engine is idle
+            last = engine.steps
+            time.sleep(1)
+        assert engine.steps == last and engine.steps - steps_then < 500  # cancelled, not run to 1000
+
+
 def test_sigterm_finishes_in_flight_requests_and_exits(exported):
     import json
     import signal
