@@ -39,6 +39,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="require `Authorization: Bearer KEY` on the API (repeatable; also --api-key-file and "
                         "$DIALOGPT_API_KEY); each key's requests share cached chats only with each other")
     p.add_argument("--api-key-file", default=None, help="a file of API keys, one per line")
+    p.add_argument("--max-body-kb", type=positive_int, default=1024,
+                   help="largest request body read (413 past it, before the rest is read)")
     p.add_argument("--shared-prefix-cache", action="store_true",
                    help="let requests without a cache_salt reuse each other's cached chats: faster for one "
                         "trusted client, but any client can then tell what another said (by the reply's speed)")
@@ -76,7 +78,7 @@ def run(a: argparse.Namespace) -> None:
     if not a.ray:
         serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_queue=a.max_queue,
               prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name,
-              share_prefix_cache=a.shared_prefix_cache, api_keys=keys)
+              share_prefix_cache=a.shared_prefix_cache, api_keys=keys, max_body_bytes=a.max_body_kb * 1024)
         return
     try:
         import ray.serve  # noqa: F401
@@ -86,7 +88,8 @@ def run(a: argparse.Namespace) -> None:
 
     settings = ReplicaSettings(a.model_dir, max_batch=a.max_batch, max_queue=a.max_queue,
                                prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name,
-                               share_prefix_cache=a.shared_prefix_cache, api_keys=tuple(keys))
+                               share_prefix_cache=a.shared_prefix_cache, api_keys=tuple(keys),
+                               max_body_bytes=a.max_body_kb * 1024)
     serve_on_ray(settings, replicas=a.replicas or 1, host=a.host, port=a.port, address=a.ray_address)
 
 

@@ -32,6 +32,25 @@ from .openai_api import BadRequest, ChatRequest, ReplyTokens, dialogue_ids, para
 CHAT_PAGE = files("serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
 
+# A whole 1,024-token history is ~5 KB of text; 1 MiB leaves room for any client's JSON around it.
+MAX_BODY_BYTES = 1 << 20
+
+
+async def _bounded_body(request: Any, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to pass `limit` (from Content-Length, or while
+    reading a chunked body): an oversized request costs neither its memory nor its parsing."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def _error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None):
     from starlette.responses import JSONResponse
 
@@ -44,9 +63,11 @@ def _page_data(value: object) -> str:
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_keys: ApiKeys | None = None):
+def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_keys: ApiKeys | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES):
     """The ASGI app over `engine`; close_engine: the app's shutdown closes the engine (Ray replicas);
-    api_keys: when set, every route but the page and /health needs one of them."""
+    api_keys: when set, every route but the page and /health needs one of them; a request body over
+    max_body_bytes is refused (413) before the rest of it is read."""
     from starlette.applications import Starlette
     from starlette.requests import Request as HttpRequest
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -89,8 +110,15 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
             key_tenant = keys.tenant(request.headers.get("authorization"))
         except Unauthorized:
             return unauthorized()
-        try:
-            body = json.loads(await request.body())
+        raw = await _bounded_body(request, max_body_bytes)
+        if raw is None:
+            return _error(413, f"the request body is over {max_body_bytes} bytes (the server's --max-body-kb)",
+                          "invalid_request_error")
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            # a cross-site page can POST text/plain without asking; only JSON bodies are read
+            return _error(415, "send the body as Content-Type: application/json", "invalid_request_error")
+        try:  # parsing and tokenizing run off the event loop: a big request never stalls other streams
+            body = await asyncio.to_thread(json.loads, raw)
         except (ValueError, RecursionError):  # not JSON or not UTF-8, an int of > 4,300 digits, nesting too deep
             return _error(400, "the request body is not valid JSON (or nests or numbers beyond what this server "
                                "reads)", "invalid_request_error")
@@ -99,7 +127,7 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
             # a key's requests share its cache (narrowed by a salt); without keys, the salt alone
             tenant = key_tenant if chat.cache_salt is None else f"{key_tenant or ''}/{chat.cache_salt}"
             namespace = engine.cache_namespace(tenant)
-            prompt = dialogue_ids(model, chat.turns, replies, namespace)
+            prompt = await asyncio.to_thread(dialogue_ids, model, chat.turns, replies, namespace)
             req = engine.submit(prompt, tenant=tenant, **chat.options)
         except BadRequest as e:
             return _error(400, str(e), "invalid_request_error", e.param)
@@ -226,7 +254,8 @@ def public_name(model_dir: str | Path, model_name: str | None = None) -> str:
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, max_queue: int = 64,
           prefix_cache_mb: float = 256, threads: int | None = None, model_name: str | None = None,
-          share_prefix_cache: bool = False, api_keys: list[str] | None = None) -> None:
+          share_prefix_cache: bool = False, api_keys: list[str] | None = None,
+          max_body_bytes: int = MAX_BODY_BYTES) -> None:
     """Load the model, start the engine and serve the app with uvicorn until SIGINT / SIGTERM: uvicorn
     stops taking connections, lets in-flight replies finish, then the process ends by that signal."""
     import uvicorn
@@ -237,7 +266,8 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
     engine = Engine(model, max_batch=max_batch, max_queue=max_queue, prefix_cache_mb=prefix_cache_mb,
                     share_prefix_cache=share_prefix_cache)
     try:
-        app = create_app(engine, model_name=public_name(model_dir, model_name), api_keys=ApiKeys(api_keys or []))
+        app = create_app(engine, model_name=public_name(model_dir, model_name), api_keys=ApiKeys(api_keys or []),
+                         max_body_bytes=max_body_bytes)
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         engine.close()

@@ -31,6 +31,7 @@ class ReplicaSettings:
     model_name: str | None = None  # what clients see (default: the directory's base name)
     share_prefix_cache: bool = False  # requests without a cache_salt share cached chats (one trusted client)
     api_keys: tuple[str, ...] = ()  # required on the API when given
+    max_body_bytes: int = 1 << 20  # request bodies past it: 413
 
 
 def build_replica_app(settings: ReplicaSettings):
@@ -45,7 +46,7 @@ def build_replica_app(settings: ReplicaSettings):
     engine = Engine(model, max_batch=settings.max_batch, max_queue=settings.max_queue,
                     prefix_cache_mb=settings.prefix_cache_mb, share_prefix_cache=settings.share_prefix_cache)
     return create_app(engine, model_name=public_name(settings.model_dir, settings.model_name), close_engine=True,
-                      api_keys=ApiKeys(settings.api_keys))
+                      api_keys=ApiKeys(settings.api_keys), max_body_bytes=settings.max_body_bytes)
 
 
 def application(settings: ReplicaSettings, replicas: int, cpus_per_replica: float):

@@ -430,3 +430,31 @@ def test_api_keys_guard_the_api_and_separate_tenants(exported, tmp_path):
         read_keys(["short"], None, None)
     with pytest.raises(runtime.UsageError, match="cannot read --api-key-file"):
         read_keys(None, str(tmp_path / "missing"), None)
+
+
+def test_oversized_and_non_json_bodies_are_refused_before_reading(exported):
+    from starlette.testclient import TestClient
+
+    model = runtime.load(exported("int8"))
+    engine = Engine(model, max_batch=1)
+    try:
+        client = TestClient(create_app(engine, "tiny", max_body_bytes=4096))
+        url = "/v1/chat/completions"
+        big = json.dumps({"messages": [{"role": "user", "content": "word " * 2000}]}).encode()
+        r = client.post(url, content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "4096 bytes" in r.json()["error"]["message"]
+
+        def chunks():  # no Content-Length: the limit holds while reading
+            for _ in range(10):
+                yield b" " * 1000
+
+        r = client.post(url, content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        ok = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        # a cross-site form can POST text/plain without a preflight: only JSON bodies are read
+        r = client.post(url, content=ok, headers={"content-type": "text/plain"})
+        assert r.status_code == 415 and engine.steps == 0
+        json_utf8 = {"content-type": "application/json; charset=utf-8"}
+        assert client.post(url, content=ok, headers=json_utf8).status_code == 200
+    finally:
+        engine.close()
