@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import time
 import uuid
 from importlib.resources import files
@@ -262,12 +263,30 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
 
     from runtime import load
 
+    sock = listen(host, port)  # before the model loads: a taken port or a bad host is one line at once
     model = load(model_dir, threads=threads)
     engine = Engine(model, max_batch=max_batch, max_queue=max_queue, prefix_cache_mb=prefix_cache_mb,
                     share_prefix_cache=share_prefix_cache)
     try:
         app = create_app(engine, model_name=public_name(model_dir, model_name), api_keys=ApiKeys(api_keys or []),
                          max_body_bytes=max_body_bytes)
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
         engine.close()
+        sock.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, or a UsageError naming what is wrong with --host / --port."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise UsageError(f"--host {host}: not an address of this machine ({e}): give an IP such as 127.0.0.1 "
+                         "or 0.0.0.0", "host") from None
+    family, _, _, _, address = infos[0]
+    try:
+        return socket.create_server(address, family=family, backlog=2048)
+    except OSError as e:
+        why = os.strerror(e.errno) if e.errno else str(e)
+        raise UsageError(f"cannot listen on {host}:{port} ({why}): choose another --port (or --host), or stop "
+                         "what holds it", "port") from None

@@ -356,15 +356,24 @@ def test_the_model_is_named_by_its_base_name_never_its_path(exported):
     assert public_name(exported("int8"), "my-bot") == "my-bot"
 
 
-def test_serve_cli_refuses_a_port_out_of_range(exported):
+def test_serve_cli_refuses_a_bad_port_or_host_in_one_line(exported):
+    import socket
     import subprocess
     import sys
 
     from processes import one_line
 
-    proc = subprocess.run([sys.executable, "-m", "serve", str(exported("int8")), "--port", "70000"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    one_line(proc, 2, "--port: must be a TCP port, 1 to 65535, got 70000")
+    def serve(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "serve", str(exported("int8")), *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    one_line(serve("--port", "70000"), 2, "--port: must be a TCP port, 1 to 65535, got 70000")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        one_line(serve("--port", str(port)), 2, f"cannot listen on 127.0.0.1:{port} (Address already in use)")
+    one_line(serve("--host", "999.1.1.1"), 2, "--host 999.1.1.1: not an address of this machine")
 
 
 def test_a_client_cannot_guess_anothers_chat_through_the_cache(exported):
