@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from runtime.cli import OneLineParser, positive_int, run_command
+from runtime.cli import OneLineParser, finite_float, positive_int, run_command
 from runtime.errors import UsageError
 
 
@@ -33,7 +33,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="the model's name for clients (default: MODEL_DIR's base name; its path is never shown)")
     p.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together")
     p.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting before 429")
-    p.add_argument("--prefix-cache-mb", type=float, default=256,
+    p.add_argument("--prefix-cache-mb", type=finite_float, default=256,
                    help="memory for chats' KV between turns; least recently used chats are evicted (0: off)")
     p.add_argument("--api-key", action="append", default=None, metavar="KEY",
                    help="require `Authorization: Bearer KEY` on the API (repeatable; also --api-key-file and "
