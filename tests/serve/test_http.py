@@ -186,6 +186,9 @@ def test_chat_page_is_served(server):
     r = httpx.get(f"{url}/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "/v1/chat/completions" in r.text and 'id="model">"tiny"</script>' in r.text and "stream: true" in r.text
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'sha256-" in csp and "unsafe" not in csp and "frame-ancestors 'none'" in csp
+    assert r.headers["x-frame-options"] == "DENY"
     # the page's data is JSON in a data block: no value can close it or inject markup
     from serve.http import _page_data
 
