@@ -39,6 +39,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="require `Authorization: Bearer KEY` on the API (repeatable; also --api-key-file and "
                         "$DIALOGPT_API_KEY); each key's requests share cached chats only with each other")
     p.add_argument("--api-key-file", default=None, help="a file of API keys, one per line")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="a Host header to serve besides this machine's loopback names and --host (repeatable; "
+                        "others get 400, so a rebinding site reaches nothing)")
     p.add_argument("--max-body-kb", type=positive_int, default=1024,
                    help="largest request body read (413 past it, before the rest is read)")
     p.add_argument("--shared-prefix-cache", action="store_true",
@@ -71,6 +74,9 @@ def run(a: argparse.Namespace) -> None:
         from .http import serve
     except ImportError:
         raise UsageError("serving needs the serve extra: pip install 'dialogpt-onnx[serve]'") from None
+    if a.host in ("0.0.0.0", "::") and not a.allowed_host:
+        print("warning: bound to every interface with no --allowed-host: any Host header is served; name the "
+              "server's public names with --allowed-host (or put it behind a proxy that does)", file=sys.stderr)
     if a.shared_prefix_cache:
         print("warning: --shared-prefix-cache: clients without a cache_salt share cached chats; one can tell "
               "what another said from how fast a guess is answered. Use it for one trusted client only.",
@@ -78,7 +84,8 @@ def run(a: argparse.Namespace) -> None:
     if not a.ray:
         serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_queue=a.max_queue,
               prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name,
-              share_prefix_cache=a.shared_prefix_cache, api_keys=keys, max_body_bytes=a.max_body_kb * 1024)
+              share_prefix_cache=a.shared_prefix_cache, api_keys=keys, max_body_bytes=a.max_body_kb * 1024,
+              allowed_hosts=a.allowed_host)
         return
     try:
         import ray.serve  # noqa: F401

@@ -82,10 +82,11 @@ def _page_data(value: object) -> str:
 
 
 def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_keys: ApiKeys | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES):
+               max_body_bytes: int = MAX_BODY_BYTES, allowed_hosts: list[str] | None = None):
     """The ASGI app over `engine`; close_engine: the app's shutdown closes the engine (Ray replicas);
     api_keys: when set, every route but the page and /health needs one of them; a request body over
-    max_body_bytes is refused (413) before the rest of it is read."""
+    max_body_bytes is refused (413) before the rest of it is read; allowed_hosts: the Host headers served
+    (400 for others: a page on another site that rebinds its name to this address reaches nothing)."""
     from starlette.applications import Starlette
     from starlette.requests import Request as HttpRequest
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -185,8 +186,13 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
         if close_engine:
             engine.close()
 
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    hosts = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
     return Starlette(routes=[Route("/", chat_page), Route("/health", health), Route("/v1/models", models),
-                             Route("/v1/chat/completions", completions, methods=["POST"])], lifespan=lifespan)
+                             Route("/v1/chat/completions", completions, methods=["POST"])], lifespan=lifespan,
+                     middleware=hosts)
 
 
 class _ClientGone(Exception):
@@ -275,7 +281,7 @@ def public_name(model_dir: str | Path, model_name: str | None = None) -> str:
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, max_queue: int = 64,
           prefix_cache_mb: float = 256, threads: int | None = None, model_name: str | None = None,
           share_prefix_cache: bool = False, api_keys: list[str] | None = None,
-          max_body_bytes: int = MAX_BODY_BYTES) -> None:
+          max_body_bytes: int = MAX_BODY_BYTES, allowed_hosts: list[str] | None = None) -> None:
     """Load the model, start the engine and serve the app with uvicorn until SIGINT / SIGTERM: uvicorn
     stops taking connections, lets in-flight replies finish, then the process ends by that signal."""
     import uvicorn
@@ -288,11 +294,23 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
                     share_prefix_cache=share_prefix_cache)
     try:
         app = create_app(engine, model_name=public_name(model_dir, model_name), api_keys=ApiKeys(api_keys or []),
-                         max_body_bytes=max_body_bytes)
+                         max_body_bytes=max_body_bytes, allowed_hosts=host_allow_list(host, allowed_hosts or []))
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
         engine.close()
         sock.close()
+
+
+LOOPBACK_NAMES = ["localhost", "127.0.0.1", "::1"]
+
+
+def host_allow_list(bound: str, extra: list[str]) -> list[str] | None:
+    """Host headers to serve: this machine's loopback names, the bound address and the --allowed-host
+    names. None (any Host) only when bound to every interface with no name given: then the operator's
+    proxy or firewall decides (the CLI warns)."""
+    if bound in ("0.0.0.0", "::", "") and not extra:
+        return None
+    return sorted({*LOOPBACK_NAMES, *([bound] if bound not in ("0.0.0.0", "::", "") else []), *extra})
 
 
 def listen(host: str, port: int) -> socket.socket:

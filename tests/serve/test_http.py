@@ -470,3 +470,29 @@ def test_oversized_and_non_json_bodies_are_refused_before_reading(exported):
         assert client.post(url, content=ok, headers=json_utf8).status_code == 200
     finally:
         engine.close()
+
+
+def test_only_allowed_host_headers_are_served(exported):
+    """DNS rebinding: a page whose name now points at 127.0.0.1 sends its own name as Host; it gets 400."""
+    from starlette.testclient import TestClient
+
+    from serve.http import host_allow_list
+
+    assert host_allow_list("127.0.0.1", []) == ["127.0.0.1", "::1", "localhost"]
+    assert host_allow_list("0.0.0.0", ["chat.example.org"]) == ["127.0.0.1", "::1", "chat.example.org", "localhost"]
+    assert host_allow_list("0.0.0.0", []) is None  # every interface, no name given: the CLI warns
+    model = runtime.load(exported("int8"))
+    engine = Engine(model, max_batch=1)
+    try:
+        app = create_app(engine, "tiny", allowed_hosts=host_allow_list("127.0.0.1", []))
+        client = TestClient(app, base_url="http://127.0.0.1:8000")
+        chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert client.post("/v1/chat/completions", json=chat).status_code == 200
+        assert client.get("/", headers={"host": "localhost:8000"}).status_code == 200
+        for path in ("/", "/v1/models", "/health"):
+            assert client.get(path, headers={"host": "attacker.example:8000"}).status_code == 400
+        steps = engine.steps
+        r = client.post("/v1/chat/completions", json=chat, headers={"host": "attacker.example"})
+        assert r.status_code == 400 and engine.steps == steps  # nothing ran for it
+    finally:
+        engine.close()
