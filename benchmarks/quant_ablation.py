@@ -41,7 +41,7 @@ DEFAULT_SPECS = ("head:8:128:4", "head:8:32:4", "rowwise7", "rowwise8", "nbits:8
 
 class CalibrationDialogue(CalibrationDataReader):
     """onnxruntime's CalibrationDataReader for the contrib graph: one held-in dialogue window per call,
-    prefilled into an empty cache (the feeds KVCache.prefill gives a single row)."""
+    prefilled into an empty cache (the feeds ContribCache.prefill gives a single row)."""
 
     def __init__(self, model: onnx.ModelProto, windows: list[list[int]]) -> None:
         named = set(CONTRIB_IO.inputs.values())  # the rest are the layers' past K/V, [1, heads, n, head_dim]
