@@ -49,7 +49,7 @@ class EngineClosed(RuntimeError):
 class Request:
     prompt: list[int]
     opts: SamplingOptions
-    tenant: str | None = None  # whose prefix-cache rows it may reuse and add to (None: none, unless shared)
+    tenant: str | None = None  # whose prefix-cache rows it may reuse and add to (None: none, unless opted in)
     out: queue.Queue = field(default_factory=queue.Queue)  # token ids, then _DONE
     cancelled: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -228,11 +228,11 @@ class Engine:
             cache.release()
 
     def cache_namespace(self, tenant: str | None) -> str | None:
-        """The prefix-cache namespace of a request's tenant: its own, a shared one if the operator chose it, or
+        """The prefix-cache namespace of a tenant: its own, one for everyone if the operator chose it, or
         none (nothing reused, nothing kept). Whatever else a server remembers per chat uses the same."""
         if tenant is not None:
             return "t:" + tenant
-        return "shared" if self.share_prefix_cache else None
+        return "all" if self.share_prefix_cache else None  # the operator's opt-in: one namespace for everyone
 
     def _join(self, cache: RowCache, b: int, req: Request) -> _Row:
         tenant = self.cache_namespace(req.tenant)
