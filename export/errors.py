@@ -1,7 +1,9 @@
 """The exporter's outcomes besides success: a user error (exit 2), failed parity (exit 1), a signal."""
 
+from runtime.errors import UsageError
 
-class ExportError(Exception):
+
+class ExportError(UsageError):
     """Bad input to the exporter; the message names the problem and the fix."""
 
 

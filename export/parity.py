@@ -35,14 +35,11 @@ class Thresholds:
     def check(self) -> None:
         from .errors import ExportError
 
-        def bad(message: str, _: str) -> ExportError:
-            return ExportError(message)
-
         d = self.max_logit_diff
-        number("max_logit_diff", d, "a number >= 0", is_number(d) and d >= 0, error=bad)
+        number("max_logit_diff", d, "a number >= 0", is_number(d) and d >= 0, error=ExportError)
         for name in ("min_top1", "min_greedy"):
             v = getattr(self, name)
-            number(name, v, "a number in [0, 1]", is_number(v) and 0.0 <= v <= 1.0, error=bad)
+            number(name, v, "a number in [0, 1]", is_number(v) and 0.0 <= v <= 1.0, error=ExportError)
 
 
 @dataclass

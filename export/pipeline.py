@@ -75,10 +75,6 @@ def default_quant(variant: str) -> QuantConfig | None:
     return None
 
 
-def _export_error(message: str, _: str) -> ExportError:
-    return ExportError(message)
-
-
 def _check_args(opts: ExportOptions) -> None:
     if opts.variant not in VARIANTS:
         raise ExportError(f"unknown variant '{opts.variant}': use one of {', '.join(VARIANTS)}")
@@ -87,9 +83,9 @@ def _check_args(opts: ExportOptions) -> None:
     if opts.graph == "portable" and opts.all_logits:
         raise ExportError("--all-logits is for the contrib graph (the portable graph always outputs every "
                           "position): drop one of the two options")
-    integer("n_prompts", opts.n_prompts, 1, error=_export_error)
-    integer("parity_tokens", opts.parity_tokens, 1, error=_export_error)
-    optional_integer("threads", opts.threads, 1, "all cores", error=_export_error)
+    integer("n_prompts", opts.n_prompts, 1, error=ExportError)
+    integer("parity_tokens", opts.parity_tokens, 1, error=ExportError)
+    optional_integer("threads", opts.threads, 1, "all cores", error=ExportError)
     opts.thresholds.check()
 
 

@@ -55,10 +55,12 @@ async def _bounded_body(request: Any, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None):
+def _error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None,
+           code: str | None = None):
+    """OpenAI's error body."""
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
                         status_code=status, headers=headers)
 
 
@@ -97,9 +99,9 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
     keys = api_keys or ApiKeys()
 
     def unauthorized() -> JSONResponse:
-        return JSONResponse({"error": {"message": "a valid API key is needed: send Authorization: Bearer KEY",
-                                       "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
-                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return _error(401, "a valid API key is needed: send Authorization: Bearer KEY", "invalid_request_error",
+                      headers={"WWW-Authenticate": "Bearer"}, code="invalid_api_key")
+
     page = CHAT_PAGE.replace("{{MODEL}}", _page_data(model_name))
 
     async def health(request: HttpRequest) -> JSONResponse:
@@ -129,25 +131,31 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
             key_tenant = keys.tenant(request.headers.get("authorization"))
         except Unauthorized:
             return unauthorized()
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            # a cross-site page can POST text/plain without asking; only JSON bodies are read
+            return _error(415, "send the body as Content-Type: application/json", "invalid_request_error")
         raw = await _bounded_body(request, max_body_bytes)
         if raw is None:
             return _error(413, f"the request body is over {max_body_bytes} bytes (the server's --max-body-kb)",
                           "invalid_request_error")
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            # a cross-site page can POST text/plain without asking; only JSON bodies are read
-            return _error(415, "send the body as Content-Type: application/json", "invalid_request_error")
-        try:  # parsing and tokenizing run off the event loop: a big request never stalls other streams
-            body = await asyncio.to_thread(json.loads, raw)
-        except (ValueError, RecursionError):  # not JSON or not UTF-8, an int of > 4,300 digits, nesting too deep
-            return _error(400, "the request body is not valid JSON (or nests or numbers beyond what this server "
-                               "reads)", "invalid_request_error")
-        try:
+
+        def admit() -> tuple[ChatRequest, list[int], str | None, Request]:
+            """Parse, check, tokenize and queue the request: in a worker thread, so that a big body never
+            stalls the event loop (other clients' streams)."""
+            try:
+                body = json.loads(raw)
+            except (ValueError, RecursionError):  # not JSON or not UTF-8, an int of > 4,300 digits, too deep
+                raise BadRequest("the request body is not valid JSON (or nests or numbers beyond what this "
+                                 "server reads)") from None
             chat = ChatRequest.parse(body)
             # a key's requests share its cache (narrowed by a salt); without keys, the salt alone
             tenant = key_tenant if chat.cache_salt is None else f"{key_tenant or ''}/{chat.cache_salt}"
             namespace = engine.cache_namespace(tenant)
-            prompt = await asyncio.to_thread(dialogue_ids, model, chat.turns, replies, namespace)
-            req = engine.submit(prompt, tenant=tenant, **chat.options)
+            prompt = dialogue_ids(model, chat.turns, replies, namespace)
+            return chat, prompt, namespace, engine.submit(prompt, tenant=tenant, **chat.options)
+
+        try:
+            chat, prompt, namespace, req = await asyncio.to_thread(admit)
         except BadRequest as e:
             return _error(400, str(e), "invalid_request_error", e.param)
         except UsageError as e:  # the runtime's checks: options out of range, a history over the context

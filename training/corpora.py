@@ -17,6 +17,8 @@ import json
 import re
 from pathlib import Path
 
+from runtime.errors import UsageError
+
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DIALOGPT_CONFIGS = DATA_DIR / "dialogpt-configs"  # {small,medium,large}/config.json, as the original repo
 DIALOGPT_TOKENIZER = DATA_DIR / "dialogpt-tokenizer"  # vocab.json + merges.txt
@@ -24,7 +26,7 @@ TOPICAL_CHAT = DATA_DIR / "topical-chat"  # valid_freq / valid_rare (training), 
 CHITCHAT = "chitchat"
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """Unreadable training data; the message names the file (and line) and the fix."""
 
 

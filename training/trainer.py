@@ -74,7 +74,7 @@ class Settings:
 
     def check(self) -> None:
         for name in ("layers", "width", "heads", "length", "batch", "accum"):
-            integer(name, getattr(self, name), 1, error=lambda message, _: DataError(message))
+            integer(name, getattr(self, name), 1, error=DataError)
         if self.width % self.heads:
             raise DataError(f"width {self.width} is not divisible by heads {self.heads}: change one of them")
         if not self.lr > 0 or self.max_steps < 0 or self.warmup < 0 or self.eval_every < 0:
