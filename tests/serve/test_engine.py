@@ -6,6 +6,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reference import contexts_ids
 
 import runtime
@@ -137,11 +139,9 @@ def test_session_cache_budget_evicts_least_recently_used(model, prompts):
 
 
 def test_prefix_cache_lookup_and_store():
-    from runtime.contrib_graph import RowKV
     from serve.prefix_cache import PrefixCache
 
-    def row(tokens):
-        return RowKV(tuple(tokens), (np.zeros((1, len(tokens), 2), np.float32),))  # 8 bytes a token
+    row = _kv_row
 
     cache = PrefixCache(budget_bytes=8 * 10)
     cache.store("a", row([1, 2, 3]))
@@ -157,6 +157,57 @@ def test_prefix_cache_lookup_and_store():
     assert len(cache) == 2 and cache.lookup("b", [1, 2, 3, 4])[0] is None
     cache.store("a", row(range(20)))  # larger than the whole budget: not kept
     assert cache.nbytes == 8 * 8
+
+
+def _kv_row(tokens):
+    from runtime.contrib_graph import RowKV
+
+    return RowKV(tuple(tokens), (np.zeros((1, len(tokens), 2), np.float32),))  # 8 bytes a token
+
+
+@settings(max_examples=200, deadline=None)
+@given(chats=st.lists(st.tuples(st.sampled_from("ab"), st.lists(st.integers(0, 3), min_size=1, max_size=70)),
+                      max_size=12),
+       prompt=st.lists(st.integers(0, 3), min_size=1, max_size=70), tenant=st.sampled_from("ab"))
+def test_prefix_cache_index_finds_what_a_scan_finds(chats, prompt, tenant):
+    """The hashed index against a scan of every row: the same tenant only, never more than the real common
+    prefix, the scan's best when under BLOCK, never more than BLOCK - 1 tokens short of it, and the same
+    entries kept."""
+    from serve.prefix_cache import BLOCK, PrefixCache, common_prefix
+
+    cache, kept = PrefixCache(budget_bytes=8 * 200), {}
+    for owner, tokens in chats:
+        cache.store(owner, _kv_row(tokens))
+        kept = {k: v for k, v in kept.items() if not (k[0] == owner and tokens[:len(k[1])] == list(k[1]))}
+        kept[(owner, tuple(tokens))] = len(tokens)
+        while sum(kept.values()) > 200:
+            del kept[next(iter(kept))]
+    assert len(cache) == len(kept)
+    best = max((min(common_prefix(k[1], prompt), len(prompt) - 1) for k in kept if k[0] == tenant), default=0)
+    saved, n = cache.lookup(tenant, prompt)
+    if saved is None:
+        assert n == 0 == best
+    else:
+        assert (tenant, saved.tokens) in kept and 0 < n <= common_prefix(saved.tokens, prompt)
+        assert (n == best) if best < BLOCK else (best - (BLOCK - 1) <= n <= best)
+
+
+def test_prefix_cache_lookup_does_not_scan(monkeypatch):
+    """4,000 stored chats of one tenant sharing their first 40 tokens: a lookup compares tokens with at most
+    two rows (the index finds them), whatever the number stored."""
+    import serve.prefix_cache as pc
+
+    cache = pc.PrefixCache(budget_bytes=2**30)
+    opening = list(range(40))
+    for c in range(4000):
+        cache.store("a", _kv_row(opening + [100 + c % 50, 200 + c // 50, 7, 8]))
+    compared = []
+    real = pc.common_prefix
+    monkeypatch.setattr(pc, "common_prefix", lambda a, b: compared.append(1) or real(a, b))
+    saved, n = cache.lookup("a", opening + [100 + 1234 % 50, 200 + 1234 // 50, 7, 8, 9])
+    assert saved.tokens[40:] == (100 + 1234 % 50, 200 + 1234 // 50, 7, 8) and n == 44
+    assert len(compared) <= 2
+    assert cache.lookup("b", opening + [9]) == (None, 0)
 
 
 def test_a_prompt_as_long_as_the_buffer_next_to_empty_rows(model):
