@@ -176,7 +176,8 @@ class ChatSession:
                                          history=[history] * n)
         finally:
             fork.release()
-        best = self._reranker.rerank(history, [Generation(self._model.decode(r), r, lp) for r, lp in cands]).best
+        best = self._reranker.rerank(history, [Generation(self._model.decode(c.ids), c.ids, c.logprob)
+                                               for c in cands]).best
         self._cache.prefill([prompt + best.ids[:-1]])
         self.stats["prefilled_tokens"] += len(prompt) + len(best.ids) - 1
         reply.extend(best.ids)

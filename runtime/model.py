@@ -21,9 +21,9 @@ from .generate import generate_ids, sample_with_logprobs
 from .graph import open_graph
 from .manifest import TOKENIZER_FILE, Manifest, read_manifest
 from .results import Generation, Score
-from .sampling import SamplingOptions
+from .sampling import SamplingOptions, normalized
 from .scoring import batch_reply_logprobs
-from .text import StreamDecoder, encode_dialogue, encode_turn, load_tokenizer
+from .text import StopText, encode_dialogue, encode_turn, load_tokenizer
 
 
 class DialogModel:
@@ -49,12 +49,21 @@ class DialogModel:
 
     # -- helpers -------------------------------------------------------------------------------
     def options(self, **kw: Any) -> SamplingOptions:
+        """The generation options, checked (stop may be one string or a list of them)."""
         try:
-            opts = SamplingOptions(**kw)
+            opts = SamplingOptions(**normalized(kw))
         except TypeError as e:
             raise UsageError(f"unknown generation option: {e}") from None
         opts.validate()
+        vocab = self.manifest.shape.vocab_size
+        if any(t >= vocab for t in opts.logit_bias):
+            raise UsageError(f"logit_bias names token ids outside the vocabulary [0, {vocab}): "
+                             f"{sorted(t for t in opts.logit_bias if t >= vocab)[:5]}", "logit_bias")
         return opts
+
+    def stop_texts(self, opts: SamplingOptions, rows: int) -> list[StopText] | None:
+        """One StopText per row when the options name stop strings."""
+        return [StopText(self.tokenizer, opts.stop) for _ in range(rows)] if opts.stop else None
 
     def encode_turn(self, text: str) -> list[int]:
         """A DialoGPT turn: the text's tokens followed by <|endoftext|>. Special-token text typed by a
@@ -118,8 +127,11 @@ class DialogModel:
         prompts, single = self._prompts(inputs)
         self.check_fits(max(map(len, prompts)), opts)
         rows = [p for p in prompts for _ in range(n)]
-        out = [Generation(self.decode(r), r, lp)
-               for r, lp in sample_with_logprobs(self.graph.new_cache(), rows, opts, self.eos)]
+        stops = self.stop_texts(opts, len(rows))
+        done = sample_with_logprobs(self.graph.new_cache(), rows, opts, self.eos, stops=stops)
+        out = [Generation(self.decode(r.ids) if stops is None else stops[i].text(), r.ids, r.logprob,
+                          finish_reason=r.finish_reason, token_logprobs=r.token_logprobs)
+               for i, r in enumerate(done)]
         if n > 1:
             groups = [out[i: i + n] for i in range(0, len(out), n)]
             return groups[0] if single else groups
@@ -136,13 +148,12 @@ class DialogModel:
         return self._stream(prompts[0], opts)
 
     def _stream(self, prompt: list[int], opts: SamplingOptions) -> Iterator[str]:
-        sd = StreamDecoder(self.tokenizer)
-        for step_ids in generate_ids(self.graph.new_cache(), [prompt], opts, self.eos):
-            if step_ids[0] >= 0 and step_ids[0] != self.eos:
-                piece = sd.push(int(step_ids[0]))
-                if piece:
-                    yield piece
-        tail = sd.flush()
+        stop = StopText(self.tokenizer, opts.stop)  # with no stop strings: a StreamDecoder
+        for _ in generate_ids(self.graph.new_cache(), [prompt], opts, self.eos, stops=[stop]):
+            piece = stop.take()
+            if piece:
+                yield piece
+        tail = stop.flush()
         if tail:
             yield tail
 

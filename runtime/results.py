@@ -7,11 +7,23 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's natural-log probability under the model's raw logits, and the `top_logprobs`
+    most likely tokens' at that step (best first)."""
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass(frozen=True)
 class Generation:
     text: str
     ids: list[int]
     logprob: float | None = None  # log p(ids | prompt) under the model's raw logits
     candidates: list[Any] | None = None  # MMI: every candidate (runtime.mmi.Candidate), best first
+    # "stop": the model ended its turn (EOS) or a stop string came; "length": max_new_tokens was reached
+    finish_reason: str | None = None
+    token_logprobs: list[TokenLogprob] | None = None  # with top_logprobs set: one per token in ids
 
 
 @dataclass(frozen=True)

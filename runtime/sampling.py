@@ -1,9 +1,11 @@
 """Logits processing and token choice in pure numpy, in transformers' order:
-repetition penalty → no-repeat-ngram → temperature → top-k → top-p → draw (greedy: argmax)."""
+logit bias → repetition penalty → presence / frequency penalty → no-repeat-ngram → temperature → top-k →
+top-p → draw (greedy: argmax). Presence and frequency penalties are OpenAI's (transformers has none)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +28,12 @@ class SamplingOptions:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     seed: int | None = None
+    # OpenAI's: logits[t] -= frequency_penalty * (times t was generated) + presence_penalty * (t generated at all)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    stop: tuple[str, ...] = ()  # the reply ends before the first of these texts (see runtime.text.StopText)
+    top_logprobs: int | None = None  # None: no per-token log-probabilities; k: the token's and the top k others'
 
     def validate(self) -> None:
         """Every option checked for type and range; the error names the argument and what is allowed."""
@@ -46,6 +54,62 @@ class SamplingOptions:
         integer("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, note="0 turns it off")
         if self.seed is not None and (not is_integer(self.seed) or not 0 <= self.seed < 2**63):
             raise UsageError(f"seed must be None or an integer in [0, 2**63), got {self.seed!r}", "seed")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            number(name, v, "a number in [-2, 2] (0 turns it off)", is_number(v) and -2.0 <= v <= 2.0)
+        bias = self.logit_bias
+        if not isinstance(bias, Mapping) or not all(is_integer(k) and k >= 0 and is_number(v) and -100 <= v <= 100
+                                                    for k, v in bias.items()):
+            raise UsageError("logit_bias must map token ids (integers >= 0) to numbers in [-100, 100], got "
+                             f"{_short(bias)}", "logit_bias")
+        stop = self.stop
+        if not isinstance(stop, tuple) or not all(isinstance(x, str) and x for x in stop):
+            raise UsageError(f"stop must be a list of non-empty strings, got {_short(stop)}", "stop")
+        k = self.top_logprobs
+        if k is not None and (not is_integer(k) or not 0 <= k <= MAX_TOP_LOGPROBS):
+            raise UsageError(f"top_logprobs must be None (off) or an integer in [0, {MAX_TOP_LOGPROBS}], got "
+                             f"{_short(k)}", "top_logprobs")
+
+    @property
+    def penalized(self) -> bool:
+        """Whether any option changes the logits (greedy without them is a plain argmax)."""
+        return bool(self.repetition_penalty != 1.0 or self.no_repeat_ngram_size or self.min_new_tokens
+                    or self.presence_penalty or self.frequency_penalty or self.logit_bias)
+
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound
+
+
+def _short(x: object) -> str:
+    return repr(x)[:80]
+
+
+def normalized(kw: dict) -> dict:
+    """Options as callers write them (one stop string, a list of them) in the form SamplingOptions keeps."""
+    stop = kw.get("stop")
+    if isinstance(stop, str):
+        kw = {**kw, "stop": (stop,)}
+    elif isinstance(stop, list):
+        kw = {**kw, "stop": tuple(stop)}
+    elif stop is None and "stop" in kw:
+        kw = {**kw, "stop": ()}
+    if kw.get("logit_bias") is None and "logit_bias" in kw:
+        kw = {**kw, "logit_bias": {}}
+    return kw
+
+
+def apply_logit_bias(logits: np.ndarray, bias: Mapping[int, float]) -> None:
+    """In place, as transformers' SequenceBiasLogitsProcessor with one-token sequences."""
+    for t, b in bias.items():
+        logits[t] += b
+
+
+def apply_presence_frequency(logits: np.ndarray, generated: list[int], presence: float, frequency: float) -> None:
+    """In place, as OpenAI defines them: over the tokens generated so far (not the prompt)."""
+    if not generated or (presence == 0 and frequency == 0):
+        return
+    ids, counts = np.unique(np.asarray(generated, dtype=np.int64), return_counts=True)
+    logits[ids] -= (frequency * counts + presence).astype(np.float32)
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> None:
@@ -95,7 +159,12 @@ def process(logits: np.ndarray, history: list[int], generated: int, opts: Sampli
     out = np.array(logits, dtype=np.float32, copy=True)
     if generated < opts.min_new_tokens:
         out[eos] = -np.inf
+    if opts.logit_bias:
+        apply_logit_bias(out, opts.logit_bias)
     apply_repetition_penalty(out, np.asarray(history, dtype=np.int64), opts.repetition_penalty)
+    if generated:  # history ends with the tokens generated so far
+        apply_presence_frequency(out, history[len(history) - generated:], opts.presence_penalty,
+                                 opts.frequency_penalty)
     if opts.no_repeat_ngram_size:
         out[banned_ngram_tokens(history, opts.no_repeat_ngram_size)] = -np.inf
     if opts.do_sample:

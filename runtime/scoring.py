@@ -11,6 +11,7 @@ import numpy as np
 
 from .errors import UsageError
 from .graph import Cache
+from .results import TokenLogprob
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -22,6 +23,14 @@ def token_logprob(logits: np.ndarray, token: int) -> float:
     """log-softmax of one row of logits at one token (a log-sum-exp, without the full softmax)."""
     top = logits.max()
     return float(logits[token] - top - np.log(np.exp(logits - top).sum()))
+
+
+def token_logprobs(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
+    """The token's log-probability under one row of logits, with the k most likely tokens' (best first)."""
+    lp = log_softmax(logits)
+    best = np.argpartition(-lp, k)[:k] if 0 < k < lp.shape[-1] else np.arange(lp.shape[-1])[:k]
+    best = best[np.argsort(-lp[best], kind="stable")]
+    return TokenLogprob(token, float(lp[token]), [(int(t), float(lp[t])) for t in best])
 
 
 def batch_reply_logprobs(cache: Cache, pairs: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:

@@ -61,3 +61,60 @@ class StreamDecoder:
         text = self.tok.decode(self.ids, skip_special_tokens=True)
         piece, self.emitted = text[self.emitted:], len(text)
         return piece
+
+
+class StopText:
+    """A reply's text as it is made, ended before the first stop string. push() gives the text that is
+    safe to show (a tail that may be the start of a stop string is held back until it is not); take()
+    gives what push() gave since the last take (for a consumer that did not push); `matched` is the stop
+    string that ended the reply. The same cut for a streamed and a whole reply; no stop strings: the
+    text is StreamDecoder's."""
+
+    def __init__(self, tok: Tokenizer, stops: tuple[str, ...]) -> None:
+        self.decoder = StreamDecoder(tok)
+        self.stops = stops
+        self.held = ""
+        self.matched: str | None = None
+        self.parts: list[str] = []  # all text given out
+        self._taken = 0
+
+    def push(self, token: int) -> str:
+        if self.matched is not None:
+            return ""
+        return self._give(self._cut(self.held + self.decoder.push(token)))
+
+    def take(self) -> str:
+        out = "".join(self.parts[self._taken:])
+        self._taken = len(self.parts)
+        return out
+
+    def flush(self) -> str:
+        """What is left when the reply is over (the held tail, if no stop string came)."""
+        if self.matched is not None:
+            return ""
+        text = self._cut(self.held + self.decoder.flush())
+        if self.matched is None:
+            text, self.held = text + self.held, ""
+        return self._give(text)
+
+    def text(self) -> str:
+        """The whole reply's text (after flush)."""
+        self.flush()
+        return "".join(self.parts)
+
+    def _give(self, text: str) -> str:
+        if text:
+            self.parts.append(text)
+        return text
+
+    def _cut(self, text: str) -> str:
+        # A stop string can only start in the held tail or the new text: any earlier start would have been held.
+        hits = [(i, s) for s in self.stops if (i := text.find(s)) >= 0]
+        if hits:
+            i, self.matched = min(hits)
+            self.held = ""
+            return text[:i]
+        keep = max((k for s in self.stops for k in range(min(len(s) - 1, len(text)), 0, -1)
+                    if text.endswith(s[:k])), default=0)
+        self.held = text[len(text) - keep:]
+        return text[: len(text) - keep]

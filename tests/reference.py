@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from transformers import LogitsProcessor
 
 import runtime
 from runtime.text import EOS_TOKEN_ID, encode_dialogue
@@ -28,3 +29,15 @@ def assert_greedy_parity(model_dir, ref, contexts, n=64):
         # min_new_tokens = max: EOS cannot stop either side early, so all 64 tokens are compared
         ours = model.generate(prompt, max_new_tokens=n, min_new_tokens=n).ids
         assert ours == torch_greedy(ref, prompt, n)
+
+
+class OpenAIPenalties(LogitsProcessor):
+    """OpenAI's presence / frequency penalties as its API reference states them (transformers has none):
+    logit[j] -= c[j] * frequency + (c[j] > 0) * presence, c counting the tokens generated so far."""
+
+    def __init__(self, prompt_len: int, presence: float, frequency: float) -> None:
+        self.prompt_len, self.presence, self.frequency = prompt_len, presence, frequency
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        c = torch.bincount(input_ids[0, self.prompt_len:], minlength=scores.shape[-1]).to(scores.dtype)
+        return scores - (c * self.frequency + (c > 0).to(scores.dtype) * self.presence)
