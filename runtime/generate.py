@@ -51,9 +51,9 @@ def generate_ids(dec: Cache, prompts: list[list[int]], opts: SamplingOptions, eo
                             for b in range(batch)])
         out = np.where(done, -1, nxt)
         if stops is not None:
-            for b in np.flatnonzero(~done).tolist():
-                if nxt[b] != eos:
-                    stops[b].push(int(nxt[b]))
+            for row in np.flatnonzero(~done).tolist():
+                if nxt[row] != eos:
+                    stops[row].push(int(nxt[row]))
         yield out
         if not fast:
             for b in np.flatnonzero(~done):
