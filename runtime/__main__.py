@@ -14,14 +14,19 @@ what was said), Ctrl-C at the prompt or EOF (Ctrl-D) exits.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import signal
 import sys
 from collections.abc import Iterator
-from typing import TextIO, cast
+from typing import TYPE_CHECKING, TextIO, cast
 
-from .cli import OneLineParser, finite_float, nonnegative_int, positive_int, run_command
+from .cli import OneLineParser, finite_float, nonnegative_int, positive_int, run_command, token_bias
 from .errors import UsageError
+
+if TYPE_CHECKING:  # imported when a command runs: --help answers without loading onnxruntime
+    from .model import DialogModel
+    from .results import Generation
 
 # Every character Python's str.splitlines() breaks on: none may reach a piped reply line.
 _LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -44,6 +49,14 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=finite_float, default=1.0)
     p.add_argument("--no-repeat-ngram-size", type=nonnegative_int, default=0)
     p.add_argument("--seed", type=nonnegative_int, default=None)
+    p.add_argument("--presence-penalty", type=finite_float, default=0.0,
+                   help="OpenAI's: subtracted from the logit of every token already generated, in [-2, 2]")
+    p.add_argument("--frequency-penalty", type=finite_float, default=0.0,
+                   help="OpenAI's: subtracted once per time a token was generated, in [-2, 2]")
+    p.add_argument("--logit-bias", type=token_bias, action="append", default=[], metavar="TOKEN_ID:BIAS",
+                   help="add BIAS (in [-100, 100]) to a token's logit; repeatable")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the reply before this text; repeatable")
     p.add_argument("--rerank", choices=("mmi",), default=None,
                    help="mmi: the best of N sampled candidates by a backward model (needs --backward)")
     p.add_argument("--backward", default=None, help="backward model dir for --rerank mmi")
@@ -52,8 +65,10 @@ def _options(p: argparse.ArgumentParser) -> None:
 
 
 def _gen_kwargs(a: argparse.Namespace) -> dict:
-    return {k: getattr(a, k) for k in ("max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k",
-                                       "top_p", "repetition_penalty", "no_repeat_ngram_size", "seed")}
+    kw = {k: getattr(a, k) for k in ("max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k",
+                                     "top_p", "repetition_penalty", "no_repeat_ngram_size", "seed",
+                                     "presence_penalty", "frequency_penalty", "stop")}
+    return {**kw, "logit_bias": dict(a.logit_bias)}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -67,6 +82,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     gen = sub.add_parser("generate", help="print the reply to one text")
     _options(gen)
     gen.add_argument("text")
+    gen.add_argument("--num-return-sequences", type=positive_int, default=1,
+                     help="N sampled replies, one per line (needs --do-sample)")
+    gen.add_argument("--top-logprobs", type=nonnegative_int, default=None, metavar="K",
+                     help="print each reply as a JSON line with its tokens' log-probabilities and the top K")
     return p.parse_args(argv)
 
 
@@ -169,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(a: argparse.Namespace) -> None:
     from .mmi import MMIOptions, MMIReranker
-    from .model import DialogModel, load
-    from .results import Generation
+    from .model import load
 
     if a.backward and not a.rerank:
         raise UsageError("--backward is used by --rerank mmi: add --rerank mmi, or drop --backward")
@@ -183,10 +201,24 @@ def _run(a: argparse.Namespace) -> None:
         replier = MMIReranker(model, load(a.backward, threads=a.threads, verify=not a.no_verify),
                               MMIOptions(candidates=a.mmi_candidates, forward_weight=a.mmi_forward_weight))
     if a.cmd == "generate":
-        print(cast(Generation, replier.generate(a.text, **_gen_kwargs(a))).text)  # one text: one Generation
+        kw = _gen_kwargs(a)
+        if a.num_return_sequences > 1:
+            if a.rerank:
+                raise UsageError("--num-return-sequences gives N replies; --rerank mmi gives the best of "
+                                 "--mmi-candidates: use one of them")
+            kw["num_return_sequences"] = a.num_return_sequences
+        out = replier.generate(a.text, **kw, top_logprobs=a.top_logprobs)
+        for g in cast("list[Generation]", out if isinstance(out, list) else [out]):  # one text: N Generations
+            print(g.text if a.top_logprobs is None else json.dumps(_generation_json(model, g)))
         return
     session = replier.chat(max_history_tokens=a.max_history_tokens, **_gen_kwargs(a))
     _repl(session, interactive=sys.stdin.isatty())
+
+
+def _generation_json(model: DialogModel, g: Generation) -> dict:
+    tokens = [{"id": t.token, "text": model.tokenizer.decode([t.token]), "logprob": t.logprob,
+               "top": [{"id": i, "logprob": lp} for i, lp in t.top]} for t in g.token_logprobs or []]
+    return {"text": g.text, "finish_reason": g.finish_reason, "logprob": g.logprob, "tokens": tokens}
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ from typing import Any, Protocol
 from tokenizers import Tokenizer
 
 from .checks import fits_context, optional_integer
+from .errors import UsageError
 from .generate import generate_ids, sample_with_logprobs
 from .graph import Graph
 from .results import Generation
 from .sampling import SamplingOptions
-from .text import StreamDecoder
+from .text import StopText
 
 # Tokens of history (older turns + the new user turn) kept by default. Measured with benchmarks.history_budget on
 # the bundled 8 x 256 model (Topical-Chat test replies): NLL within 1% of the best from 32 to 128 tokens, 1.7-3% worse
@@ -130,6 +131,9 @@ class ChatSession:
     def stream(self, user_text: str, **options: Any) -> Iterator[str]:
         """The reply to one user turn, as text pieces. Arguments are checked here, before any piece."""
         opts = self._model.options(**{**self._opts.__dict__, **options}) if options else self._opts
+        if opts.top_logprobs is not None:
+            raise UsageError("a chat's replies are text: top_logprobs needs generate() (or the server's "
+                             "logprobs)", "top_logprobs")
         new = self._model.encode_turn(user_text)
         fits_context(len(new), opts.max_new_tokens, self._limit)
         with self._lock:
@@ -172,18 +176,18 @@ class ChatSession:
         n = self._reranker.candidates
         fork = self._cache.fork(n, reserve=len(history) + sampling.max_new_tokens)
         try:
+            stops = [StopText(self._model.tokenizer, opts.stop) for _ in range(n)]
             cands = sample_with_logprobs(fork, [prompt] * n, sampling, self._model.eos, keep_cache=True,
-                                         history=[history] * n)
+                                         history=[history] * n, stops=stops)
         finally:
             fork.release()
-        best = self._reranker.rerank(history, [Generation(self._model.decode(c.ids), c.ids, c.logprob)
-                                               for c in cands]).best
+        best = self._reranker.rerank(history, [Generation(s.text(), c.ids, c.logprob)
+                                               for c, s in zip(cands, stops, strict=True)]).best
         self._cache.prefill([prompt + best.ids[:-1]])
         self.stats["prefilled_tokens"] += len(prompt) + len(best.ids) - 1
         reply.extend(best.ids)
-        text = self._model.decode(best.ids)
-        if text:
-            yield text
+        if best.text:
+            yield best.text
 
     def _turn(self, new: list[int], opts: SamplingOptions) -> Generator[str, None, None]:
         before = [list(t) for t in self._turns]
@@ -205,19 +209,18 @@ class ChatSession:
                 yield from self._reranked(flat + new, prompt, opts, reply)
                 return
             self.stats["prefilled_tokens"] += len(prompt)
-            sd = StreamDecoder(self._model.tokenizer)
-            eos = self._model.eos
+            stop = StopText(self._model.tokenizer, opts.stop)  # the reply's text, cut at a stop string
             # the cache is ours: emptied above when recomputing, so generate_ids must not reset it again
-            for ids in generate_ids(self._cache, [prompt], opts, eos, keep_cache=True, history=[flat + new]):
+            for ids in generate_ids(self._cache, [prompt], opts, self._model.eos, keep_cache=True,
+                                    history=[flat + new], stops=[stop]):
                 t = int(ids[0])
                 if t < 0:
                     break
                 reply.append(t)
-                if t != eos:
-                    piece = sd.push(t)
-                    if piece:
-                        yield piece
-            tail = sd.flush()
+                piece = stop.take()
+                if piece:
+                    yield piece
+            tail = stop.flush()
             if tail:
                 yield tail
         except GeneratorExit:  # abandoned: keep what was said
@@ -228,7 +231,8 @@ class ChatSession:
         finally:
             if keep_turn:
                 # The cache holds history + new turn + the reply but its last token (nobody needed its
-                # logits); a reply cut short still ends its turn with EOS, fed at the next turn.
+                # logits); a reply cut short (max_new_tokens, Ctrl-C, a stop string, whose tokens stay as the
+                # model said them) still ends its turn with EOS, fed at the next turn.
                 self._cached = int(self._cache.lengths[0]) if self._cache.batch == 1 else 0
                 if not reply or reply[-1] != self._model.eos:
                     reply.append(self._model.eos)

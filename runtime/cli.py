@@ -49,6 +49,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def token_bias(text: str) -> tuple[int, float]:
+    """TOKEN_ID:BIAS, as --logit-bias takes it."""
+    tok, sep, bias = text.partition(":")
+    if not sep or not tok.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not TOKEN_ID:BIAS (e.g. 50256:-100)")
+    return int(tok), finite_float(bias)
+
+
 def run_command(command: Callable[[], None]) -> int:
     """Run a CLI command and turn its outcome into the exit code: 0 done, 2 a user error (one line on
     stderr), 130 Ctrl-C, 3 a bug (its trace shown). Only UsageError and OS errors (a path, a permission) are

@@ -29,6 +29,32 @@ def test_cli_generate_equals_the_api(exported):
     assert gen.stdout == runtime.load(d).generate("Hello", max_new_tokens=8).text + "\n"
 
 
+def test_cli_generate_controls_equal_the_api(exported):
+    """--stop, --logit-bias, the penalties, N replies and per-token log-probabilities as JSON lines: what
+    generate() gives for the same options."""
+    import json
+
+    d = str(exported("fp32"))
+    model = runtime.load(d)
+    opts = {"max_new_tokens": 12, "min_new_tokens": 12, "frequency_penalty": 0.5, "presence_penalty": 0.25}
+    first = model.generate("Hello", **opts)
+    stop = first.text[len(first.text) // 2:][:2]
+    flags = ["--max-new-tokens", "12", "--min-new-tokens", "12", "--frequency-penalty", "0.5",
+             "--presence-penalty", "0.25", "--logit-bias", f"{first.ids[0]}:-2.5", "--stop", stop]
+    want = model.generate("Hello", **opts, logit_bias={first.ids[0]: -2.5}, stop=[stop], top_logprobs=2)
+    gen = run_runtime("generate", d, "Hello", *flags, "--top-logprobs", "2")
+    assert gen.returncode == 0, gen.stderr
+    got = json.loads(gen.stdout)
+    assert got["text"] == want.text and got["finish_reason"] == want.finish_reason
+    assert [t["id"] for t in got["tokens"]] == want.ids
+    assert [len(t["top"]) for t in got["tokens"]] == [2] * len(want.ids)
+    many = run_runtime("generate", d, "Hello", "--do-sample", "--seed", "3", "--num-return-sequences", "3",
+                       "--max-new-tokens", "8")
+    assert many.returncode == 0, many.stderr
+    want_many = model.generate("Hello", do_sample=True, seed=3, num_return_sequences=3, max_new_tokens=8)
+    assert many.stdout.decode().splitlines() == [g.text for g in want_many]
+
+
 def test_cli_generate_invalid_utf8_argument(exported):
     proc = subprocess.run([sys.executable.encode(), b"-m", b"runtime", b"generate",
                            str(exported("int8")).encode(), b"caf\xe9 \xff"],
@@ -42,6 +68,9 @@ def test_cli_generate_invalid_utf8_argument(exported):
     (("--top-p", "2"), "top_p must be a number in (0, 1]"), (("--seed", "-3"), "--seed: must be >= 0"),
     (("--max-history-tokens", "0"), "--max-history-tokens: must be >= 1"),
     (("--temperature", "inf"), "--temperature: must be a finite number"),
+    (("--logit-bias", "40"), "is not TOKEN_ID:BIAS"), (("--logit-bias", "99999999:1"), "outside the vocabulary"),
+    (("--presence-penalty", "3"), "presence_penalty must be a number in [-2, 2]"),
+    (("--stop", ""), "stop must be a list of non-empty strings"),
 ])
 def test_cli_bad_arguments_one_line(exported, args, phrase):
     proc = run_runtime("chat", exported("int8"), *args, stdin=b"Hello\n")

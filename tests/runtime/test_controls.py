@@ -98,3 +98,15 @@ def test_logit_bias_and_penalties_equal_transformers(model, prompts, tiny):
 def test_out_of_vocabulary_bias_is_refused(model):
     with pytest.raises(runtime.UsageError, match="logit_bias"):
         model.generate("hi", logit_bias={50257: 1.0})
+
+
+def test_chat_applies_stop_strings_and_refuses_logprobs(model):
+    plain = model.chat(max_new_tokens=N, min_new_tokens=N)
+    full = plain.send("Hello there, how are you?")
+    stop = full[len(full) // 2:][:2]
+    chat = model.chat(max_new_tokens=N, min_new_tokens=N, stop=stop)
+    assert chat.send("Hello there, how are you?") == full[: full.index(stop)]
+    assert chat.turns[1][-1] == model.eos and len(chat.turns[1]) < N + 1  # the turn ended where the stop came
+    assert isinstance(chat.send("And then?"), str)  # the chat goes on
+    with pytest.raises(runtime.UsageError, match="top_logprobs"):
+        chat.send("hi", top_logprobs=1)
