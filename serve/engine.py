@@ -30,7 +30,10 @@ from runtime.checks import integer, number
 from runtime.errors import UsageError
 from runtime.generate import plain_greedy
 from runtime.graph import RowCache
+from runtime.results import TokenLogprob
 from runtime.sampling import SamplingOptions, choose, process
+from runtime.scoring import token_logprobs
+from runtime.text import StopText
 
 from .prefix_cache import PrefixCache
 
@@ -53,6 +56,9 @@ class Request:
     out: queue.Queue = field(default_factory=queue.Queue)  # token ids, then _DONE
     cancelled: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    # with opts.top_logprobs: one per token, appended before the token is put out (read it after the token)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length", set before _DONE
     _listener: Callable[[], None] | None = None
 
     # -- the engine's side ---------------------------------------------------------------------
@@ -116,6 +122,7 @@ class _Row:
     rng: np.random.Generator
     history: list[int]
     cached: list[int]  # the tokens row's KV holds, in order
+    stop: StopText | None = None  # with stop strings: the reply's text, to see them come
     generated: int = 0
     last: int | None = None  # token to feed at the next step
 
@@ -242,7 +249,7 @@ class Engine:
         else:  # the same chat's earlier turn: its KV is reused, only the new tokens are prefilled
             cache.load_row(b, saved, n)
         return _Row(req, req.prompt[n:], np.random.default_rng(req.opts.seed), list(req.prompt),
-                    list(req.prompt[:n]))
+                    list(req.prompt[:n]), StopText(self.model.tokenizer, req.opts.stop) if req.opts.stop else None)
 
     def _step(self, cache: RowCache, rows: list[_Row | None]) -> None:
         """One step: joining rows prefill (at most `prefill_chunk` prompt tokens in all; adjacent rows
@@ -296,8 +303,15 @@ class Engine:
             t = choose(process(logits, r.history, r.generated, o, self.model.eos), o, r.rng)
             r.history.append(t)
         r.generated += 1
+        if o.top_logprobs is not None:
+            r.req.logprobs.append(token_logprobs(logits, t, o.top_logprobs))
+        stopped = t == self.model.eos
+        if r.stop is not None and not stopped:
+            r.stop.push(t)
+            stopped = r.stop.matched is not None
         r.req.emit(t)
-        if t == self.model.eos or r.generated >= o.max_new_tokens:
+        if stopped or r.generated >= o.max_new_tokens:
+            r.req.finish_reason = "stop" if stopped else "length"
             tenant = self.cache_namespace(r.req.tenant)
             if self.prefix_cache.budget and tenant is not None:
                 self.prefix_cache.store(tenant, cache.save_row(b, r.cached))

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from runtime import DialogModel, UsageError
-from runtime.text import StreamDecoder
+from runtime.text import StopText
 
 from .auth import ApiKeys, Unauthorized
 from .engine import Engine, EngineClosed, EngineFull, Request
-from .openai_api import BadRequest, ChatRequest, ReplyTokens, dialogue_ids, param_of
+from .openai_api import BadRequest, ChatRequest, ReplyTokens, dialogue_ids, param_of, token_logprob_entries
 
 CHAT_PAGE = files("serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
@@ -139,9 +139,9 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
             return _error(413, f"the request body is over {max_body_bytes} bytes (the server's --max-body-kb)",
                           "invalid_request_error")
 
-        def admit() -> tuple[ChatRequest, list[int], str | None, Request]:
-            """Parse, check, tokenize and queue the request: in a worker thread, so that a big body never
-            stalls the event loop (other clients' streams)."""
+        def admit() -> tuple[ChatRequest, list[int], str | None, list[Request]]:
+            """Parse, check, tokenize and queue the request (n rows for n choices): in a worker thread, so
+            that a big body never stalls the event loop (other clients' streams)."""
             try:
                 body = json.loads(raw)
             except (ValueError, RecursionError):  # not JSON or not UTF-8, an int of > 4,300 digits, too deep
@@ -152,10 +152,21 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
             tenant = key_tenant if chat.cache_salt is None else f"{key_tenant or ''}/{chat.cache_salt}"
             namespace = engine.cache_namespace(tenant)
             prompt = dialogue_ids(model, chat.turns, replies, namespace)
-            return chat, prompt, namespace, engine.submit(prompt, tenant=tenant, **chat.options)
+            seed = chat.options.get("seed")
+            reqs: list[Request] = []
+            try:
+                for i in range(chat.n):  # choice i samples with seed + i: reproducible, and not all alike
+                    # (the first submit checked the seed: only then is seed + i computed)
+                    choice_seed = {} if seed is None or i == 0 else {"seed": (seed + i) % 2**63}
+                    reqs.append(engine.submit(prompt, tenant=tenant, **{**chat.options, **choice_seed}))
+            except BaseException:
+                for r in reqs:
+                    r.cancel()
+                raise
+            return chat, prompt, namespace, reqs
 
         try:
-            chat, prompt, namespace, req = await asyncio.to_thread(admit)
+            chat, prompt, namespace, reqs = await asyncio.to_thread(admit)
         except BadRequest as e:
             return _error(400, str(e), "invalid_request_error", e.param)
         except UsageError as e:  # the runtime's checks: options out of range, a history over the context
@@ -167,21 +178,28 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
         if chat.stream:
             usage_of = len(prompt) if chat.include_usage else None
-            return StreamingResponse(_sse(req, head, model, usage_of, replies, namespace),
+            return StreamingResponse(_sse(reqs, head, model, usage_of, replies, namespace, chat.logprobs),
                                      media_type="text/event-stream")
         try:
-            ids = await _whole_reply(req, request)
+            all_ids = await asyncio.gather(*(_whole_reply(r, request) for r in reqs))
         except EngineClosed as e:
             return _error(503, str(e), "server_error", headers={"Retry-After": "5"})
-        except _ClientGone:  # nobody to answer: its row was freed at the next step
+        except _ClientGone:  # nobody to answer: its rows were freed at the next step
+            for r in reqs:
+                r.cancel()
             return Response(status_code=499)
-        finish = "stop" if ids[-1:] == [model.eos] else "length"
-        text = model.decode(ids)
-        replies.record(namespace, text, ids[:-1] if finish == "stop" else ids)
-        return JSONResponse({**head, "object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-            "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(ids),
-                      "total_tokens": len(prompt) + len(ids)}})
+        choices = []
+        for i, (r, ids) in enumerate(zip(reqs, all_ids, strict=True)):
+            reply = _Reply(model, r)
+            for t in ids:
+                reply.push(t)
+            reply.finish(replies, namespace)
+            choices.append({"index": i, "message": {"role": "assistant", "content": "".join(reply.text)},
+                            "logprobs": {"content": reply.logprobs} if chat.logprobs else None,
+                            "finish_reason": reply.finish_reason})
+        completion = sum(map(len, all_ids))
+        return JSONResponse({**head, "object": "chat.completion", "choices": choices, "usage": {
+            "prompt_tokens": len(prompt), "completion_tokens": completion, "total_tokens": len(prompt) + completion}})
 
     headers = _page_headers(page)
 
@@ -229,56 +247,93 @@ async def _whole_reply(req: Request, request: Any, check_every: float = 0.25) ->
                 raise _ClientGone
 
 
-async def _sse(req: Request, head: dict[str, Any], model: DialogModel, prompt_tokens: int | None,
-               replies: ReplyTokens, namespace: str | None):
-    """Server-sent events in OpenAI's chunk format; a client that goes away cancels the request. With
+class _Reply:
+    """One choice's text and log-probabilities as its tokens arrive: the text cut at a stop string as the
+    engine cut the reply (the same StopText), log-probabilities for every token but EOS."""
+
+    def __init__(self, model: DialogModel, req: Request) -> None:
+        self.model, self.req = model, req
+        self.stop = StopText(model.tokenizer, req.opts.stop)
+        self.text: list[str] = []
+        self.logprobs: list[dict[str, Any]] = []
+        self.count = 0  # tokens received, EOS included
+        self.finish_reason = "length"
+
+    def push(self, token: int) -> tuple[str, list[dict[str, Any]]]:
+        """The text and log-probability entries this token adds."""
+        k, self.count = self.count, self.count + 1
+        if token == self.model.eos:
+            return "", []
+        piece = self.stop.push(token)
+        self.text.append(piece)
+        lp = [token_logprob_entries(self.model, self.req.logprobs[k])] if self.req.opts.top_logprobs is not None \
+            else []
+        self.logprobs += lp
+        return piece, lp
+
+    def finish(self, replies: ReplyTokens, namespace: str | None) -> str:
+        """The text held back at the end; records the reply's ids by its text (see ReplyTokens) unless a
+        stop string cut it (the text then no longer spells the ids)."""
+        tail = self.stop.flush()
+        self.text.append(tail)
+        if self.stop.matched is None:
+            replies.record(namespace, "".join(self.text), self.stop.decoder.ids)  # EOS is never pushed
+        self.finish_reason = self.req.finish_reason or "length"
+        return tail
+
+
+async def _sse(reqs: list[Request], head: dict[str, Any], model: DialogModel, prompt_tokens: int | None,
+               replies: ReplyTokens, namespace: str | None, logprobs: bool):
+    """Server-sent events in OpenAI's chunk format, the n choices' chunks interleaved as their tokens come;
+    a client that goes away cancels the requests. With logprobs, one chunk per token carries its entry. With
     prompt_tokens (stream_options.include_usage), a last chunk carries the usage, as OpenAI sends it."""
 
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        return "data: " + json.dumps({**head, "object": "chat.completion.chunk",
-                                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+    def chunk(i: int, delta: dict, finish: str | None = None, lp: list | None = None) -> str:
+        choice = {"index": i, "delta": delta, "finish_reason": finish}
+        if logprobs:
+            choice["logprobs"] = {"content": lp} if lp is not None else None
+        return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [choice]}) + "\n\n"
 
-    sd = StreamDecoder(model.tokenizer)
-    finish, n, text = "length", 0, []
     loop, ready = asyncio.get_running_loop(), asyncio.Event()
-    req.listen(lambda: loop.call_soon_threadsafe(ready.set))  # no thread parked per token
+    for r in reqs:
+        r.listen(lambda: loop.call_soon_threadsafe(ready.set))  # no thread parked per token
+    out = [_Reply(model, r) for r in reqs]
+    over = [False] * len(reqs)
     try:
-        yield chunk({"role": "assistant", "content": ""})
-        over = False
-        while not over:
+        yield "".join(chunk(i, {"role": "assistant", "content": ""}) for i in range(len(reqs)))
+        while not all(over):
             await ready.wait()
             ready.clear()
-            try:
-                got = req.poll()
-            except EngineClosed:  # the server is shutting down: end the stream where it is
-                break
-            out = []  # the tokens that arrived together go out in one write, one event each
-            for t in got:
-                if t is None:
-                    over = True
-                    break
-                n += 1
-                if t == model.eos:
-                    finish = "stop"
+            events = []  # the tokens that arrived together go out in one write, one event each
+            for i, (r, reply) in enumerate(zip(reqs, out, strict=True)):
+                if over[i]:
                     continue
-                piece = sd.push(t)
-                if piece:
-                    text.append(piece)
-                    out.append(chunk({"content": piece}))
-            if out:
-                yield "".join(out)
-        tail = sd.flush()
-        if tail:
-            text.append(tail)
-            yield chunk({"content": tail})
-        replies.record(namespace, "".join(text), sd.ids)  # EOS is not among them: it is never pushed
-        yield chunk({}, finish)
+                try:
+                    got = r.poll()
+                except EngineClosed:  # the server is shutting down: end the stream where it is
+                    over = [True] * len(reqs)
+                    break
+                for t in got:
+                    if t is None:
+                        over[i] = True
+                        tail = reply.finish(replies, namespace)
+                        if tail:
+                            events.append(chunk(i, {"content": tail}))
+                        events.append(chunk(i, {}, reply.finish_reason))
+                        break
+                    piece, lp = reply.push(t)
+                    if piece or lp:
+                        events.append(chunk(i, {"content": piece}, lp=lp or None))
+            if events:
+                yield "".join(events)
         if prompt_tokens is not None:
+            n = sum(reply.count for reply in out)
             yield "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [], "usage": {
                 "prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}}) + "\n\n"
         yield "data: [DONE]\n\n"
     finally:
-        req.cancel()  # no-op when finished; frees the row when the client disconnected
+        for r in reqs:
+            r.cancel()  # no-op when finished; frees the row when the client disconnected
 
 
 def public_name(model_dir: str | Path, model_name: str | None = None) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from runtime import DialogModel
 from runtime.checks import is_integer, is_number
+from runtime.results import TokenLogprob
 
 # The runtime's option names -> OpenAI's request fields, for errors the runtime raises.
 _FIELDS = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
@@ -29,21 +30,24 @@ class BadRequest(ValueError):
 
 # Request fields: each is applied, or refused with a 400 naming it (never silently ignored).
 APPLIED = {"messages", "max_tokens", "max_completion_tokens", "min_tokens", "temperature", "top_p", "top_k",
-           "repetition_penalty", "seed", "stream", "stream_options", "n", "cache_salt"}
+           "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "stop", "seed", "n",
+           "logprobs", "top_logprobs", "stream", "stream_options", "cache_salt"}
 INFORMATIVE = {"model", "user"}  # OpenAI's: name the model / the end user; nothing to apply
-# Refused unless they ask for nothing (their neutral value): this server does not implement them yet.
-NEUTRAL = {"stop": (None, [], ""), "logprobs": (None, False), "top_logprobs": (None, 0),
-           "frequency_penalty": (None, 0, 0.0), "presence_penalty": (None, 0, 0.0), "logit_bias": (None, {}),
-           "response_format": (None, {"type": "text"}), "tools": (None, []), "tool_choice": (None, "none"),
+# Refused unless they ask for nothing (their neutral value): DialoGPT has no tools and writes only text.
+NEUTRAL = {"response_format": (None, {"type": "text"}), "tools": (None, []), "tool_choice": (None, "none"),
            "functions": (None, []), "function_call": (None, "none")}
 # Roles: DialoGPT has turns (user, assistant) and no system prompt; system and developer messages are left out.
 TURN_ROLES, SKIPPED_ROLES = ("user", "assistant"), ("system", "developer")
+MAX_STOPS = 4  # OpenAI's bound
+MAX_CHOICES = 8  # n: each choice is a row of the engine's batch
 
 
 @dataclass(frozen=True)
 class ChatRequest:
     turns: list[tuple[str, str]]  # (role, content), system and developer messages left out
     options: dict[str, Any] = field(default_factory=dict)  # the runtime's generation options
+    n: int = 1  # choices: each its own row, seeded seed + i when a seed is given
+    logprobs: bool = False
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage
     # vLLM's field: requests with the same salt may reuse each other's cached KV; without one, none is reused
@@ -60,7 +64,8 @@ class ChatRequest:
             if name not in NEUTRAL:
                 raise BadRequest(f"unknown field {name!r}: this server applies {sorted(APPLIED)}", name)
             if value not in NEUTRAL[name]:
-                raise BadRequest(f"{name} is not supported by this server yet: leave it out", name)
+                raise BadRequest(f"{name} is not supported: DialoGPT writes plain text and calls no tools; "
+                                 "leave it out", name)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise BadRequest(f"stream must be true or false, got {stream!r}", "stream")
@@ -70,7 +75,11 @@ class ChatRequest:
         salt = body.get("cache_salt")
         if salt is not None and (not isinstance(salt, str) or not 0 < len(salt) <= 256):
             raise BadRequest("cache_salt must be a string of 1 to 256 characters (one per user or chat)", "cache_salt")
-        return cls(_turns(body), _options(body), stream, bool(so.get("include_usage")), salt)
+        options, n = _options(body), _choices(body)
+        if n > 1 and not options.get("do_sample"):
+            raise BadRequest("n > 1 needs temperature > 0: greedy replies are all the same", "n")
+        return cls(_turns(body), options, n, options.get("top_logprobs") is not None, stream,
+                   bool(so.get("include_usage")), salt)
 
 
 def _content(m: dict[str, Any], i: int) -> str:
@@ -78,6 +87,8 @@ def _content(m: dict[str, Any], i: int) -> str:
     content = m.get("content")
     if isinstance(content, str):
         return content
+    if content is None and m.get("role") == "assistant":  # OpenAI's: an assistant turn may carry no text
+        return ""
     if isinstance(content, list) and content and all(isinstance(p, dict) for p in content):
         kinds = {p.get("type") for p in content}
         if kinds != {"text"} or not all(isinstance(p.get("text"), str) for p in content):
@@ -109,7 +120,8 @@ def _turns(body: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _options(body: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's fields -> the runtime's options. Checked here: only what OpenAI defines differently from the
-    runtime (max_tokens >= 1, temperature 0 = greedy, n = 1); the runtime checks the rest at submit."""
+    runtime (max_tokens >= 1, temperature 0 = greedy, logit_bias keys, stop's list); the runtime checks the
+    rest at submit."""
     opts: dict[str, Any] = {}
     for name in ("max_tokens", "max_completion_tokens"):  # the newer name wins; null means "not given"
         mt = body.get(name)
@@ -125,13 +137,72 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     if temperature:  # 0 (or omitted) is greedy, as OpenAI's API defines temperature 0
         opts.update(do_sample=True, temperature=temperature)
     # top_p and top_k are checked when greedy too, and apply when sampling; repetition_penalty: vLLM's extension
-    for name in ("top_p", "top_k", "repetition_penalty", "seed"):
+    for name in ("top_p", "top_k", "repetition_penalty", "seed", "presence_penalty", "frequency_penalty"):
         if body.get(name) is not None:
             opts[name] = body[name]
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise BadRequest(f"n must be 1 (one choice per request), got {n!r}", "n")
+    if body.get("logit_bias") is not None:
+        opts["logit_bias"] = _logit_bias(body["logit_bias"])
+    if body.get("stop") is not None:
+        opts["stop"] = _stops(body["stop"])
+    logprobs, top = body.get("logprobs"), body.get("top_logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise BadRequest(f"logprobs must be true or false, got {logprobs!r}", "logprobs")
+    if top is not None and not logprobs:
+        raise BadRequest("top_logprobs needs logprobs: true", "top_logprobs")
+    if logprobs:
+        opts["top_logprobs"] = 0 if top is None else top  # the runtime checks its range
     return opts
+
+
+def _logit_bias(bias: object) -> dict[int, Any]:
+    """OpenAI's logit_bias: token ids as JSON object keys (strings) -> bias; the runtime checks the values."""
+    if not isinstance(bias, dict) or not all(isinstance(k, str) and k.isdigit() and len(k) < 10 for k in bias):
+        raise BadRequest("logit_bias must map token ids (as strings, e.g. \"50256\") to numbers in [-100, 100]",
+                         "logit_bias")
+    return {int(k): v for k, v in bias.items()}
+
+
+def _stops(stop: object) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not 0 < len(stops) <= MAX_STOPS or not all(isinstance(x, str) and x
+                                                                                 for x in stops):
+        raise BadRequest(f"stop must be a non-empty string or a list of 1 to {MAX_STOPS} of them", "stop")
+    return stops
+
+
+def _choices(body: dict[str, Any]) -> int:
+    n = body.get("n")
+    if n is None:
+        return 1
+    if not is_integer(n) or not 1 <= n <= MAX_CHOICES:
+        raise BadRequest(f"n must be an integer in [1, {MAX_CHOICES}], got {n!r}", "n")
+    return int(n)
+
+
+def _gpt2_byte_table() -> dict[str, int]:
+    """GPT-2's byte-level BPE spells each byte as one printable character: that table, reversed (the
+    tokenizers library applies it inside its decoder but does not expose it)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTES = _gpt2_byte_table()
+
+
+def token_logprob_entries(model: DialogModel, lp: TokenLogprob) -> dict[str, Any]:
+    """One token of OpenAI's `logprobs.content`: its text, bytes and log-probability, and the top ones'."""
+    def entry(token: int, logprob: float) -> dict[str, Any]:
+        raw = bytes(_BYTES[c] for c in (model.tokenizer.id_to_token(token) or ""))
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+    return {**entry(lp.token, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
 
 
 class ReplyTokens:
@@ -177,5 +248,7 @@ def dialogue_ids(model: DialogModel, turns: list[tuple[str, str]], replies: Repl
     ids: list[int] = []
     for role, text in turns:
         known = replies.get(namespace, text) if role == "assistant" else None
+        if known is None and role == "assistant" and not text:
+            known = []  # an assistant turn with no text (content null): the turn's end alone
         ids += model.encode_turn(text) if known is None else known + [model.eos]
     return ids

@@ -15,7 +15,9 @@ from serve.engine import Engine, EngineClosed, EngineFull
 
 OPTIONS = [{"max_new_tokens": 12}, {"max_new_tokens": 9, "do_sample": True, "top_k": 20, "seed": 4},
            {"max_new_tokens": 7, "do_sample": True, "top_p": 0.8, "temperature": 0.7, "seed": 1},
-           {"max_new_tokens": 10, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2}]
+           {"max_new_tokens": 10, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
+           {"max_new_tokens": 14, "min_new_tokens": 14, "logit_bias": {11: 4.0, 13: -3.0}, "presence_penalty": 0.5,
+            "frequency_penalty": 0.8, "stop": ("e ", "an")}]
 
 
 @pytest.fixture(scope="module", params=["fp32", "int8"])
@@ -136,6 +138,21 @@ def test_session_cache_budget_evicts_least_recently_used(model, prompts):
         engine.close()
     with pytest.raises(ValueError, match="prefix_cache_mb"):
         Engine(model, prefix_cache_mb=-1)
+
+
+def test_finish_reason_and_logprobs_equal_generate(model, prompts):
+    """A request's finish reason and per-token log-probabilities are generate()'s for the same options."""
+    engine = Engine(model, max_batch=2)
+    try:
+        for p, o in zip(prompts[:4], OPTIONS[-2:] * 2, strict=True):
+            want = model.generate(p, **o, top_logprobs=3)
+            req = engine.submit(p, **o, top_logprobs=3)
+            assert list(req.tokens()) == want.ids and req.finish_reason == want.finish_reason
+            assert [(t.token, t.top) for t in req.logprobs] == [(t.token, t.top) for t in want.token_logprobs]
+        stopped = [model.generate(p, **OPTIONS[-1]).finish_reason for p in prompts]
+        assert "stop" in stopped  # a stop string ended some reply early
+    finally:
+        engine.close()
 
 
 def test_prefix_cache_lookup_and_store():

@@ -93,6 +93,56 @@ def test_openai_client_chat_and_stream(server):
     assert httpx.get(f"{url}/health").json()["status"] == "ok"
 
 
+def test_openai_fields_applied_as_the_runtime_applies_them(server):
+    """stop, logit_bias, presence / frequency penalties, logprobs with top_logprobs and n > 1, through the
+    official client, streamed and not: what the runtime gives for the same options."""
+    model, url = server
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    prompt = encode_dialogue(model.tokenizer, [m["content"] for m in MESSAGES[1:]], model.eos)
+    full = model.generate(prompt, max_new_tokens=16, min_new_tokens=16)
+    stop = full.text[len(full.text) // 2:][:2]
+    fields = {"max_tokens": 16, "logit_bias": {str(full.ids[1]): -3}, "presence_penalty": 0.4,
+              "frequency_penalty": 0.9, "stop": [stop, "zzzz"], "extra_body": {"min_tokens": 16}}
+    opts = {"max_new_tokens": 16, "min_new_tokens": 16, "logit_bias": {full.ids[1]: -3}, "presence_penalty": 0.4,
+            "frequency_penalty": 0.9, "stop": [stop, "zzzz"]}
+    want = model.generate(prompt, **opts, top_logprobs=3)
+    r = client.chat.completions.create(model="tiny", messages=MESSAGES, logprobs=True, top_logprobs=3, **fields)
+    c = r.choices[0]
+    assert c.message.content == want.text and c.finish_reason == want.finish_reason
+    assert [t.logprob for t in c.logprobs.content] == pytest.approx([t.logprob for t in want.token_logprobs], abs=1e-6)
+    assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.logprob for t in c.logprobs.content)
+    assert b"".join(bytes(t.bytes) for t in c.logprobs.content).decode() == model.decode(want.ids)
+    pieces, lps, finish = [], [], None
+    for ch in client.chat.completions.create(model="tiny", messages=MESSAGES, logprobs=True, top_logprobs=3,
+                                             stream=True, **fields):
+        pieces.append(ch.choices[0].delta.content or "")
+        lps += ch.choices[0].logprobs.content if ch.choices[0].logprobs else []
+        finish = ch.choices[0].finish_reason or finish
+    assert "".join(pieces) == want.text and finish == want.finish_reason
+    assert [t.logprob for t in lps] == [t.logprob for t in c.logprobs.content]
+    # n > 1: choice i is the runtime's reply with seed + i, streamed or not
+    sampled = {"max_tokens": 8, "temperature": 0.9, "seed": 11}
+    many = client.chat.completions.create(model="tiny", messages=MESSAGES, n=3, **sampled)
+    solo = [model.generate(prompt, max_new_tokens=8, do_sample=True, temperature=0.9, seed=11 + i) for i in range(3)]
+    assert [ch.message.content for ch in sorted(many.choices, key=lambda ch: ch.index)] == [g.text for g in solo]
+    assert many.usage.completion_tokens == sum(len(g.ids) for g in solo)
+    texts = {i: "" for i in range(3)}
+    for ch in client.chat.completions.create(model="tiny", messages=MESSAGES, n=3, stream=True, **sampled):
+        for choice in ch.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert list(texts.values()) == [g.text for g in solo]
+
+
+def test_assistant_turn_without_content(server):
+    model, url = server
+    body = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None},
+                         {"role": "user", "content": "Hello?"}], "max_tokens": 4}
+    r = httpx.post(f"{url}/v1/chat/completions", json=body)
+    assert r.status_code == 200
+    prompt = model.encode_turn("Hi") + [model.eos] + model.encode_turn("Hello?")
+    assert r.json()["choices"][0]["message"]["content"] == model.generate(prompt, max_new_tokens=4).text
+
+
 @pytest.mark.parametrize("body, param", [
     (b"{not json", None), (b"[1, 2]", None), (b'{"messages": []}', "messages"),
     (b'{"messages": [{"role": "user"}]}', "messages"),
@@ -100,15 +150,22 @@ def test_openai_client_chat_and_stream(server):
     (b'{"messages": [{"role": "user", "content": "hi"}], "min_tokens": -2}', "min_tokens"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1}', "temperature"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 3}', "n"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\n"]}', "stop"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "logprobs": true}', "logprobs"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 3}', "n"),  # greedy: n identical replies
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 9, "temperature": 1}', "n"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}', "stop"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stop": [""]}', "stop"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stop": 5}', "stop"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "logprobs": "yes"}', "logprobs"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}', "top_logprobs"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 21}', "top_logprobs"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": true, "stream_options": 5}', "stream_options"),
     # every field is applied or refused, never silently ignored
     (b'{"messages": [{"role": "user", "content": "hi"}], "top_k": -1}', "top_k"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 0.5}', "frequency_penalty"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 1}', "presence_penalty"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"50256": -100}}', "logit_bias"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 2.5}', "frequency_penalty"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "presence_penalty": "high"}', "presence_penalty"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"x": 1}}', "logit_bias"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"99999999": 1}}', "logit_bias"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 101}}', "logit_bias"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}',
      "response_format"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}', "tools"),

@@ -19,8 +19,9 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                     lambda children: st.lists(children, max_size=4)
                     | st.dictionaries(st.text(max_size=8), children, max_size=4), max_leaves=12)
 APPLIED = ["max_tokens", "max_completion_tokens", "min_tokens", "temperature", "top_p", "top_k",
-           "repetition_penalty", "seed", "stream", "stream_options", "n", "cache_salt"]
-OTHERS = ["stop", "logprobs", "logit_bias", "tools", "model", "user", "frequency_penalty", "bogus"]
+           "repetition_penalty", "seed", "stream", "stream_options", "n", "cache_salt", "stop", "logprobs",
+           "top_logprobs", "logit_bias", "frequency_penalty", "presence_penalty"]
+OTHERS = ["tools", "response_format", "model", "user", "bogus"]
 ODD = st.integers(-5, 5) | st.floats(-2, 2) | st.integers(min_value=10**400) | JSON  # values of any field
 MESSAGE = st.fixed_dictionaries({}, optional={
     "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | JSON,
