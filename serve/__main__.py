@@ -2,7 +2,8 @@
                         [--max-queue 64] [--prefix-cache-mb 256] [--threads N] [--ray [--replicas N] [--ray-address A]]
 
 Exit codes: 0 stopped, 2 a user error (one line on stderr), 3 an internal error (a bug: trace shown);
-SIGTERM / Ctrl-C: in-flight replies finish, then the process ends by that signal (143 / 130).
+SIGTERM / Ctrl-C: in-flight replies finish (for up to --shutdown-timeout seconds, or until a second signal),
+then the process ends by that signal (143 / 130).
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from pathlib import Path
 
 from runtime.cli import OneLineParser, finite_float, positive_int, run_command
 from runtime.errors import UsageError
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
 
 
 def port_number(text: str) -> int:
@@ -44,6 +52,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "others get 400, so a rebinding site reaches nothing)")
     p.add_argument("--max-body-kb", type=positive_int, default=1024,
                    help="largest request body read (413 past it, before the rest is read)")
+    p.add_argument("--header-timeout", type=positive_float, default=10.0,
+                   help="seconds a client has to send a request's headers (then the connection is closed)")
+    p.add_argument("--body-timeout", type=positive_float, default=30.0,
+                   help="seconds a client has to send a request's body (then 408)")
+    p.add_argument("--idle-timeout", type=positive_float, default=5.0,
+                   help="seconds an idle keep-alive connection stays open")
+    p.add_argument("--shutdown-timeout", type=positive_float, default=30.0,
+                   help="seconds in-flight replies may run after SIGTERM / Ctrl-C before they are cancelled "
+                        "(a second signal cancels them at once)")
     p.add_argument("--shared-prefix-cache", action="store_true",
                    help="let requests without a cache_salt reuse each other's cached chats: faster for one "
                         "trusted client, but any client can then tell what another said (by the reply's speed)")
@@ -71,7 +88,7 @@ def run(a: argparse.Namespace) -> None:
     try:
         import uvicorn  # noqa: F401
 
-        from .http import serve
+        from .http import Deadlines, serve
     except ImportError:
         raise UsageError("serving needs the serve extra: pip install 'dialogpt-onnx[serve]'") from None
     if a.host in ("0.0.0.0", "::") and not a.allowed_host:
@@ -85,7 +102,8 @@ def run(a: argparse.Namespace) -> None:
         serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_queue=a.max_queue,
               prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name,
               share_prefix_cache=a.shared_prefix_cache, api_keys=keys, max_body_bytes=a.max_body_kb * 1024,
-              allowed_hosts=a.allowed_host)
+              allowed_hosts=a.allowed_host,
+              deadlines=Deadlines(a.header_timeout, a.body_timeout, a.idle_timeout, a.shutdown_timeout))
         return
     try:
         import ray.serve  # noqa: F401

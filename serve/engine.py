@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,11 +60,20 @@ class Request:
     # with opts.top_logprobs: one per token, appended before the token is put out (read it after the token)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length", set before _DONE
+    # time.monotonic() of the submit, the first and the last token; tokens put out (metrics read them once over)
+    submitted_at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    emitted: int = 0
     _listener: Callable[[], None] | None = None
 
     # -- the engine's side ---------------------------------------------------------------------
     def emit(self, token: int) -> None:
         """A new token id, or _DONE (the engine's worker calls this)."""
+        if token != _DONE:
+            self.last_token_at = time.monotonic()
+            self.first_token_at = self.first_token_at or self.last_token_at
+            self.emitted += 1
         self.out.put(token)
         if self._listener is not None:
             try:
@@ -148,6 +158,7 @@ class Engine:
         self._wake = threading.Condition()
         self._closed = False
         self.failure: BaseException | None = None  # what stopped the worker, if it died (health reports it)
+        self.running = 0  # rows generating after the last step (the worker writes it; metrics read it)
         self.steps = 0  # graph calls made (a reply of n tokens alone takes n; shared steps take fewer)
         self.rows_computed = 0  # rows summed over those calls: busy rows only, never the idle ones
         self._thread = threading.Thread(target=self._loop, name="dialogpt-engine", daemon=True)
@@ -218,6 +229,7 @@ class Engine:
                         if rows[b] is None and self._waiting:
                             rows[b] = self._join(cache, b, self._waiting.popleft())
                 self._step(cache, rows)
+                self.running = sum(r is not None for r in rows)
         except BaseException as e:  # a bug or an onnxruntime failure: every caller hears of it
             self.failure = e
             for r in rows:

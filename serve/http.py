@@ -22,6 +22,7 @@ import re
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from runtime.text import StopText
 
 from .auth import ApiKeys, Unauthorized
 from .engine import Engine, EngineClosed, EngineFull, Request
+from .metrics import CountResponses, Metrics
 from .openai_api import BadRequest, ChatRequest, ReplyTokens, dialogue_ids, param_of, token_logprob_entries
 
 CHAT_PAGE = files("serve").joinpath("static/chat.html").read_text(encoding="utf-8")
@@ -40,18 +42,30 @@ CHAT_PAGE = files("serve").joinpath("static/chat.html").read_text(encoding="utf-
 MAX_BODY_BYTES = 1 << 20
 
 
-async def _bounded_body(request: Any, limit: int) -> bytes | None:
+BODY_TIMEOUT = 30.0  # seconds to send a whole body: 1 MiB at 35 KB/s
+
+
+class _BodyLate(Exception):
+    """The client did not send its whole body within the body timeout."""
+
+
+async def _bounded_body(request: Any, limit: int, timeout: float) -> bytes | None:
     """The request body, or None as soon as it is known to pass `limit` (from Content-Length, or while
-    reading a chunked body): an oversized request costs neither its memory nor its parsing."""
+    reading a chunked body): an oversized request costs neither its memory nor its parsing. Raises
+    _BodyLate when the whole body takes longer than `timeout` seconds (a trickling client holds nothing)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
     parts, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        parts.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return None
+                parts.append(chunk)
+    except TimeoutError:
+        raise _BodyLate from None
     return b"".join(parts)
 
 
@@ -84,11 +98,13 @@ def _page_data(value: object) -> str:
 
 
 def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_keys: ApiKeys | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES, allowed_hosts: list[str] | None = None):
+               max_body_bytes: int = MAX_BODY_BYTES, allowed_hosts: list[str] | None = None,
+               body_timeout: float = BODY_TIMEOUT):
     """The ASGI app over `engine`; close_engine: the app's shutdown closes the engine (Ray replicas);
-    api_keys: when set, every route but the page and /health needs one of them; a request body over
-    max_body_bytes is refused (413) before the rest of it is read; allowed_hosts: the Host headers served
-    (400 for others: a page on another site that rebinds its name to this address reaches nothing)."""
+    api_keys: when set, every route but the page, /health and /ready needs one of them; a request body over
+    max_body_bytes is refused (413) before the rest of it is read, one not sent within body_timeout seconds
+    gets 408; allowed_hosts: the Host headers served (400 for others: a page on another site that rebinds
+    its name to this address reaches nothing)."""
     from starlette.applications import Starlette
     from starlette.requests import Request as HttpRequest
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -97,6 +113,7 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
     model = engine.model
     replies = ReplyTokens()
     keys = api_keys or ApiKeys()
+    metrics = Metrics(engine)
 
     def unauthorized() -> JSONResponse:
         return _error(401, "a valid API key is needed: send Authorization: Bearer KEY", "invalid_request_error",
@@ -118,6 +135,25 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
             detail = {}
         return JSONResponse({"status": "ok", "pid": os.getpid(), **detail})
 
+    async def ready(_: HttpRequest) -> JSONResponse:
+        # readiness: the engine takes work now (alive, and its queue has room); 503 tells a balancer to
+        # send requests elsewhere for a while
+        if not engine.alive:
+            return JSONResponse({"status": "unavailable", "message": "the engine stopped"}, status_code=503)
+        if engine.stats()["waiting"] >= engine.max_queue:
+            return JSONResponse({"status": "busy", "message": "the queue is full"}, status_code=503,
+                                headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ready"})
+
+    async def metrics_page(request: HttpRequest) -> Response:
+        try:
+            keys.tenant(request.headers.get("authorization"))
+        except Unauthorized:
+            return unauthorized()
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     async def models(request: HttpRequest) -> JSONResponse:
         try:
             keys.tenant(request.headers.get("authorization"))
@@ -134,7 +170,11 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             # a cross-site page can POST text/plain without asking; only JSON bodies are read
             return _error(415, "send the body as Content-Type: application/json", "invalid_request_error")
-        raw = await _bounded_body(request, max_body_bytes)
+        try:
+            raw = await _bounded_body(request, max_body_bytes, body_timeout)
+        except _BodyLate:
+            return _error(408, f"the request body was not sent within {body_timeout:g} s (the server's "
+                          "--body-timeout)", "invalid_request_error", headers={"Connection": "close"})
         if raw is None:
             return _error(413, f"the request body is over {max_body_bytes} bytes (the server's --max-body-kb)",
                           "invalid_request_error")
@@ -178,7 +218,7 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
         if chat.stream:
             usage_of = len(prompt) if chat.include_usage else None
-            return StreamingResponse(_sse(reqs, head, model, usage_of, replies, namespace, chat.logprobs),
+            return StreamingResponse(_sse(reqs, head, model, usage_of, replies, namespace, chat.logprobs, metrics),
                                      media_type="text/event-stream")
         try:
             all_ids = await asyncio.gather(*(_whole_reply(r, request) for r in reqs))
@@ -188,6 +228,9 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
             for r in reqs:
                 r.cancel()
             return Response(status_code=499)
+        finally:
+            for r in reqs:
+                metrics.reply_done(r)
         choices = []
         for i, (r, ids) in enumerate(zip(reqs, all_ids, strict=True)):
             reply = _Reply(model, r)
@@ -216,9 +259,10 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     hosts = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
-    return Starlette(routes=[Route("/", chat_page), Route("/health", health), Route("/v1/models", models),
+    return Starlette(routes=[Route("/", chat_page), Route("/health", health), Route("/ready", ready),
+                             Route("/metrics", metrics_page), Route("/v1/models", models),
                              Route("/v1/chat/completions", completions, methods=["POST"])], lifespan=lifespan,
-                     middleware=hosts)
+                     middleware=[*hosts, Middleware(CountResponses, metrics=metrics)])
 
 
 class _ClientGone(Exception):
@@ -283,7 +327,7 @@ class _Reply:
 
 
 async def _sse(reqs: list[Request], head: dict[str, Any], model: DialogModel, prompt_tokens: int | None,
-               replies: ReplyTokens, namespace: str | None, logprobs: bool):
+               replies: ReplyTokens, namespace: str | None, logprobs: bool, metrics: Metrics):
     """Server-sent events in OpenAI's chunk format, the n choices' chunks interleaved as their tokens come;
     a client that goes away cancels the requests. With logprobs, one chunk per token carries its entry. With
     prompt_tokens (stream_options.include_usage), a last chunk carries the usage, as OpenAI sends it."""
@@ -334,6 +378,7 @@ async def _sse(reqs: list[Request], head: dict[str, Any], model: DialogModel, pr
     finally:
         for r in reqs:
             r.cancel()  # no-op when finished; frees the row when the client disconnected
+            metrics.reply_done(r)
 
 
 def public_name(model_dir: str | Path, model_name: str | None = None) -> str:
@@ -341,15 +386,38 @@ def public_name(model_dir: str | Path, model_name: str | None = None) -> str:
     return model_name or Path(model_dir).resolve().name
 
 
+@dataclass(frozen=True)
+class Deadlines:
+    """How long a client may take (seconds), each a flag of `python -m serve`: to send a request's headers
+    (from connecting or from its previous response), to send its body (408 past it), to send its next
+    request on an idle keep-alive connection; and how long in-flight replies may run after SIGTERM / SIGINT
+    before they are cancelled and the process exits."""
+
+    header: float = 10.0
+    body: float = BODY_TIMEOUT
+    idle: float = 5.0
+    shutdown: float = 30.0
+
+
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8, max_queue: int = 64,
           prefix_cache_mb: float = 256, threads: int | None = None, model_name: str | None = None,
           share_prefix_cache: bool = False, api_keys: list[str] | None = None,
-          max_body_bytes: int = MAX_BODY_BYTES, allowed_hosts: list[str] | None = None) -> None:
+          max_body_bytes: int = MAX_BODY_BYTES, allowed_hosts: list[str] | None = None,
+          deadlines: Deadlines = Deadlines()) -> None:
     """Load the model, start the engine and serve the app with uvicorn until SIGINT / SIGTERM: uvicorn
-    stops taking connections, lets in-flight replies finish, then the process ends by that signal."""
+    stops taking connections, lets in-flight replies finish for up to deadlines.shutdown seconds (then
+    cancels them; a second signal cancels them at once), then the process ends by that signal."""
     import uvicorn
 
     from runtime import load
+
+    from .connections import timed_protocol
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit:  # a second signal of any kind: stop waiting for in-flight replies
+                self.force_exit = True
+            super().handle_exit(sig, frame)
 
     sock = listen(host, port)  # before the model loads: a taken port or a bad host is one line at once
     model = load(model_dir, threads=threads)
@@ -357,8 +425,12 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
                     share_prefix_cache=share_prefix_cache)
     try:
         app = create_app(engine, model_name=public_name(model_dir, model_name), api_keys=ApiKeys(api_keys or []),
-                         max_body_bytes=max_body_bytes, allowed_hosts=host_allow_list(host, allowed_hosts or []))
-        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+                         max_body_bytes=max_body_bytes, allowed_hosts=host_allow_list(host, allowed_hosts or []),
+                         body_timeout=deadlines.body)
+        config = uvicorn.Config(app, log_level="warning", http=timed_protocol(deadlines.header),
+                                timeout_keep_alive=max(1, round(deadlines.idle)),
+                                timeout_graceful_shutdown=max(1, round(deadlines.shutdown)))
+        Server(config).run(sockets=[sock])
     finally:
         engine.close()
         sock.close()
