@@ -40,3 +40,26 @@ class OrtGraph:
         want = set(self.names.values()) - {""}
         if not want <= have:
             raise ModelDirError(f"model.onnx lacks inputs {sorted(want - have)} listed in the manifest: re-export")
+        self._check_shape(have)
+
+    def _check_shape(self, have: set[str]) -> None:
+        """The manifest's model shape is the graph's (layers, heads, head size, vocabulary): a manifest that
+        describes another model is refused here, in one line, not by onnxruntime at the first run."""
+        shape, io = self.m.shape, self.m.io
+        kv = {i.name: i.shape for i in self.ort_session.get_inputs()}
+        layers = 0
+        while io.kv_name("past", "key", layers) in have:
+            layers += 1
+        wrong = []
+        if layers != shape.n_layer:
+            wrong.append(f"n_layer {shape.n_layer}, the graph has {layers} layers")
+        dims = kv.get(io.kv_name("past", "key", 0), [])
+        for name, at, value in (("n_head", 1, shape.n_head), ("head_dim", 3, shape.head_dim)):
+            if len(dims) == 4 and isinstance(dims[at], int) and dims[at] != value:
+                wrong.append(f"{name} {value}, the graph's is {dims[at]}")
+        logits = next((o.shape for o in self.ort_session.get_outputs() if o.name == io.logits), [])
+        if logits and isinstance(logits[-1], int) and logits[-1] != shape.vocab_size:
+            wrong.append(f"vocab_size {shape.vocab_size}, the graph's is {logits[-1]}")
+        if wrong:
+            raise ModelDirError(f"manifest.json does not describe model.onnx ({'; '.join(wrong)}): re-export the "
+                                "model (or restore its manifest.json)")

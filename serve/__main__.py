@@ -109,12 +109,16 @@ def run(a: argparse.Namespace) -> None:
         import ray.serve  # noqa: F401
     except ImportError:
         raise UsageError("--ray needs the ray extra: pip install 'dialogpt-onnx[ray]'") from None
+    from .http import host_allow_list
     from .ray_serve import ReplicaSettings, serve_on_ray
 
+    hosts = host_allow_list(a.host, a.allowed_host or [])
+    # Ray's proxy holds the connections (its own header and idle deadlines); a replica applies the rest
     settings = ReplicaSettings(a.model_dir, max_batch=a.max_batch, max_queue=a.max_queue,
                                prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name,
                                share_prefix_cache=a.shared_prefix_cache, api_keys=tuple(keys),
-                               max_body_bytes=a.max_body_kb * 1024)
+                               max_body_bytes=a.max_body_kb * 1024, body_timeout=a.body_timeout,
+                               allowed_hosts=None if hosts is None else tuple(hosts))
     serve_on_ray(settings, replicas=a.replicas or 1, host=a.host, port=a.port, address=a.ray_address)
 
 

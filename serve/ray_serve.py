@@ -32,6 +32,8 @@ class ReplicaSettings:
     share_prefix_cache: bool = False  # requests without a cache_salt share cached chats (one trusted client)
     api_keys: tuple[str, ...] = ()  # required on the API when given
     max_body_bytes: int = 1 << 20  # request bodies past it: 413
+    body_timeout: float = 30.0  # seconds to send a body: 408 past it
+    allowed_hosts: tuple[str, ...] | None = None  # Host headers served (None: any; see serve.http.host_allow_list)
 
 
 def build_replica_app(settings: ReplicaSettings):
@@ -45,8 +47,10 @@ def build_replica_app(settings: ReplicaSettings):
     model = load(settings.model_dir, threads=settings.threads)
     engine = Engine(model, max_batch=settings.max_batch, max_queue=settings.max_queue,
                     prefix_cache_mb=settings.prefix_cache_mb, share_prefix_cache=settings.share_prefix_cache)
+    hosts = list(settings.allowed_hosts) if settings.allowed_hosts is not None else None
     return create_app(engine, model_name=public_name(settings.model_dir, settings.model_name), close_engine=True,
-                      api_keys=ApiKeys(settings.api_keys), max_body_bytes=settings.max_body_bytes)
+                      api_keys=ApiKeys(settings.api_keys), max_body_bytes=settings.max_body_bytes,
+                      allowed_hosts=hosts, body_timeout=settings.body_timeout)
 
 
 def application(settings: ReplicaSettings, replicas: int, cpus_per_replica: float):

@@ -56,6 +56,8 @@ def test_two_ray_serve_replicas_answer_like_the_model_alone(exported):
         want = [model.generate(encode_dialogue(model.tokenizer, [q], model.eos), max_new_tokens=10).text
                 for q in QUESTIONS]
         assert got == want
+        # the replicas serve only this machine's names: a site rebinding its name to 127.0.0.1 reaches nothing
+        assert httpx.get(f"{url}/health", headers={"Host": "rebound.example"}, timeout=10).status_code == 400
         stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTIONS[0]}],
                                                 max_tokens=10, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream) == want[0]
