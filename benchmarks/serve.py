@@ -1,15 +1,22 @@
-"""Load test of the HTTP server: 1, 4, 8, 16 concurrent chat clients on loopback.
+"""Load test of the HTTP server: 1, 4, 8, 16 concurrent chat clients on loopback, and two hostile cases.
 
     python -m benchmarks.serve [CHECKPOINT ...] [--clients 1,4,8,16] [--quick] [--out DIR]
 
 Each CHECKPOINT (default: DialoGPT-small with random weights, and the bundled model) is exported to int8
-and served by `python -m serve` in its own process (max batch = the most clients). Per level,
-every client holds its own multi-turn chat (Topical-Chat test_freq turns; each request carries the
-whole conversation, as an OpenAI client does, so the session cache is exercised) and streams every
-reply; replies are forced to a fixed length (min_tokens = max_tokens) so levels compare. Measured per
-level: tokens/s over the level's wall time, time to first token (TTFT) and time per output token after
-the first (TPOT, per request) as p50 / p99, and errors. Bounded: a fixed number of turns per client and a
-time limit per level. Writes results.json, report.md and serve.png.
+and served by `python -m serve` in its own process (max batch = the most clients) with an API key and
+per-chat cache isolation on, as it would face users. Per level, every client holds its own multi-turn
+chat (Topical-Chat test_freq turns; each request carries the whole conversation, as an OpenAI client
+does, so the prefix cache is exercised) and streams every reply; replies are forced to a fixed length
+(min_tokens = max_tokens) so levels compare. Measured per level: tokens/s over the level's wall time,
+time to first token (TTFT) and time per output token after the first (TPOT, per request) as p50 / p99,
+and errors. Then:
+- big requests beside 8 streaming chats: the longest gap between tokens of those streams while a 10 MB
+  body (refused, 413) and a 1 MiB body of ~30,000 messages (the largest admitted; parsed and tokenized
+  off the event loop) are sent, against the longest gap in the second before them;
+- stored chats: the median latency of a 1-token request (a new chat) with an empty prefix cache and with
+  4,000 chats stored (one tenant's: the index's worst case).
+Bounded: a fixed number of turns per client and a time limit per level. Writes results.json, report.md
+and serve.png.
 """
 
 from __future__ import annotations
@@ -31,7 +38,11 @@ from .machine import machine_info
 ROOT = Path(__file__).resolve().parents[1]
 FULL = {"clients": [1, 4, 8, 16], "turns": 6, "max_tokens": 32, "level_timeout_s": 600, "step_repeats": 3}
 QUICK = {"clients": [1, 2], "turns": 2, "max_tokens": 6, "level_timeout_s": 120, "step_repeats": 1}
-TARGETS = {"speedup_at_8": 4.0, "p99_tpot_ratio_at_8": 2.0}
+QUICK.update(stored_chats=200, probes=20, stream_tokens=32)
+FULL.update(stored_chats=4000, probes=100, stream_tokens=32)
+TARGETS = {"speedup_at_8": 4.0, "p99_tpot_ratio_at_8": 2.0, "big_request_stall_ms": 50.0, "stored_chats_ratio": 1.5}
+API_KEY = "load-test-key-" + "0" * 16  # the server runs with auth on, as it would face users
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -59,12 +70,13 @@ def free_port() -> int:
 class Server:
     """`python -m serve` in its own process, on a free loopback port; stopped by SIGTERM."""
 
-    def __init__(self, model_dir: Path, max_batch: int, threads: int) -> None:
+    def __init__(self, model_dir: Path, max_batch: int, threads: int, *flags: str) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         port = self.url.rsplit(":", 1)[1]
         self.proc = subprocess.Popen([sys.executable, "-m", "serve", str(model_dir), "--port", port,
                                       "--max-batch", str(max_batch), "--max-queue", str(4 * max_batch),
-                                      "--threads", str(threads)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                                      "--threads", str(threads), "--api-key", API_KEY, *flags], cwd=ROOT,
+                                     stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
@@ -90,7 +102,7 @@ def chat_client(url: str, turns: list[str], max_tokens: int, deadline: float, ou
     """One user: a multi-turn chat, each reply streamed; one record per request."""
     messages: list[dict] = []
     salt = uuid.uuid4().hex  # this user's own key to the server's cached chats
-    with httpx.Client(timeout=300) as http:
+    with httpx.Client(timeout=300, headers=AUTH) as http:
         for text in turns:
             if time.monotonic() > deadline:
                 return
@@ -131,7 +143,7 @@ def chat_client(url: str, turns: list[str], max_tokens: int, deadline: float, ou
 
 
 def run_level(url: str, chats: list[list[str]], max_tokens: int, timeout_s: float) -> dict:
-    before = httpx.get(f"{url}/health", timeout=10).json()["prefix_cache"]
+    before = httpx.get(f"{url}/health", timeout=10, headers=AUTH).json()["prefix_cache"]
     records: list[dict] = []
     deadline = time.monotonic() + timeout_s
     t0 = time.perf_counter()
@@ -144,7 +156,7 @@ def run_level(url: str, chats: list[list[str]], max_tokens: int, timeout_s: floa
     ok = [r for r in records if r["ok"]]
     wall = max((r["end"] for r in ok), default=time.perf_counter()) - t0
     ttft, tpot = [r["ttft"] * 1e3 for r in ok], [r["tpot"] * 1e3 for r in ok]
-    after = httpx.get(f"{url}/health", timeout=10).json()["prefix_cache"]
+    after = httpx.get(f"{url}/health", timeout=10, headers=AUTH).json()["prefix_cache"]
     return {"clients": len(chats), "requests": len(records), "errors": len(records) - len(ok),
             "kv_reused_turns": after["hits"] - before["hits"],
             "kv_reused_tokens": after["reused_tokens"] - before["reused_tokens"],
@@ -152,6 +164,94 @@ def run_level(url: str, chats: list[list[str]], max_tokens: int, timeout_s: floa
             "tokens_per_s": sum(r["tokens"] for r in ok) / wall,
             "ttft_ms": {"p50": statistics.median(ttft), "p99": percentile(ttft, 99)} if ok else None,
             "tpot_ms": {"p50": statistics.median(tpot), "p99": percentile(tpot, 99)} if ok else None}
+
+
+def stream_gaps(url: str, text: str, tokens: int, stop: threading.Event, out: list[tuple[float, float]]) -> None:
+    """Streamed replies of `tokens` tokens, one after another until `stop`: (time, gap since the previous
+    token of the same reply) per token."""
+    with httpx.Client(timeout=300, headers=AUTH) as http:
+        while not stop.is_set():
+            body = {"messages": [{"role": "user", "content": text}], "max_tokens": tokens, "min_tokens": tokens,
+                    "stream": True, "cache_salt": uuid.uuid4().hex}
+            last = None
+            with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {") and '"content"' in line:
+                        now = time.perf_counter()
+                        if last is not None:
+                            out.append((now, now - last))
+                        last = now
+
+
+def big_requests(url: str, chats: int, tokens: int) -> dict:
+    """The longest token gap of `chats` streams while big bodies are sent, against the second before."""
+    gaps: list[tuple[float, float]] = []
+    stop = threading.Event()
+    streams = [threading.Thread(target=stream_gaps, args=(url, f"Tell me about {w}.", tokens, stop, gaps))
+               for w in ("music", "films", "books", "football", "cooking", "travel", "science", "art")[:chats]]
+    for t in streams:
+        t.start()
+    one = json.dumps({"role": "user", "content": "hi"}) + ", "
+    n_messages = ((1 << 20) - 20) // len(one)  # as many as the server's default body limit admits
+    big_json = json.dumps({"messages": [{"role": "user", "content": "hi"}] * n_messages}).encode()
+    time.sleep(2.0)  # all streams under way, and a quiet second to compare with
+    statuses = []
+    t0 = time.perf_counter()
+    for body in (b"{" + b" " * (10 << 20) + b"}", big_json):
+        try:
+            r = httpx.post(f"{url}/v1/chat/completions", content=body, timeout=60,
+                           headers={**AUTH, "Content-Type": "application/json"})
+            statuses.append(r.status_code)
+        except httpx.HTTPError as e:  # the server may close before a 10 MB body is all sent
+            statuses.append(type(e).__name__)
+    t1 = time.perf_counter()
+    time.sleep(0.2)
+    stop.set()
+    for t in streams:
+        t.join()
+    during = [g for at, g in gaps if t0 <= at <= t1 + 0.2]
+    quiet = [g for at, g in gaps if t0 - 1.0 <= at < t0]
+    return {"statuses": statuses, "body_bytes": [10 << 20, len(big_json)], "messages": n_messages,
+            "seconds": t1 - t0, "tokens_during": len(during),
+            "max_gap_ms": max(during, default=0.0) * 1e3, "quiet_max_gap_ms": max(quiet, default=0.0) * 1e3,
+            "stall_ms": (max(during, default=0.0) - max(quiet, default=0.0)) * 1e3}
+
+
+def one_token_ms(url: str, prompts: list[str]) -> list[float]:
+    """Latency of 1-token requests, each a new chat of the key's tenant (stored afterwards)."""
+    out = []
+    with httpx.Client(timeout=60, headers=AUTH) as http:
+        for p in prompts:
+            t0 = time.perf_counter()
+            r = http.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": p}],
+                                                              "max_tokens": 1})
+            out.append((time.perf_counter() - t0) * 1e3)
+            if r.status_code != 200:
+                raise RuntimeError(f"stored-chats probe: HTTP {r.status_code}: {r.text[:200]}")
+    return out
+
+
+def stored_chats(model_dir: Path, threads: int, n: int, probes: int) -> dict:
+    """1-token latency (a new chat each time) on a server whose prefix cache is empty and on one holding n
+    chats of one tenant; both servers up at once and probed in turn, so that the machine's drift hits both."""
+    turns = [f"{t} ({i})" for i, t in enumerate(x for c in user_turns(n + 2 * probes, 1) for x in c)]
+    empty, full = (Server(model_dir, 1, threads, "--prefix-cache-mb", "8192") for _ in range(2))
+    try:
+        for i in tqdm(range(0, n, 100), desc="storing chats", unit="100 chats"):
+            one_token_ms(full.url, turns[i:i + 100])
+        stats = httpx.get(f"{full.url}/health", headers=AUTH, timeout=10).json()["prefix_cache"]
+        one_token_ms(empty.url, ["warm-up"] * 3)
+        times: dict[str, list[float]] = {"empty": [], "full": []}
+        for i in range(probes):
+            times["empty"] += one_token_ms(empty.url, [turns[n + 2 * i]])
+            times["full"] += one_token_ms(full.url, [turns[n + 2 * i + 1]])
+    finally:
+        empty.stop()
+        full.stop()
+    e, f = times["empty"], times["full"]
+    return {"stored": stats["chats"], "empty_ms": statistics.median(e), "full_ms": statistics.median(f),
+            "empty_p99_ms": percentile(e, 99), "full_p99_ms": percentile(f, 99),
+            "ratio": statistics.median(f) / statistics.median(e)}
 
 
 def export_int8(checkpoint: Path, out: Path, threads: int) -> Path:
@@ -197,9 +297,14 @@ def bench_model(model_dir: Path, p: dict, threads: int) -> dict:
             chats = user_turns(n, p["turns"], offset)
             offset += n
             levels.append(run_level(server.url, chats, p["max_tokens"], p["level_timeout_s"]))
+        hostile = big_requests(server.url, 8, p["stream_tokens"])
     finally:
         server.stop()
-    return {"step_ms": steps, "levels": levels, "targets": target_check(levels)}
+    stored = stored_chats(model_dir, threads, p["stored_chats"], p["probes"])
+    return {"step_ms": steps, "levels": levels, "big_requests": hostile, "stored_chats": stored,
+            "targets": {**target_check(levels), "big_request_stall_met": hostile["stall_ms"] <=
+                        TARGETS["big_request_stall_ms"], "stored_chats_met": stored["ratio"] <=
+                        TARGETS["stored_chats_ratio"]}}
 
 
 def target_check(levels: list[dict]) -> dict:
@@ -236,8 +341,18 @@ def write_report(run: dict, out: Path) -> None:
                      f"{p['step_repeats']}: " + "; ".join(
                          f"k = {k}: {v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f}), {v['median'] / one:.2f}×"
                          for k, v in st.items()) + "."]
+        b, c = res["big_requests"], res["stored_chats"]
+        met = {k: "met" if res["targets"].get(k) else "missed" for k in ("big_request_stall_met", "stored_chats_met")}
+        text += ["", "| hostile case | measured | target |", "|---|---|---|",
+                 f"| one 10 MB request + one 1 MiB request of {b['messages']:,} messages beside 8 streaming chats "
+                 f"(answers {', '.join(map(str, b['statuses']))}) | longest token gap {b['max_gap_ms']:.0f} ms vs "
+                 f"{b['quiet_max_gap_ms']:.0f} ms without: stall {b['stall_ms']:.0f} ms | ≤ "
+                 f"{TARGETS['big_request_stall_ms']:.0f} ms: {met['big_request_stall_met']} |",
+                 f"| {c['stored']:,} stored chats (one tenant) | 1-token request {c['full_ms']:.1f} ms median vs "
+                 f"{c['empty_ms']:.1f} ms empty: {c['ratio']:.2f}× | ≤ {TARGETS['stored_chats_ratio']}×: "
+                 f"{met['stored_chats_met']} |"]
         t = res["targets"]
-        if t:
+        if "speedup_at_8" in t:
             text += ["", f"8 clients vs 1: {t['speedup_at_8']:.2f}× the tokens/s (target ≥ "
                      f"{TARGETS['speedup_at_8']:.0f}×: {'met' if t['speedup_met'] else 'missed'}); p99 TPOT "
                      f"{t['p99_tpot_ratio_at_8']:.2f}× (target ≤ {TARGETS['p99_tpot_ratio_at_8']:.0f}×: "

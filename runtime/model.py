@@ -23,7 +23,7 @@ from .manifest import TOKENIZER_FILE, Manifest, read_manifest
 from .results import Generation, Score
 from .sampling import SamplingOptions, normalized
 from .scoring import batch_reply_logprobs
-from .text import StopText, encode_dialogue, encode_turn, load_tokenizer
+from .text import StopText, encode_dialogue, encode_turn, encode_turns, load_tokenizer
 
 
 class DialogModel:
@@ -69,6 +69,10 @@ class DialogModel:
         """A DialoGPT turn: the text's tokens followed by <|endoftext|>. Special-token text typed by a
         user is plain text: only the runtime ends turns."""
         return encode_turn(self.tokenizer, text, self.eos)
+
+    def encode_turns(self, texts: list[str]) -> list[list[int]]:
+        """encode_turn for many texts, in one call that releases the GIL while it runs."""
+        return encode_turns(self.tokenizer, texts, self.eos)
 
     def _prompt(self, item: object) -> list[int]:
         if isinstance(item, str):

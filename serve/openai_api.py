@@ -4,6 +4,7 @@ them at submit); errors come back under OpenAI's field names (`param_of`)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -244,11 +245,29 @@ class ReplyTokens:
 def dialogue_ids(model: DialogModel, turns: list[tuple[str, str]], replies: ReplyTokens,
                  namespace: str | None) -> list[int]:
     """DialoGPT's prompt: every turn + EOS; an assistant turn this server wrote is taken as the ids it
-    generated (see ReplyTokens), any other turn is encoded as the runtime encodes a turn."""
-    ids: list[int] = []
+    generated (see ReplyTokens), any other turn is encoded as the runtime encodes a turn. A history that
+    cannot fit the context is refused before it is tokenized (each turn is at least its EOS, each token at
+    most the vocabulary's longest token); the rest is tokenized in one call that releases the GIL, so that a long
+    request never stalls the other clients' streams."""
+    limit = model.max_length
+    if len(turns) > limit:
+        raise BadRequest(f"messages hold {len(turns)} turns: more than the model's context of {limit} tokens "
+                         "(each turn takes one at least); send the recent turns only", "messages")
+    known: list[list[int] | None] = []
     for role, text in turns:
-        known = replies.get(namespace, text) if role == "assistant" else None
-        if known is None and role == "assistant" and not text:
-            known = []  # an assistant turn with no text (content null): the turn's end alone
-        ids += model.encode_turn(text) if known is None else known + [model.eos]
-    return ids
+        ids = replies.get(namespace, text) if role == "assistant" else None
+        known.append([] if ids is None and role == "assistant" and not text else ids)  # content null: EOS alone
+    new = [text for (_, text), k in zip(turns, known, strict=True) if k is None]
+    longest = _longest_token_bytes(model)
+    at_least = len(turns) + sum(-(-len(t.encode("utf-8", "replace")) // longest) for t in new)
+    if at_least > limit:
+        raise BadRequest(f"messages hold at least {at_least} tokens: more than the model's context of {limit}; "
+                         "send the recent turns only", "messages")
+    encoded = iter(model.encode_turns(new))
+    return [t for k in known for t in (next(encoded) if k is None else k + [model.eos])]
+
+
+@functools.cache
+def _longest_token_bytes(model: DialogModel) -> int:
+    """Bytes the longest token spells (128 for GPT-2's vocabulary: byte-level tokens, a character a byte)."""
+    return max(map(len, model.tokenizer.get_vocab()))

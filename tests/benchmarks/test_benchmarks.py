@@ -46,6 +46,13 @@ def test_serve_load_test_quick_run(tmp_path, hf_dir):
         assert lv["errors"] == 0 and lv["requests"] == 2 * lv["clients"]
         assert lv["tokens"] == lv["requests"] * run["params"]["max_tokens"]
         assert lv["kv_reused_turns"] >= lv["clients"]  # second turns start from the first turn's KV
+    big = run["models"][hf_dir.name]["big_requests"]  # both big bodies refused while 8 streams went on
+    assert big["statuses"][0] in (413, "WriteError", "RemoteProtocolError") and big["statuses"][1] == 400
+    assert big["tokens_during"] > 0 and big["max_gap_ms"] > 0
+    stored = run["models"][hf_dir.name]["stored_chats"]
+    assert stored["stored"] >= run["params"]["stored_chats"] and stored["empty_ms"] > 0 < stored["full_ms"]
+    report = (out / "report.md").read_text()
+    assert "beside 8 streaming chats" in report and "stored chats (one tenant)" in report
     steps = run["models"][hf_dir.name]["step_ms"]
     assert sorted(steps, key=int) == ["1", "3"] and all(s["median"] > 0 for s in steps.values())
     assert (out / "serve.png").is_file() and "decode step over k rows" in (out / "report.md").read_text()

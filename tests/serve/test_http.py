@@ -553,3 +553,26 @@ def test_only_allowed_host_headers_are_served(exported):
         assert r.status_code == 400 and engine.steps == steps  # nothing ran for it
     finally:
         engine.close()
+
+
+def test_a_history_that_cannot_fit_is_refused_before_tokenizing(exported, monkeypatch):
+    """30,000 messages, or one message of 300 KB: 400 naming messages, without a token encoded (encoding
+    holds a thread for up to a second); what may fit is encoded in one call that releases the GIL."""
+    from starlette.testclient import TestClient
+
+    model = runtime.load(exported("int8"))
+    encoded: list[int] = []
+    real = model.encode_turns
+    monkeypatch.setattr(model, "encode_turns", lambda texts: encoded.append(len(texts)) or real(texts))
+    engine = Engine(model, max_batch=1)
+    try:
+        with TestClient(create_app(engine, "tiny")) as client:
+            for messages in ([{"role": "user", "content": "hi"}] * 30_000,
+                             [{"role": "user", "content": "word " * 60_000}]):
+                r = client.post("/v1/chat/completions", json={"messages": messages})
+                assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+            assert encoded == []
+            ok = client.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 3})
+            assert ok.status_code == 200 and encoded == [3]  # three turns, one call
+    finally:
+        engine.close()
