@@ -57,7 +57,7 @@ class OrtGraph:
         for name, at, value in (("n_head", 1, shape.n_head), ("head_dim", 3, shape.head_dim)):
             if len(dims) == 4 and isinstance(dims[at], int) and dims[at] != value:
                 wrong.append(f"{name} {value}, the graph's is {dims[at]}")
-        logits = next((o.shape for o in self.ort_session.get_outputs() if o.name == io.logits), [])
+        logits: list = next((o.shape for o in self.ort_session.get_outputs() if o.name == io.logits), [])
         if logits and isinstance(logits[-1], int) and logits[-1] != shape.vocab_size:
             wrong.append(f"vocab_size {shape.vocab_size}, the graph's is {logits[-1]}")
         if wrong:
