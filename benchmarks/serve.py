@@ -38,8 +38,8 @@ from .machine import machine_info
 ROOT = Path(__file__).resolve().parents[1]
 FULL = {"clients": [1, 4, 8, 16], "turns": 6, "max_tokens": 32, "level_timeout_s": 600, "step_repeats": 3}
 QUICK = {"clients": [1, 2], "turns": 2, "max_tokens": 6, "level_timeout_s": 120, "step_repeats": 1}
-QUICK.update(stored_chats=200, probes=20, stream_tokens=32)
-FULL.update(stored_chats=4000, probes=100, stream_tokens=32)
+QUICK.update(stored_chats=200, probes=20, stream_tokens=32, big_tries=1)
+FULL.update(stored_chats=4000, probes=100, stream_tokens=32, big_tries=5)
 TARGETS = {"speedup_at_8": 4.0, "p99_tpot_ratio_at_8": 2.0, "big_request_stall_ms": 50.0, "stored_chats_ratio": 1.5}
 API_KEY = "load-test-key-" + "0" * 16  # the server runs with auth on, as it would face users
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -176,11 +176,37 @@ def stream_gaps(url: str, text: str, tokens: int, stop: threading.Event, out: li
             last = None
             with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
                 for line in r.iter_lines():
-                    if line.startswith("data: {") and '"content"' in line:
-                        now = time.perf_counter()
+                    if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                        now = time.monotonic()  # the sender's clock too (a token's chunk; not the role's)
                         if last is not None:
                             out.append((now, now - last))
                         last = now
+
+
+# Run as `python -c BIG_SENDER URL KEY`: once a line comes on stdin, a 10 MB body, then a 1 MiB one of as many
+# messages as the default body limit admits; prints their answers and when they were sent (time.monotonic(),
+# the system's clock: comparable across processes) as JSON.
+BIG_SENDER = """
+import json, sys, time
+import httpx
+url, key = sys.argv[1:]
+one = json.dumps({"role": "user", "content": "hi"}) + ", "
+n = ((1 << 20) - 20) // len(one)
+bodies = [b"{" + b" " * (10 << 20) + b"}", json.dumps({"messages": [{"role": "user", "content": "hi"}] * n}).encode()]
+statuses = []
+print("ready", flush=True)
+sys.stdin.readline()
+t0 = time.monotonic()
+for body in bodies:
+    try:
+        r = httpx.post(url + "/v1/chat/completions", content=body, timeout=60,
+                       headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+        statuses.append(r.status_code)
+    except httpx.HTTPError as e:  # the server may close before a 10 MB body is all sent
+        statuses.append(type(e).__name__)
+print(json.dumps({"statuses": statuses, "body_bytes": [len(b) for b in bodies], "messages": n, "t0": t0,
+                  "t1": time.monotonic()}))
+"""
 
 
 def big_requests(url: str, chats: int, tokens: int) -> dict:
@@ -191,28 +217,24 @@ def big_requests(url: str, chats: int, tokens: int) -> dict:
                for w in ("music", "films", "books", "football", "cooking", "travel", "science", "art")[:chats]]
     for t in streams:
         t.start()
-    one = json.dumps({"role": "user", "content": "hi"}) + ", "
-    n_messages = ((1 << 20) - 20) // len(one)  # as many as the server's default body limit admits
-    big_json = json.dumps({"messages": [{"role": "user", "content": "hi"}] * n_messages}).encode()
-    time.sleep(2.0)  # all streams under way, and a quiet second to compare with
-    statuses = []
-    t0 = time.perf_counter()
-    for body in (b"{" + b" " * (10 << 20) + b"}", big_json):
-        try:
-            r = httpx.post(f"{url}/v1/chat/completions", content=body, timeout=60,
-                           headers={**AUTH, "Content-Type": "application/json"})
-            statuses.append(r.status_code)
-        except httpx.HTTPError as e:  # the server may close before a 10 MB body is all sent
-            statuses.append(type(e).__name__)
-    t1 = time.perf_counter()
+    # sent from another process: this one's threads time the streams, and sending 10 MB would hold its GIL
+    sender = subprocess.Popen([sys.executable, "-c", BIG_SENDER, url, API_KEY], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert sender.stdout is not None and sender.stdin is not None
+    sender.stdout.readline()  # "ready": its start-up is over
+    time.sleep(2.0)  # all streams under way, and a quiet while to compare with
+    sender.stdin.write("go\n")
+    sender.stdin.flush()
+    result = json.loads(sender.stdout.readline())
+    sender.wait(timeout=60)
+    t0, t1 = result.pop("t0"), result.pop("t1")
     time.sleep(0.2)
     stop.set()
     for t in streams:
         t.join()
     during = [g for at, g in gaps if t0 <= at <= t1 + 0.2]
-    quiet = [g for at, g in gaps if t0 - 1.0 <= at < t0]
-    return {"statuses": statuses, "body_bytes": [10 << 20, len(big_json)], "messages": n_messages,
-            "seconds": t1 - t0, "tokens_during": len(during),
+    quiet = [g for at, g in gaps if t0 - (t1 - t0) - 0.2 <= at < t0]  # as long a window, just before
+    return {**result, "seconds": t1 - t0, "tokens_during": len(during),
             "max_gap_ms": max(during, default=0.0) * 1e3, "quiet_max_gap_ms": max(quiet, default=0.0) * 1e3,
             "stall_ms": (max(during, default=0.0) - max(quiet, default=0.0)) * 1e3}
 
@@ -297,7 +319,10 @@ def bench_model(model_dir: Path, p: dict, threads: int) -> dict:
             chats = user_turns(n, p["turns"], offset)
             offset += n
             levels.append(run_level(server.url, chats, p["max_tokens"], p["level_timeout_s"]))
-        hostile = big_requests(server.url, 8, p["stream_tokens"])
+        # the longest gap is a noisy statistic: the median stall of a few tries
+        tries = [big_requests(server.url, 8, p["stream_tokens"]) for _ in range(p["big_tries"])]
+        hostile = {**sorted(tries, key=lambda t: t["stall_ms"])[len(tries) // 2],
+                   "stall_ms_tries": [t["stall_ms"] for t in tries]}
     finally:
         server.stop()
     stored = stored_chats(model_dir, threads, p["stored_chats"], p["probes"])
@@ -346,7 +371,8 @@ def write_report(run: dict, out: Path) -> None:
         text += ["", "| hostile case | measured | target |", "|---|---|---|",
                  f"| one 10 MB request + one 1 MiB request of {b['messages']:,} messages beside 8 streaming chats "
                  f"(answers {', '.join(map(str, b['statuses']))}) | longest token gap {b['max_gap_ms']:.0f} ms vs "
-                 f"{b['quiet_max_gap_ms']:.0f} ms without: stall {b['stall_ms']:.0f} ms | ≤ "
+                 f"{b['quiet_max_gap_ms']:.0f} ms without: stall {b['stall_ms']:.0f} ms (median of "
+                 f"{len(b['stall_ms_tries'])}: {', '.join(f'{x:.0f}' for x in b['stall_ms_tries'])}) | ≤ "
                  f"{TARGETS['big_request_stall_ms']:.0f} ms: {met['big_request_stall_met']} |",
                  f"| {c['stored']:,} stored chats (one tenant) | 1-token request {c['full_ms']:.1f} ms median vs "
                  f"{c['empty_ms']:.1f} ms empty: {c['ratio']:.2f}× | ≤ {TARGETS['stored_chats_ratio']}×: "

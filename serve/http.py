@@ -176,8 +176,9 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
             return _error(408, f"the request body was not sent within {body_timeout:g} s (the server's "
                           "--body-timeout)", "invalid_request_error", headers={"Connection": "close"})
         if raw is None:
+            # Connection: close, so that the server does not read (and parse) the rest of it
             return _error(413, f"the request body is over {max_body_bytes} bytes (the server's --max-body-kb)",
-                          "invalid_request_error")
+                          "invalid_request_error", headers={"Connection": "close"})
 
         def admit() -> tuple[ChatRequest, list[int], str | None, list[Request]]:
             """Parse, check, tokenize and queue the request (n rows for n choices): in a worker thread, so
@@ -187,7 +188,8 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
             except (ValueError, RecursionError):  # not JSON or not UTF-8, an int of > 4,300 digits, too deep
                 raise BadRequest("the request body is not valid JSON (or nests or numbers beyond what this "
                                  "server reads)") from None
-            chat = ChatRequest.parse(body)
+            # system messages count too: a body of 30,000 of any kind is refused before one is read
+            chat = ChatRequest.parse(body, max_turns=model.max_length)
             # a key's requests share its cache (narrowed by a salt); without keys, the salt alone
             tenant = key_tenant if chat.cache_salt is None else f"{key_tenant or ''}/{chat.cache_salt}"
             namespace = engine.cache_namespace(tenant)

@@ -55,8 +55,9 @@ class ChatRequest:
     cache_salt: str | None = None
 
     @classmethod
-    def parse(cls, body: object) -> ChatRequest:
-        """The one validator of a request body: raises BadRequest naming the field."""
+    def parse(cls, body: object, max_turns: int | None = None) -> ChatRequest:
+        """The one validator of a request body: raises BadRequest naming the field. max_turns: more messages
+        than this are refused before any is read (the model's context: each turn takes a token at least)."""
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         for name, value in body.items():
@@ -79,7 +80,7 @@ class ChatRequest:
         options, n = _options(body), _choices(body)
         if n > 1 and not options.get("do_sample"):
             raise BadRequest("n > 1 needs temperature > 0: greedy replies are all the same", "n")
-        return cls(_turns(body), options, n, options.get("top_logprobs") is not None, stream,
+        return cls(_turns(body, max_turns), options, n, options.get("top_logprobs") is not None, stream,
                    bool(so.get("include_usage")), salt)
 
 
@@ -99,10 +100,13 @@ def _content(m: dict[str, Any], i: int) -> str:
     raise BadRequest(f"messages[{i}].content must be a string or a list of text parts", "messages")
 
 
-def _turns(body: dict[str, Any]) -> list[tuple[str, str]]:
+def _turns(body: dict[str, Any], max_turns: int | None) -> list[tuple[str, str]]:
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise BadRequest("messages must be a non-empty list", "messages")
+    if max_turns is not None and len(msgs) > max_turns:
+        raise BadRequest(f"messages hold {len(msgs)} messages: more than the model's context of {max_turns} "
+                         "tokens (each turn takes one at least); send the recent turns only", "messages")
     turns = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
