@@ -209,7 +209,15 @@ print(json.dumps({"statuses": statuses, "body_bytes": [len(b) for b in bodies], 
 """
 
 
-def big_requests(url: str, chats: int, tokens: int) -> dict:
+def rss_mb(pid: int) -> float:
+    """A process's resident memory now (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def big_requests(url: str, chats: int, tokens: int, pid: int) -> dict:
     """The longest token gap of `chats` streams while big bodies are sent, against the second before."""
     gaps: list[tuple[float, float]] = []
     stop = threading.Event()
@@ -223,18 +231,20 @@ def big_requests(url: str, chats: int, tokens: int) -> dict:
     assert sender.stdout is not None and sender.stdin is not None
     sender.stdout.readline()  # "ready": its start-up is over
     time.sleep(2.0)  # all streams under way, and a quiet while to compare with
+    rss_before = rss_mb(pid)
     sender.stdin.write("go\n")
     sender.stdin.flush()
     result = json.loads(sender.stdout.readline())
     sender.wait(timeout=60)
     t0, t1 = result.pop("t0"), result.pop("t1")
+    rss_after = rss_mb(pid)
     time.sleep(0.2)
     stop.set()
     for t in streams:
         t.join()
     during = [g for at, g in gaps if t0 <= at <= t1 + 0.2]
     quiet = [g for at, g in gaps if t0 - (t1 - t0) - 0.2 <= at < t0]  # as long a window, just before
-    return {**result, "seconds": t1 - t0, "tokens_during": len(during),
+    return {**result, "seconds": t1 - t0, "tokens_during": len(during), "rss_mb": [rss_before, rss_after],
             "max_gap_ms": max(during, default=0.0) * 1e3, "quiet_max_gap_ms": max(quiet, default=0.0) * 1e3,
             "stall_ms": (max(during, default=0.0) - max(quiet, default=0.0)) * 1e3}
 
@@ -262,7 +272,7 @@ def stored_chats(model_dir: Path, threads: int, n: int, probes: int) -> dict:
         for i in tqdm(range(0, n, 100), desc="storing chats", unit="100 chats"):
             one_token_ms(full.url, turns[i:i + 100])
         stats = httpx.get(f"{full.url}/health", headers=AUTH, timeout=10).json()["prefix_cache"]
-        one_token_ms(empty.url, ["warm-up"] * 3)
+        one_token_ms(empty.url, ["warm-up"] * min(n, 500))  # as warm as the other (one chat, stored again)
         times: dict[str, list[float]] = {"empty": [], "full": []}
         for i in range(probes):
             times["empty"] += one_token_ms(empty.url, [turns[n + 2 * i]])
@@ -320,7 +330,7 @@ def bench_model(model_dir: Path, p: dict, threads: int) -> dict:
             offset += n
             levels.append(run_level(server.url, chats, p["max_tokens"], p["level_timeout_s"]))
         # the longest gap is a noisy statistic: the median stall of a few tries
-        tries = [big_requests(server.url, 8, p["stream_tokens"]) for _ in range(p["big_tries"])]
+        tries = [big_requests(server.url, 8, p["stream_tokens"], server.proc.pid) for _ in range(p["big_tries"])]
         hostile = {**sorted(tries, key=lambda t: t["stall_ms"])[len(tries) // 2],
                    "stall_ms_tries": [t["stall_ms"] for t in tries]}
     finally:
@@ -372,7 +382,8 @@ def write_report(run: dict, out: Path) -> None:
                  f"| one 10 MB request + one 1 MiB request of {b['messages']:,} messages beside 8 streaming chats "
                  f"(answers {', '.join(map(str, b['statuses']))}) | longest token gap {b['max_gap_ms']:.0f} ms vs "
                  f"{b['quiet_max_gap_ms']:.0f} ms without: stall {b['stall_ms']:.0f} ms (median of "
-                 f"{len(b['stall_ms_tries'])}: {', '.join(f'{x:.0f}' for x in b['stall_ms_tries'])}) | ≤ "
+                 f"{len(b['stall_ms_tries'])}: {', '.join(f'{x:.0f}' for x in b['stall_ms_tries'])}); server memory "
+                 f"{b['rss_mb'][0]:.0f} → {b['rss_mb'][1]:.0f} MB | ≤ "
                  f"{TARGETS['big_request_stall_ms']:.0f} ms: {met['big_request_stall_met']} |",
                  f"| {c['stored']:,} stored chats (one tenant) | 1-token request {c['full_ms']:.1f} ms median vs "
                  f"{c['empty_ms']:.1f} ms empty: {c['ratio']:.2f}× | ≤ {TARGETS['stored_chats_ratio']}×: "

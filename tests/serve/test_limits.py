@@ -181,3 +181,13 @@ def test_a_second_signal_stops_waiting(exported):
         s.close()
     finally:
         proc.kill()
+
+
+def test_ctrl_c_exits_130(exported):
+    proc, port = _start(exported("int8"))
+    try:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130  # as the project's other CLIs: interrupted
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
