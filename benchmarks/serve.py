@@ -75,8 +75,8 @@ class Server:
         port = self.url.rsplit(":", 1)[1]
         self.proc = subprocess.Popen([sys.executable, "-m", "serve", str(model_dir), "--port", port,
                                       "--max-batch", str(max_batch), "--max-queue", str(4 * max_batch),
-                                      "--threads", str(threads), "--api-key", API_KEY, *flags], cwd=ROOT,
-                                     stderr=subprocess.PIPE, text=True)
+                                      "--threads", str(threads), "--api-key", API_KEY, "--no-access-log", *flags],
+                                     cwd=ROOT, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:

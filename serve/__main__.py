@@ -61,6 +61,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shutdown-timeout", type=positive_float, default=30.0,
                    help="seconds in-flight replies may run after SIGTERM / Ctrl-C before they are cancelled "
                         "(a second signal cancels them at once)")
+    p.add_argument("--no-access-log", action="store_true", help="no line per API request on stdout")
     p.add_argument("--shared-prefix-cache", action="store_true",
                    help="let requests without a cache_salt reuse each other's cached chats: faster for one "
                         "trusted client, but any client can then tell what another said (by the reply's speed)")
@@ -103,7 +104,8 @@ def run(a: argparse.Namespace) -> None:
               prefix_cache_mb=a.prefix_cache_mb, threads=a.threads, model_name=a.model_name,
               share_prefix_cache=a.shared_prefix_cache, api_keys=keys, max_body_bytes=a.max_body_kb * 1024,
               allowed_hosts=a.allowed_host,
-              deadlines=Deadlines(a.header_timeout, a.body_timeout, a.idle_timeout, a.shutdown_timeout))
+              deadlines=Deadlines(a.header_timeout, a.body_timeout, a.idle_timeout, a.shutdown_timeout),
+              access_log=not a.no_access_log)
         return
     try:
         import ray.serve  # noqa: F401

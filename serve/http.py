@@ -30,6 +30,7 @@ from typing import Any
 from runtime import DialogModel, UsageError
 from runtime.text import StopText
 
+from .access_log import AccessLog
 from .auth import ApiKeys, Unauthorized
 from .engine import Engine, EngineClosed, EngineFull, Request
 from .metrics import CountResponses, Metrics
@@ -99,12 +100,12 @@ def _page_data(value: object) -> str:
 
 def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_keys: ApiKeys | None = None,
                max_body_bytes: int = MAX_BODY_BYTES, allowed_hosts: list[str] | None = None,
-               body_timeout: float = BODY_TIMEOUT):
+               body_timeout: float = BODY_TIMEOUT, access_log: bool = False):
     """The ASGI app over `engine`; close_engine: the app's shutdown closes the engine (Ray replicas);
     api_keys: when set, every route but the page, /health and /ready needs one of them; a request body over
     max_body_bytes is refused (413) before the rest of it is read, one not sent within body_timeout seconds
     gets 408; allowed_hosts: the Host headers served (400 for others: a page on another site that rebinds
-    its name to this address reaches nothing)."""
+    its name to this address reaches nothing); access_log: a line per API request on stdout."""
     from starlette.applications import Starlette
     from starlette.requests import Request as HttpRequest
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -264,7 +265,8 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
     return Starlette(routes=[Route("/", chat_page), Route("/health", health), Route("/ready", ready),
                              Route("/metrics", metrics_page), Route("/v1/models", models),
                              Route("/v1/chat/completions", completions, methods=["POST"])], lifespan=lifespan,
-                     middleware=[*hosts, Middleware(CountResponses, metrics=metrics)])
+                     middleware=[*hosts, Middleware(CountResponses, metrics=metrics),
+                                 *([Middleware(AccessLog)] if access_log else [])])
 
 
 class _ClientGone(Exception):
@@ -405,7 +407,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
           prefix_cache_mb: float = 256, threads: int | None = None, model_name: str | None = None,
           share_prefix_cache: bool = False, api_keys: list[str] | None = None,
           max_body_bytes: int = MAX_BODY_BYTES, allowed_hosts: list[str] | None = None,
-          deadlines: Deadlines = Deadlines()) -> None:
+          deadlines: Deadlines = Deadlines(), access_log: bool = True) -> None:
     """Load the model, start the engine and serve the app with uvicorn until SIGINT / SIGTERM: uvicorn
     stops taking connections, lets in-flight replies finish for up to deadlines.shutdown seconds (then
     cancels them; a second signal cancels them at once), then the process ends by that signal."""
@@ -428,7 +430,12 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
     try:
         app = create_app(engine, model_name=public_name(model_dir, model_name), api_keys=ApiKeys(api_keys or []),
                          max_body_bytes=max_body_bytes, allowed_hosts=host_allow_list(host, allowed_hosts or []),
-                         body_timeout=deadlines.body)
+                         body_timeout=deadlines.body, access_log=access_log)
+        name = "http://" + (f"[{host}]" if ":" in host else host) + f":{port}"
+        print(f"serving {public_name(model_dir, model_name)} ({model.manifest.variant}, {model.max_length} tokens of "
+              f"context) on {name}: chat page {name}/, API {name}/v1; batch {max_batch}, queue {max_queue}, "
+              f"API keys {'on' if api_keys else 'off'}{', access log on stdout' if access_log else ''}; "
+              "Ctrl-C stops", flush=True)
         config = uvicorn.Config(app, log_level="warning", http=timed_protocol(deadlines.header),
                                 timeout_keep_alive=max(1, round(deadlines.idle)),
                                 timeout_graceful_shutdown=max(1, round(deadlines.shutdown)))

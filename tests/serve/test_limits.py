@@ -183,11 +183,18 @@ def test_a_second_signal_stops_waiting(exported):
         proc.kill()
 
 
-def test_ctrl_c_exits_130(exported):
-    proc, port = _start(exported("int8"))
+def test_banner_access_log_and_ctrl_c_exits_130(exported):
+    proc, port = _start(exported("int8"), "--model-name", "tiny-chat")
     try:
+        body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2}
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body).status_code == 200
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130  # as the project's other CLIs: interrupted
         assert "Traceback" not in proc.stderr.read()
+        lines = proc.stdout.read().splitlines()
+        assert lines[0].startswith("serving tiny-chat (int8, ") and f"http://127.0.0.1:{port}/" in lines[0]
+        assert "API keys off" in lines[0]
+        assert [ln for ln in lines if '"POST /v1/chat/completions" 200 ' in ln and ln.endswith(" ms")]
+        assert not [ln for ln in lines if "/ready" in ln]  # probes are not logged
     finally:
         proc.kill()
