@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from runtime.cli import OneLineParser, nonnegative_int, positive_int
+
 from .engines import Engine, all_engines, dir_size, greedy_agreement
 from .machine import machine_info
 from .random_checkpoint import LABEL, make_random_checkpoint
@@ -127,7 +129,7 @@ def bench_model(label: str, src: Path, engines: list[Engine], work: Path, a: arg
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+    p = OneLineParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="small", help="comma list of small, medium, large (random weights)")
     p.add_argument("--model", help="a real checkpoint dir instead of --models")
@@ -135,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny model, few repeats: the whole pipeline in a minute")
     p.add_argument("--out", required=True)
     p.add_argument("--report-only", action="store_true", help="rewrite report.md and plots from OUT/results.json")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--warmup", type=nonnegative_int, default=1)
+    p.add_argument("--new-tokens", type=positive_int, default=64)
     p.add_argument("--histories", default="16,64,128,512", help="first-token latency at these history lengths")
-    p.add_argument("--agreement-prompts", type=int, default=4)
+    p.add_argument("--agreement-prompts", type=positive_int, default=4)
     a = p.parse_args(argv)
     a.histories = [int(x) for x in a.histories.split(",")]
     if a.quick:

@@ -14,6 +14,8 @@ import argparse
 
 import numpy as np
 
+from runtime.cli import OneLineParser
+
 
 def measure(ckpt_dir: str, conversations: int, budgets: list[int], min_turn: int = 8) -> dict[int, float]:
     import torch
@@ -46,7 +48,7 @@ def measure(ckpt_dir: str, conversations: int, budgets: list[int], min_turn: int
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("--conversations", type=int, default=20)
     p.add_argument("--budgets", default="32,64,128,256,512,960")

@@ -10,7 +10,6 @@ top-p, decode speed and size. Writes results.json, report.md and quality.png to 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -21,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from export.quantize import QuantConfig
+from runtime.cli import OneLineParser
 
 from . import fidelity
 from .machine import machine_info
@@ -221,7 +221,7 @@ def plot(run: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
+    ap = OneLineParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", nargs="?", default=str(BUNDLED), help="checkpoint dir (default: bundled model)")
     ap.add_argument("--out", default="benchmarks/results/quality", help="dir for results.json, report.md, plot")
     ap.add_argument("--quick", action="store_true", help="a few contexts, for CI: every code path, rough figures")

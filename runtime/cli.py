@@ -13,8 +13,26 @@ from typing import NoReturn
 from .errors import UsageError
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dialogpt-onnx")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown (not installed)"
+
+
+VERSION = _version()
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse prints the whole usage before a bad-argument message; users get the message alone."""
+    """argparse prints the whole usage before a bad-argument message; users get the message alone. Every
+    command answers --version and shows its options' defaults in --help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"dialogpt-onnx {VERSION}")
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)

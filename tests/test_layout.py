@@ -11,10 +11,11 @@ from pathlib import Path
 
 from checkpoints import ROOT
 
-PACKAGES = ("runtime", "serve", "export", "training", "benchmarks")
-# what each package may import from the others (the README's layout section says the same)
+PACKAGES = ("runtime", "serve", "export", "training", "benchmarks", "dialogpt_onnx")
+# what each package may import from the others (the README's layout section says the same); the one
+# command loads the others' CLIs by name, at run time only
 ALLOWED = {"runtime": set(), "serve": {"runtime"}, "export": {"runtime"}, "training": {"runtime", "export"},
-           "benchmarks": {"runtime", "serve", "export", "training"}}
+           "benchmarks": {"runtime", "serve", "export", "training"}, "dialogpt_onnx": {"runtime"}}
 
 
 def _module(path: Path) -> str:
