@@ -71,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the last checkpoint in --out is kept; run the same command to resume", file=sys.stderr)
         return 130
     state = "finished" if p.finished else "stopped (run the same command to resume)"
+    if p.ran == 0 and p.finished:
+        state = "already finished (give a larger --max-steps to train further)"
     ppl = f", held-out reply perplexity {p.eval_ppl:.1f}" if p.eval_ppl is not None else ""
-    print(f"{state} at step {p.step}/{p.max_steps}: train loss {p.train_loss:.3f}{ppl}; checkpoint in {a.out}")
+    loss = f": train loss {p.train_loss:.3f}{ppl}" if p.train_loss == p.train_loss else ""  # nan: no step yet
+    print(f"{state} at step {p.step}/{p.max_steps}{loss}; checkpoint in {a.out}")
     return 0
 
 

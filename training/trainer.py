@@ -95,6 +95,7 @@ class Progress:
     eval_ppl: float | None = None
     tokens_per_s: float = 0.0
     finished: bool = False
+    ran: int = 0  # steps this call of run() made
     log: list[dict] = field(default_factory=list)
 
 
@@ -120,10 +121,17 @@ def _build_model(s: Settings):
     return GPT2LMHeadModel(GPT2Config(**raw)).train()
 
 
+def warmup_steps(s: Settings, total: int) -> int:
+    """The warm-up a run of `total` steps gets: --warmup, at most a quarter of the run (a 4-step fine-tune
+    with the default 200 would end at 2% of its learning rate and learn nothing)."""
+    return min(s.warmup, total // 4)
+
+
 def _lr(s: Settings, step: int, total: int) -> float:
-    if step < s.warmup:
-        return s.lr * (step + 1) / s.warmup
-    t = min(1.0, (step - s.warmup) / max(1, total - s.warmup))
+    warmup = warmup_steps(s, total)
+    if step < warmup:
+        return s.lr * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
     return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -178,16 +186,21 @@ class Trainer:
         if not path.is_file():
             return
         state = torch.load(path, map_location="cpu", weights_only=False)
-        # a setting added after the run started counts as its default
+        # a setting added after the run started counts as its default; a larger --max-steps extends the run
         saved = {**{f.name: f.default for f in fields(Settings) if f.default is not MISSING}, **state["settings"]}
-        if saved != asdict(self.s):
-            changed = sorted(k for k, v in asdict(self.s).items() if saved.get(k) != v)
+        changed = sorted(k for k, v in asdict(self.s).items() if saved.get(k) != v and k != "max_steps")
+        if changed:
             raise DataError(f"{self.out} holds a run with other settings ({', '.join(changed)}): give the same "
                             "settings to resume, or another --out")
+        if self.total < state["step"]:
+            raise DataError(f"{self.out} holds a run already at step {state['step']}: give --max-steps of at "
+                            f"least {state['step']} to resume or extend it")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.p.step, self.p.log = state["step"], state["log"]
+        if self.p.log:  # what the run reached, for a report even when no step is left to run
+            self.p.train_loss, self.p.eval_ppl = self.p.log[-1]["train_loss"], self.p.log[-1]["eval_reply_ppl"]
 
     def save(self) -> None:
         import torch
@@ -259,6 +272,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.opt.step()
             p.step += 1
+            p.ran += 1
             p.train_loss = total_loss
             p.tokens_per_s = tokens / (time.perf_counter() - t0)
             bar.update(1)
@@ -290,7 +304,8 @@ class Trainer:
         s = self.s
         shape = f"from {Path(s.init).name}" if s.init else f"{s.layers}x{s.width}"
         plot_curve(p.log, self.out / CURVE_FILE, f"{shape}, windows of {s.length}, batch {s.batch}x{s.accum}, "
-                                                 f"lr {s.lr:g}, {self.total} steps")
+                                                 f"lr {s.lr:g} after {warmup_steps(s, self.total)} warm-up steps, "
+                                                 f"cosine to {s.lr / 10:g} at step {self.total}")
         if self.show:
             from tqdm import tqdm
 

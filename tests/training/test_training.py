@@ -240,3 +240,26 @@ def test_reverse_trains_on_dialogues_read_backwards(tmp_path, files, tok):
     assert bwd.eval_pairs[0][1] == encode_turn(tok, read_dialogues(files["jsonl"])[0][-2], EOS_TOKEN_ID)
     p = bwd.run()
     assert p.finished and json.loads((tmp_path / "bwd" / "config.json").read_text())["_training"]["settings"]["reverse"]
+
+
+def test_short_runs_warm_up_within_the_run_and_finished_runs_extend(tmp_path, files):
+    """The default warm-up (200) on a 4-step run is clamped to a quarter of it; a finished run resumed with a
+    larger --max-steps trains on from where it stopped; re-running a finished one trains nothing and says so."""
+    from training.trainer import _lr
+
+    s = _settings(files["jsonl"], warmup=200, max_steps=4)
+    assert [round(_lr(s, i, 4) / s.lr, 3) for i in range(4)] == [1.0, 1.0, 0.775, 0.325]  # no 200-step ramp
+    out = tmp_path / "run"
+    first = Trainer(s, out, threads=1, progress=False).run()
+    assert first.finished and first.step == 4
+    again = subprocess.run([sys.executable, "-m", "training", "--data", str(files["jsonl"]), "--eval",
+                            str(files["jsonl"]), "--layers", "2", "--width", "32", "--heads", "2", "--length", "64",
+                            "--batch", "2", "--lr", "3e-3", "--warmup", "200", "--max-steps", "4", "--eval-every", "0",
+                            "--eval-conversations", "3", "--seed", "1", "--out", str(out), "--quiet"],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-1500:]
+    assert "already finished" in again.stdout and "nan" not in again.stdout
+    more = Trainer(_settings(files["jsonl"], warmup=200, max_steps=6), out, threads=1, progress=False).run()
+    assert more.finished and more.step == 6 and more.ran == 2
+    with pytest.raises(DataError, match="at least 6"):
+        Trainer(_settings(files["jsonl"], warmup=200, max_steps=3), out, threads=1, progress=False)
