@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from runtime.checks import integer
 from runtime.manifest import ModelShape
@@ -135,6 +136,26 @@ def _lr(s: Settings, step: int, total: int) -> float:
     return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+GENERATION_CONFIG = "generation_config.json"
+
+
+def hf_config(config: Any, training: dict) -> dict:
+    """A plain Hugging Face GPT-2 config.json: the architecture named (llama.cpp's converter and transformers'
+    Auto classes read it), only what differs from GPT-2's defaults (no generation fields: those go to
+    generation_config.json), and how the model was trained under `_training`."""
+    config.architectures = ["GPT2LMHeadModel"]
+    cfg = config.to_diff_dict()
+    for k in ("_attn_implementation_autoset", "_name_or_path", "dtype", "torch_dtype"):
+        cfg.pop(k, None)
+    return {**cfg, "torch_dtype": "float16", "_training": training}
+
+
+def generation_config(cfg: dict) -> dict:
+    """generation_config.json: the end-of-turn token (DialoGPT's turns end with it)."""
+    return {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"],
+            "pad_token_id": cfg["eos_token_id"], "max_length": cfg["n_positions"]}
+
+
 def _check_out(out: Path) -> None:
     """OUT_DIR: absent, empty, or a previous training output (never a directory of someone else's files)."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / STATE_DIR).is_dir())):
@@ -221,11 +242,11 @@ class Trainer:
         half = copy.deepcopy(self.model).half()
         sd = {k: v.contiguous() for k, v in half.state_dict().items() if k != "lm_head.weight"}  # tied
         _write_atomic(self.out / "model.safetensors", lambda p: save_file(sd, str(p), metadata={"format": "pt"}))
-        cfg = self.model.config.to_dict()
-        cfg.pop("_attn_implementation_autoset", None)
-        cfg["_training"] = {"settings": asdict(self.s), "step": self.p.step, "max_steps": self.total,
-                            "log": self.p.log[-1] if self.p.log else None}
+        cfg = hf_config(self.model.config, {"settings": asdict(self.s), "step": self.p.step,
+                                            "max_steps": self.total, "log": self.p.log[-1] if self.p.log else None})
         _write_atomic(self.out / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2)))
+        gen = json.dumps(generation_config(cfg), indent=2)
+        _write_atomic(self.out / GENERATION_CONFIG, lambda p: p.write_text(gen))
         files = {**tokenizer_files(), "LICENSE-tokenizer": DIALOGPT_TOKENIZER / "LICENSE",
                  **data_licenses(self.s.data)}  # the data's licenses travel with weights trained on it
         for name, src in files.items():

@@ -263,3 +263,33 @@ def test_short_runs_warm_up_within_the_run_and_finished_runs_extend(tmp_path, fi
     assert more.finished and more.step == 6 and more.ran == 2
     with pytest.raises(DataError, match="at least 6"):
         Trainer(_settings(files["jsonl"], warmup=200, max_steps=3), out, threads=1, progress=False)
+
+
+def test_checkpoints_are_plain_hugging_face_dirs(tmp_path, files):
+    """What the trainer writes, and the bundled model, load with transformers' Auto classes without a
+    warning: the architecture is named and generation settings sit in generation_config.json."""
+    import logging
+    import warnings
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    out = tmp_path / "run"
+    Trainer(_settings(files["jsonl"], max_steps=1), out, threads=1, progress=False).run()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    hf_logging.get_logger("transformers").addHandler(handler)
+    try:
+        for d in (out, ROOT / "models" / "chat-8x256"):
+            cfg = json.loads((d / "config.json").read_text())
+            assert cfg["architectures"] == ["GPT2LMHeadModel"] and "top_k" not in cfg and "do_sample" not in cfg
+            assert json.loads((d / "generation_config.json").read_text())["eos_token_id"] == 50256
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                model = AutoModelForCausalLM.from_pretrained(d)
+                tok = AutoTokenizer.from_pretrained(d)
+            assert type(model).__name__ == "GPT2LMHeadModel" and tok.eos_token_id == 50256
+    finally:
+        hf_logging.get_logger("transformers").removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
