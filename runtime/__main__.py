@@ -18,6 +18,7 @@ import json
 import re
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO, cast
 
@@ -76,6 +77,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
     chat = sub.add_parser("chat", help="interactive chat (or one user turn per stdin line when piped)")
     _options(chat)
+    chat.add_argument("--verbose", action="store_true", help="after each reply, its tokens and tokens/s on stderr")
     chat.add_argument("--max-history-tokens", type=positive_int, default=None,
                       help="tokens of history kept (older turns + the new one), oldest turns dropped first "
                            "(default 128)")
@@ -126,11 +128,78 @@ def _reply(pieces: Iterator[str], out: TextIO, piped: bool) -> tuple[bool, bool]
         return wrote, stop.set
 
 
-def _repl(session, interactive: bool) -> None:
+HELP = """Commands:
+  /help               this list
+  /reset              forget the conversation
+  /history            the turns the model still sees (the history budget keeps the latest)
+  /set NAME VALUE     a generation option for the next replies, e.g. /set temperature 0.8, /set do_sample
+                      true, /set stop ?  (/set alone lists what is set; /set NAME default removes one)
+  /quit               leave (also Ctrl-D, or Ctrl-C at the prompt)
+Ctrl-C during a reply stops it (what was said is kept)."""
+
+
+def _value(text: str) -> object:
+    """A /set value as the option wants it: true/false, a number, or text."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _command(text: str, session, overrides: dict, out: TextIO) -> bool:
+    """An interactive /command; False for /quit."""
+    name, _, rest = text.partition(" ")
+    if name in ("/quit", "/exit"):
+        return False
+    if name == "/help":
+        print(HELP, file=out)
+    elif name == "/reset":
+        session.reset()
+        print("(history cleared)", file=out)
+    elif name == "/history":
+        turns = session.history
+        for i, turn in enumerate(turns):
+            print(f"  {'You' if i % 2 == 0 else 'Bot'}: {turn}", file=out)
+        if not turns:
+            print("(no history yet)", file=out)
+    elif name == "/set":
+        key, _, raw = rest.strip().partition(" ")
+        if not key:
+            print("  " + (", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "(nothing set: the defaults)"),
+                  file=out)
+        elif raw.strip() == "default":
+            overrides.pop(key, None)
+        else:
+            trial = {**overrides, key: _value(raw.strip())}
+            try:
+                session.check_options(**trial)
+            except UsageError as e:
+                print(f"error: {e}", file=sys.stderr, flush=True)
+            else:
+                overrides.clear()
+                overrides.update(trial)
+                print(f"  {key} = {trial[key]!r}", file=out)
+    else:
+        print(f"unknown command {name}: /help lists the commands (a line starting with / is not sent)", file=out)
+    out.flush()
+    return True
+
+
+def _repl(session, interactive: bool, verbose: bool = False) -> None:
     out, err = sys.stdout, sys.stderr
     piped = not interactive
+    overrides: dict = {}
     if interactive:
-        print("Chat with the model. Commands: /reset, /history, /quit. Ctrl-C stops a reply.", flush=True)
+        try:
+            import readline  # noqa: F401 - input() gets line editing and history (arrow keys)
+        except ImportError:
+            pass
+        print("Chat with the model. /help lists the commands; Ctrl-C stops a reply.", flush=True)
     while True:
         try:
             line = input(">>> You: " if interactive else "")
@@ -142,18 +211,12 @@ def _repl(session, interactive: bool) -> None:
                 out.write("\n")
                 out.flush()
             continue
-        if interactive and text in ("/quit", "/exit"):
-            break
-        if interactive and text == "/reset":
-            session.reset()
-            print("(history cleared)", flush=True)
-            continue
-        if interactive and text == "/history":
-            for i, turn in enumerate(session.history):
-                print(f"  {'You' if i % 2 == 0 else 'Bot'}: {turn}", flush=True)
+        if interactive and text.startswith("/"):
+            if not _command(text, session, overrides, out):
+                break
             continue
         try:
-            pieces = session.stream(text)
+            pieces = session.stream(text, **overrides)
         except UsageError as e:  # this line only: say why and go on with the chat
             if piped:
                 out.write("\n")
@@ -162,6 +225,8 @@ def _repl(session, interactive: bool) -> None:
             continue
         if interactive:
             out.write("Bot: ")
+        before = session.stats["generated_tokens"]
+        t0 = time.perf_counter()
         wrote, stopped = _reply(pieces, out, piped)
         if interactive and stopped:
             out.write(" (stopped)")
@@ -169,6 +234,9 @@ def _repl(session, interactive: bool) -> None:
             out.write("(empty reply: the model ended its turn at once)")
         out.write("\n")
         out.flush()
+        if verbose:
+            n, seconds = session.stats["generated_tokens"] - before, time.perf_counter() - t0
+            print(f"({n} tokens in {seconds:.2f} s: {n / seconds:.1f} tokens/s)", file=err, flush=True)
 
 
 SERVE_MOVED = "error: the server is its own command now: python -m serve MODEL_DIR [options] (needs the serve extra)"
@@ -212,7 +280,7 @@ def _run(a: argparse.Namespace) -> None:
             print(g.text if a.top_logprobs is None else json.dumps(_generation_json(model, g)))
         return
     session = replier.chat(max_history_tokens=a.max_history_tokens, **_gen_kwargs(a))
-    _repl(session, interactive=sys.stdin.isatty())
+    _repl(session, interactive=sys.stdin.isatty(), verbose=a.verbose)
 
 
 def _generation_json(model: DialogModel, g: Generation) -> dict:

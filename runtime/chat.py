@@ -89,7 +89,7 @@ class ChatSession:
         # The turn being streamed, if any; weak, so a stream the caller drops is closed (and kept) at once.
         self._active: weakref.ref[Generator[str, None, None]] | None = None
         self._lock = threading.Lock()  # guards starting a turn (closing the previous one, installing the new)
-        self.stats = {"prefilled_tokens": 0, "recomputes": 0}
+        self.stats = {"prefilled_tokens": 0, "recomputes": 0, "generated_tokens": 0}
 
     # -- state, read-only from outside --------------------------------------------------------
     @property
@@ -130,10 +130,7 @@ class ChatSession:
 
     def stream(self, user_text: str, **options: Any) -> Iterator[str]:
         """The reply to one user turn, as text pieces. Arguments are checked here, before any piece."""
-        opts = self._model.options(**{**self._opts.__dict__, **options}) if options else self._opts
-        if opts.top_logprobs is not None:
-            raise UsageError("a chat's replies are text: top_logprobs needs generate() (or the server's "
-                             "logprobs)", "top_logprobs")
+        opts = self.check_options(**options)
         new = self._model.encode_turn(user_text)
         fits_context(len(new), opts.max_new_tokens, self._limit)
         with self._lock:
@@ -141,6 +138,14 @@ class ChatSession:
             gen = self._turn(new, opts)
             self._active = weakref.ref(gen)
         return gen
+
+    def check_options(self, **options: Any) -> SamplingOptions:
+        """This chat's options with `options` over them, checked (a REPL's /set asks before it keeps one)."""
+        opts = self._model.options(**{**self._opts.__dict__, **options}) if options else self._opts
+        if opts.top_logprobs is not None:
+            raise UsageError("a chat's replies are text: top_logprobs needs generate() (or the server's "
+                             "logprobs)", "top_logprobs")
+        return opts
 
     def _finish_active(self) -> None:
         """End the previous turn's stream if it was left unfinished (it keeps its partial reply)."""
@@ -186,6 +191,7 @@ class ChatSession:
         self._cache.prefill([prompt + best.ids[:-1]])
         self.stats["prefilled_tokens"] += len(prompt) + len(best.ids) - 1
         reply.extend(best.ids)
+        self.stats["generated_tokens"] += len(best.ids)
         if best.text:
             yield best.text
 
@@ -217,6 +223,7 @@ class ChatSession:
                 if t < 0:
                     break
                 reply.append(t)
+                self.stats["generated_tokens"] += 1
                 piece = stop.take()
                 if piece:
                     yield piece

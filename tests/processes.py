@@ -14,13 +14,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# read, and the waits readline's input() makes before it reads: poll, select, pselect6, ppoll (x86_64), then
+# read, pselect6, ppoll (aarch64)
+WAITING_FOR_INPUT = {"0", "7", "23", "270", "271"} | {"63", "72", "73"}
+
+
 def wait_until_reading(pid: int, timeout: float = 30) -> bool:
-    """True once `pid` sleeps in read() (syscall 0 on x86_64, 63 on aarch64): a signal sent now interrupts
-    that read. Output seen is not that event: a SIGINT between a prompt's write and the read waits for input."""
+    """True once `pid` waits for input (in read(), or in the poll / select readline makes first): a signal
+    sent now interrupts that wait. Output seen is not that event: a SIGINT between a prompt's write and the
+    read waits for input."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
-            if Path(f"/proc/{pid}/syscall").read_text().split()[0] in ("0", "63"):
+            if Path(f"/proc/{pid}/syscall").read_text().split()[0] in WAITING_FOR_INPUT:
                 return True
         except (OSError, IndexError):
             pass

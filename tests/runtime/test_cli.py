@@ -233,3 +233,51 @@ def test_a_bug_is_exit_3_even_when_it_is_a_value_error(exported):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr
     assert "simulated bug" in proc.stderr and "Traceback" in proc.stderr and "internal error" in proc.stderr
+
+
+REPL_DRIVER = r"""
+import os, pty, select, sys, time
+sys.path.insert(0, sys.argv[2])
+from processes import wait_until_reading  # keys typed before the prompt reads would be echoed raw
+os.environ["TERM"] = "xterm"  # a terminal's: readline binds the arrow keys by it
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "runtime", "chat", sys.argv[1], "--max-new-tokens", "4",
+                              "--verbose"])
+screen = b""
+def until(text, start=0, timeout=60):
+    global screen
+    end = time.time() + timeout
+    while text not in screen[start:] and time.time() < end:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                screen += os.read(fd, 4096)
+            except OSError:
+                break
+    return text in screen[start:]
+seen = [until(b">>> You: ")]
+for line, want in [(b"/help", b"/set NAME VALUE"), (b"/history", b"(no history yet)"),
+                   (b"/set temperature 0.8", b"temperature = 0.8"), (b"/set top_p 5", b"top_p must be"),
+                   (b"/bogus", b"unknown command /bogus"), (b"Hello there", b"tokens/s)"),
+                   (b"\x1b[A", b"tokens/s)"), (b"/history", b"You: Hello there"), (b"/set", b"temperature=0.8")]:
+    wait_until_reading(pid)
+    start = len(screen)
+    os.write(fd, line + b"\n")
+    seen.append(until(want, start))
+os.write(fd, b"/quit\n")
+_, status = os.waitpid(pid, 0)
+print(seen, os.waitstatus_to_exitcode(status), b"^[[A" in screen, screen.count(b"You: Hello there"))
+"""
+
+
+def test_interactive_commands(exported, tmp_path):
+    """The REPL on a terminal: /help, /history (also when empty), /set with a checked value, unknown commands
+    not sent to the model, --verbose timings, and line editing (the up arrow recalls the last line)."""
+    driver = tmp_path / "repl.py"
+    driver.write_text(REPL_DRIVER)
+    proc = subprocess.run([sys.executable, str(driver), str(exported("int8")), str(ROOT / "tests")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    seen, code, raw_arrow, hello_turns = proc.stdout.strip().rsplit(" ", 3)
+    assert seen == "[" + ", ".join(["True"] * 10) + "]", proc.stdout
+    assert code == "0" and raw_arrow == "False"
+    assert int(hello_turns) >= 2  # the recalled line was sent again: /history shows it twice
