@@ -20,6 +20,7 @@ from runtime.cli import OneLineParser, nonnegative_int, positive_int
 
 from .engines import Engine, all_engines, dir_size, greedy_agreement
 from .machine import machine_info
+from .outdir import OutDirError, prepare_out
 from .random_checkpoint import LABEL, make_random_checkpoint
 from .report import write_report
 
@@ -76,16 +77,19 @@ def spread(xs: list[float]) -> dict:
 def bench_model(label: str, src: Path, engines: list[Engine], work: Path, a: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
+    failed: dict[str, str] = {}  # engine -> why it was not measured
     workers: dict[str, Worker] = {}
     for e in tqdm(engines, desc=f"{label}: convert + load", unit="engine"):
         try:
             art = e.prepare(src, work, a.threads)
             w = Worker(e, art, a.threads)
         except Exception as ex:  # noqa: BLE001 - one engine failing must not stop the suite
-            print(f"  {e.name}: failed to prepare ({type(ex).__name__}: {str(ex)[:200]}); skipped", file=sys.stderr)
+            failed[e.name] = f"failed to prepare ({type(ex).__name__}: {str(ex)[:200]})"
+            print(f"  {e.name}: {failed[e.name]}; skipped", file=sys.stderr)
             continue
         if "error" in w.hello:
-            print(f"  {e.name}: failed to load ({w.hello['error'][:200]}); skipped", file=sys.stderr)
+            failed[e.name] = f"failed to load ({w.hello['error'][:200]})"
+            print(f"  {e.name}: {failed[e.name]}; skipped", file=sys.stderr)
             continue
         workers[e.name] = w
         results[e.name] = {"family": e.family, "quantized": e.quantized, "size_mb": dir_size(art) / 1e6,
@@ -125,7 +129,7 @@ def bench_model(label: str, src: Path, engines: list[Engine], work: Path, a: arg
                 greedy_agreement(x, y) for x, y in zip(ref_outputs[name], ref_outputs[REFERENCE], strict=True))
         res["peak_rss_mb"] = w.stop()
         del res["decode"]
-    return {"source": str(src), "label": label, "engines": results, "decode_history": decode_hist}
+    return {"source": str(src), "label": label, "engines": results, "decode_history": decode_hist, "failed": failed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         a.models, a.repeats, a.warmup, a.new_tokens, a.histories, a.agreement_prompts = "tiny", 2, 1, 16, [16, 64], 2
         a.engines = a.engines or QUICK_ENGINES
     out = Path(a.out)
+    if not a.report_only:
+        try:
+            prepare_out(out)
+        except OutDirError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if a.report_only:
         write_report(json.loads((out / "results.json").read_text()), out)
         print(f"wrote {out / 'report.md'} and plots")
@@ -187,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(run, indent=2))
     write_report(run, out)
     print(f"wrote {out / 'results.json'}, {out / 'report.md'} and plots in {out}")
+    failed = {f"{label}/{name}": why for label, res in run["models"].items() for name, why in res["failed"].items()}
+    empty = [label for label, res in run["models"].items() if not res["engines"]]
+    if failed or empty or not ready:
+        print("error: the run is incomplete: " + "; ".join(
+            [*(f"{k} {v}" for k, v in failed.items()), *(f"{label}: nothing measured" for label in empty),
+             *([] if ready else ["no engine is installed"])]), file=sys.stderr)
+        return 1
     return 0
 
 

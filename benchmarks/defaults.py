@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .machine import machine_info
 from .mmi import held_out, metrics, run_system
+from .outdir import OutDirError, prepare_out
 
 FULL = {"contexts": 200, "max_new_tokens": 64}
 QUICK = {"contexts": 8, "max_new_tokens": 16}
@@ -40,6 +41,12 @@ CANDIDATES: dict[str, dict] = {
     "greedy, repetition 1.2, no-repeat 3": {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3},
     "top-k 50": {"do_sample": True, "top_k": 50},
     "top-k 50, repetition 1.2": {"do_sample": True, "top_k": 50, "repetition_penalty": 1.2},
+    "top-k 50, no-repeat 3": {"do_sample": True, "top_k": 50, "no_repeat_ngram_size": 3},
+    "top-k 50, repetition 1.1": {"do_sample": True, "top_k": 50, "repetition_penalty": 1.1},
+    "top-k 50, repetition 1.1, no-repeat 3": {"do_sample": True, "top_k": 50, "repetition_penalty": 1.1,
+                                              "no_repeat_ngram_size": 3},
+    "top-k 50, T 0.9, no-repeat 3": {"do_sample": True, "top_k": 50, "temperature": 0.9, "no_repeat_ngram_size": 3},
+    "top-k 40, T 0.8, no-repeat 3": {"do_sample": True, "top_k": 40, "temperature": 0.8, "no_repeat_ngram_size": 3},
     "top-p 0.9, T 0.8": {"do_sample": True, "top_p": 0.9, "temperature": 0.8},
     "top-p 0.9, T 0.8, repetition 1.2": {"do_sample": True, "top_p": 0.9, "temperature": 0.8,
                                          "repetition_penalty": 1.2},
@@ -118,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     import runtime
 
     out = Path(a.out)
+    try:
+        prepare_out(out)
+    except OutDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     model_dir = Path(a.model_dir) if a.model_dir else None
     if model_dir is None:
         from export import ExportOptions, export_model

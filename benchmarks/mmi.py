@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .fidelity import distinct
 from .machine import machine_info
+from .outdir import OutDirError, prepare_out
 
 FULL = {"contexts": 200, "max_new_tokens": 40}
 QUICK = {"contexts": 6, "max_new_tokens": 12}
@@ -132,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         texts, ms = run_system(replier, contexts, seeded, max_new_tokens=p["max_new_tokens"], **kw)
         results[name] = {**metrics(texts, refs, ms), "samples": texts[:5]}
     out = Path(a.out)
+    try:
+        prepare_out(out)
+    except OutDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     run = {"model": a.model_dir, "backward": a.backward, "quick": a.quick, "threads": a.threads, "params": p,
            "machine": machine_info(), "human_samples": refs[:5], "systems": results}

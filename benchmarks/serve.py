@@ -34,6 +34,7 @@ import httpx
 from tqdm import tqdm
 
 from .machine import machine_info
+from .outdir import OutDirError, prepare_out
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = {"clients": [1, 4, 8, 16], "turns": 6, "max_tokens": 32, "level_timeout_s": 600, "step_repeats": 3}
@@ -444,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     out = Path(a.out)
+    try:
+        prepare_out(out)
+    except OutDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     sources = [(Path(c).name, Path(c)) for c in a.checkpoints] or [("small-random", None), ("bundled", BUNDLED)]
     for _, src in sources:
         if src is not None and not (src / "config.json").is_file():

@@ -73,3 +73,18 @@ def test_quant_ablation_builds_each_spec_and_reports(tmp_path, hf_dir):
     gptq = [n for n in onnx.load(out / "models" / "nbits_4_32_4_gptq" / "model.onnx").graph.node
             if n.op_type == "MatMulNBits"]
     assert gptq and all(a.i == 4 for n in gptq for a in n.attribute if a.name == "bits")
+
+
+def test_benchmark_cli_never_writes_over_a_users_files_and_fails_loudly(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my own notes")
+    for args in (["--out", str(mine), "--quick"], ["--out", str(mine / "report.md"), "--quick"]):
+        proc = subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: --out ") and "Traceback" not in proc.stderr
+    assert (mine / "report.md").read_text() == "my own notes"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--out", str(tmp_path / "bad"), "--model",
+                           str(tmp_path / "nonexistent"), "--engines", "ours-int8"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 1 and "error: the run is incomplete" in proc.stderr, proc.stderr[-2000:]
