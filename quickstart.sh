@@ -8,10 +8,14 @@ cd "$(dirname "$0")"
 echo
 echo "== a scripted exchange (piped: one user turn per line in, one reply per line out) =="
 turns=$'Hi! Do you like music?\nWho is your favorite band?\nI like jazz more.'
-replies=$(.venv/bin/python -m runtime chat models/chat-8x256-int8 --max-new-tokens 40 --repetition-penalty 1.2 <<<"$turns")
+replies=$(.venv/bin/python -m runtime chat models/chat-8x256-int8 --max-new-tokens 40 <<<"$turns")
 paste -d '\n' <(sed 's/^/You: /' <<<"$turns") <(sed 's/^/Bot: /' <<<"$replies")
+echo
+echo "== from now on: source .venv/bin/activate (or call .venv/bin/dialogpt-onnx by its path), then =="
+echo "   dialogpt-onnx chat models/chat-8x256-int8      # chat in the terminal (/help lists the commands)"
+echo "   dialogpt-onnx serve models/chat-8x256-int8     # the chat page and an OpenAI-compatible API on :8000"
 if [ -t 0 ]; then
   echo
-  echo "== your turn (/reset, /history, /quit) =="
-  .venv/bin/python -m runtime chat models/chat-8x256-int8 --repetition-penalty 1.2
+  echo "== your turn (/help, /reset, /quit) =="
+  .venv/bin/dialogpt-onnx chat models/chat-8x256-int8
 fi

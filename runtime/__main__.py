@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, TextIO, cast
 
 from .cli import OneLineParser, finite_float, nonnegative_int, positive_int, run_command, token_bias
 from .errors import UsageError
+from .sampling import CHAT_DEFAULTS, chat_options
 
 if TYPE_CHECKING:  # imported when a command runs: --help answers without loading onnxruntime
     from .model import DialogModel
@@ -43,12 +44,16 @@ def _options(p: argparse.ArgumentParser) -> None:
                    help="skip the sha256 check of the model files at load (~1 s per GB); sizes are still checked")
     p.add_argument("--max-new-tokens", type=nonnegative_int, default=64)
     p.add_argument("--min-new-tokens", type=nonnegative_int, default=0)
-    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=finite_float, default=1.0)
-    p.add_argument("--top-k", type=nonnegative_int, default=0)
-    p.add_argument("--top-p", type=finite_float, default=1.0)
-    p.add_argument("--repetition-penalty", type=finite_float, default=1.0)
-    p.add_argument("--no-repeat-ngram-size", type=nonnegative_int, default=0)
+    p.add_argument("--greedy", action="store_true",
+                   help="plain greedy decoding (the model card's) instead of the chat defaults: "
+                        + _shown(CHAT_DEFAULTS))
+    p.add_argument("--do-sample", action="store_true", help="sample (the chat defaults do)")
+    # None: not given (the chat defaults decide); a sampling flag turns sampling on
+    p.add_argument("--temperature", type=finite_float, default=None, help="sampling temperature (1.0)")
+    p.add_argument("--top-k", type=nonnegative_int, default=None, help="sample among the k likeliest (0: all)")
+    p.add_argument("--top-p", type=finite_float, default=None, help="sample within this probability mass (1.0)")
+    p.add_argument("--repetition-penalty", type=finite_float, default=None, help="1.0 turns it off")
+    p.add_argument("--no-repeat-ngram-size", type=nonnegative_int, default=None, help="0 turns it off")
     p.add_argument("--seed", type=nonnegative_int, default=None)
     p.add_argument("--presence-penalty", type=finite_float, default=0.0,
                    help="OpenAI's: subtracted from the logit of every token already generated, in [-2, 2]")
@@ -65,11 +70,25 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mmi-forward-weight", type=finite_float, default=0.0)
 
 
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p")
+
+
+def _shown(options: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items())
+
+
 def _gen_kwargs(a: argparse.Namespace) -> dict:
-    kw = {k: getattr(a, k) for k in ("max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k",
-                                     "top_p", "repetition_penalty", "no_repeat_ngram_size", "seed",
-                                     "presence_penalty", "frequency_penalty", "stop")}
-    return {**kw, "logit_bias": dict(a.logit_bias)}
+    """The generation options: the chat defaults (or plain greedy with --greedy) under the flags given."""
+    sampling = [f for f in SAMPLING_FLAGS if getattr(a, f) is not None]
+    if a.greedy and (sampling or a.do_sample):
+        flag = "--" + (sampling[0] if sampling else "do_sample").replace("_", "-")
+        raise UsageError(f"{flag} samples, --greedy does not: drop one of them")
+    given = {k: getattr(a, k) for k in ("max_new_tokens", "min_new_tokens", "seed", "presence_penalty",
+                                        "frequency_penalty", "stop", *SAMPLING_FLAGS, "repetition_penalty",
+                                        "no_repeat_ngram_size") if getattr(a, k) is not None}
+    if a.do_sample or sampling:  # a sampling flag without --do-sample samples: never silently ignored
+        given["do_sample"] = True
+    return chat_options(greedy=a.greedy, **given, logit_bias=dict(a.logit_bias))
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -21,7 +21,7 @@ from .generate import generate_ids, sample_with_logprobs
 from .graph import open_graph
 from .manifest import TOKENIZER_FILE, Manifest, read_manifest
 from .results import Generation, Score
-from .sampling import SamplingOptions, normalized
+from .sampling import SamplingOptions, chat_options, normalized
 from .scoring import batch_reply_logprobs
 from .text import StopText, encode_dialogue, encode_turn, encode_turns, load_tokenizer
 
@@ -187,12 +187,14 @@ class DialogModel:
 
     def chat(self, max_history_tokens: int | None = None, reranker: Reranker | None = None,
              **options: Any) -> ChatSession:
-        """A new conversation with its own history and KV cache (see ChatSession). With a reranker (an
-        runtime.mmi.MMIReranker over this model), every reply is the best of N sampled candidates."""
+        """A new conversation with its own history and KV cache (see ChatSession). Its replies use the chat
+        defaults (runtime.CHAT_DEFAULTS) under the options given; greedy=True starts from plain greedy
+        decoding instead. With a reranker (a runtime.mmi.MMIReranker over this model), every reply is the
+        best of N sampled candidates."""
         if reranker is not None and reranker.forward is not self:
             raise UsageError("the reranker's forward model is another model: call reranker.chat(), or build the "
                              "reranker over this model")
-        return ChatSession(self, self.options(**options), max_history_tokens, reranker)
+        return ChatSession(self, self.options(**chat_options(**options)), max_history_tokens, reranker)
 
 
 def _describe(x: object) -> str:

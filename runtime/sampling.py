@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,19 @@ class SamplingOptions:
 
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound
+
+# What a chat reply uses when the caller names no decoding option: DialogModel.chat, the CLI's chat and
+# generate, the server with the fields omitted (and so its page). Chosen with `python -m benchmarks.defaults`
+# on the bundled model (benchmarks/results/defaults/report.md): the rule and the figures are there.
+CHAT_DEFAULTS: dict[str, Any] = {"do_sample": True, "top_k": 50, "no_repeat_ngram_size": 3}
+# Plain greedy decoding (the DialoGPT model card's chat loop; what parity with transformers is checked on).
+GREEDY: dict[str, Any] = {"do_sample": False, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+
+
+def chat_options(**given: Any) -> dict[str, Any]:
+    """The chat defaults with the options a caller gave over them (greedy=True: GREEDY instead)."""
+    base = GREEDY if given.pop("greedy", False) else CHAT_DEFAULTS
+    return {**base, **given}
 
 
 def _short(x: object) -> str:

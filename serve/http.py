@@ -1,13 +1,14 @@
 """The OpenAI-compatible HTTP app over the batching engine (Starlette; `pip install .[serve]`).
 
 POST /v1/chat/completions: the messages' contents become DialoGPT turns, each ended by <|endoftext|>
-(system messages are skipped: DialoGPT has no system prompt). `max_tokens`, `temperature` (0 or omitted:
-greedy, the runtime's default; > 0 samples), `top_p`, `seed`, `stream` (server-sent events). GET
-/v1/models, GET /health, GET / (the chat page). Errors use OpenAI's body ({"error": {...}}): 400 for bad
-input, 429 with Retry-After when the engine's queue is full. A streaming client that disconnects frees
-its row. A chat's next turn reuses the KV its previous turn left (the engine's prefix cache): only the
-new turns are prefilled. A reply sent back as an assistant message is read as the tokens this server
-generated for that text (ReplyTokens), so a served chat gets the replies a ChatSession gets.
+(system messages are skipped: DialoGPT has no system prompt). Every OpenAI generation field is applied
+(see openai_api.APPLIED; what a request leaves out is the runtime's chat defaults, temperature 0 is
+greedy), `stream` as server-sent events. GET /v1/models, /health, /ready, /metrics, / (the chat page).
+Errors use OpenAI's body ({"error": {...}}): 400 for bad input, 429 with Retry-After when the engine's
+queue is full. A client that disconnects frees its row. A chat's next turn reuses the KV its previous
+turn left (the engine's prefix cache): only the new turns are prefilled. A reply sent back as an
+assistant message is read as the tokens this server generated for that text (ReplyTokens), so a served
+chat gets the replies a ChatSession gets.
 """
 
 from __future__ import annotations

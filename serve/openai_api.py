@@ -13,6 +13,7 @@ from typing import Any
 from runtime import DialogModel
 from runtime.checks import is_integer, is_number
 from runtime.results import TokenLogprob
+from runtime.sampling import chat_options
 
 # The runtime's option names -> OpenAI's request fields, for errors the runtime raises.
 _FIELDS = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
@@ -31,8 +32,8 @@ class BadRequest(ValueError):
 
 # Request fields: each is applied, or refused with a 400 naming it (never silently ignored).
 APPLIED = {"messages", "max_tokens", "max_completion_tokens", "min_tokens", "temperature", "top_p", "top_k",
-           "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "stop", "seed", "n",
-           "logprobs", "top_logprobs", "stream", "stream_options", "cache_salt"}
+           "repetition_penalty", "no_repeat_ngram_size", "presence_penalty", "frequency_penalty", "logit_bias",
+           "stop", "seed", "n", "logprobs", "top_logprobs", "stream", "stream_options", "cache_salt"}
 INFORMATIVE = {"model", "user"}  # OpenAI's: name the model / the end user; nothing to apply
 # Refused unless they ask for nothing (their neutral value): DialoGPT has no tools and writes only text.
 NEUTRAL = {"response_format": (None, {"type": "text"}), "tools": (None, []), "tool_choice": (None, "none"),
@@ -79,7 +80,7 @@ class ChatRequest:
             raise BadRequest("cache_salt must be a string of 1 to 256 characters (one per user or chat)", "cache_salt")
         options, n = _options(body), _choices(body)
         if n > 1 and not options.get("do_sample"):
-            raise BadRequest("n > 1 needs temperature > 0: greedy replies are all the same", "n")
+            raise BadRequest("n > 1 needs sampling (temperature > 0): greedy replies are all the same", "n")
         return cls(_turns(body, max_turns), options, n, options.get("top_logprobs") is not None, stream,
                    bool(so.get("include_usage")), salt)
 
@@ -127,7 +128,7 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's fields -> the runtime's options. Checked here: only what OpenAI defines differently from the
     runtime (max_tokens >= 1, temperature 0 = greedy, logit_bias keys, stop's list); the runtime checks the
     rest at submit."""
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = chat_options()  # what a field leaves out is the chat defaults', as on every path
     for name in ("max_tokens", "max_completion_tokens"):  # the newer name wins; null means "not given"
         mt = body.get(name)
         if mt is not None:
@@ -139,10 +140,13 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     temperature = body.get("temperature")
     if temperature is not None and (not is_number(temperature) or temperature < 0):
         raise BadRequest(f"temperature must be a number >= 0, got {temperature!r}", "temperature")
-    if temperature:  # 0 (or omitted) is greedy, as OpenAI's API defines temperature 0
+    if temperature == 0:  # greedy, as OpenAI's API defines temperature 0
+        opts["do_sample"] = False
+    elif temperature is not None:
         opts.update(do_sample=True, temperature=temperature)
     # top_p and top_k are checked when greedy too, and apply when sampling; repetition_penalty: vLLM's extension
-    for name in ("top_p", "top_k", "repetition_penalty", "seed", "presence_penalty", "frequency_penalty"):
+    for name in ("top_p", "top_k", "repetition_penalty", "no_repeat_ngram_size", "seed", "presence_penalty",
+                 "frequency_penalty"):
         if body.get(name) is not None:
             opts[name] = body[name]
     if body.get("logit_bias") is not None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from runtime.checks import integer
 from runtime.manifest import ModelShape
+from runtime.sampling import CHAT_DEFAULTS
 from runtime.text import EOS_TOKEN_ID, encode_turn
 
 from .corpora import (
@@ -151,9 +152,10 @@ def hf_config(config: Any, training: dict) -> dict:
 
 
 def generation_config(cfg: dict) -> dict:
-    """generation_config.json: the end-of-turn token (DialoGPT's turns end with it)."""
+    """generation_config.json: the end-of-turn token (DialoGPT's turns end with it) and the runtime's chat
+    defaults, so that transformers' generate() replies as the runtime's chat does."""
     return {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"],
-            "pad_token_id": cfg["eos_token_id"], "max_length": cfg["n_positions"]}
+            "pad_token_id": cfg["eos_token_id"], "max_length": cfg["n_positions"], **CHAT_DEFAULTS}
 
 
 def _check_out(out: Path) -> None:

@@ -23,10 +23,20 @@ def run_runtime(*args: str, stdin: bytes | None = None) -> subprocess.CompletedP
 # -- runtime: CLI --------------------------------------------------------------------------------
 def test_cli_generate_equals_the_api(exported):
     d = str(exported("int8"))
-    gen = subprocess.run([sys.executable, "-m", "runtime", "generate", d, "Hello", "--max-new-tokens", "8"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert gen.returncode == 0, gen.stderr
-    assert gen.stdout == runtime.load(d).generate("Hello", max_new_tokens=8).text + "\n"
+    model = runtime.load(d)
+    for flags, opts in ((["--seed", "5"], runtime.chat_options(seed=5)), (["--greedy"], runtime.GREEDY)):
+        gen = subprocess.run([sys.executable, "-m", "runtime", "generate", d, "Hello", "--max-new-tokens", "8",
+                              *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert gen.returncode == 0, gen.stderr
+        assert gen.stdout == model.generate("Hello", max_new_tokens=8, **opts).text + "\n"  # the chat defaults
+    for flags, phrase in ((["--greedy", "--temperature", "0.7"], "--temperature samples, --greedy does not"),
+                          (["--greedy", "--do-sample"], "--do-sample samples, --greedy does not")):
+        proc = run_runtime("generate", d, "Hello", *flags)
+        one_line(type("P", (), {"returncode": proc.returncode, "stderr": proc.stderr.decode()}), 2, phrase)
+    # a sampling flag samples even without --do-sample (the defaults' other options stay)
+    proc = run_runtime("generate", d, "Hello", "--max-new-tokens", "8", "--top-p", "0.5", "--seed", "2")
+    assert proc.stdout.decode() == model.generate("Hello", **runtime.chat_options(
+        max_new_tokens=8, top_p=0.5, seed=2, do_sample=True)).text + "\n"
 
 
 def test_cli_generate_controls_equal_the_api(exported):
@@ -40,7 +50,7 @@ def test_cli_generate_controls_equal_the_api(exported):
     first = model.generate("Hello", **opts)
     stop = first.text[len(first.text) // 2:][:2]
     flags = ["--max-new-tokens", "12", "--min-new-tokens", "12", "--frequency-penalty", "0.5",
-             "--presence-penalty", "0.25", "--logit-bias", f"{first.ids[0]}:-2.5", "--stop", stop]
+             "--presence-penalty", "0.25", "--logit-bias", f"{first.ids[0]}:-2.5", "--stop", stop, "--greedy"]
     want = model.generate("Hello", **opts, logit_bias={first.ids[0]: -2.5}, stop=[stop], top_logprobs=2)
     gen = run_runtime("generate", d, "Hello", *flags, "--top-logprobs", "2")
     assert gen.returncode == 0, gen.stderr
@@ -51,7 +61,8 @@ def test_cli_generate_controls_equal_the_api(exported):
     many = run_runtime("generate", d, "Hello", "--do-sample", "--seed", "3", "--num-return-sequences", "3",
                        "--max-new-tokens", "8")
     assert many.returncode == 0, many.stderr
-    want_many = model.generate("Hello", do_sample=True, seed=3, num_return_sequences=3, max_new_tokens=8)
+    want_many = model.generate("Hello", **runtime.chat_options(do_sample=True, seed=3, max_new_tokens=8),
+                               num_return_sequences=3)
     assert many.stdout.decode().splitlines() == [g.text for g in want_many]
 
 
@@ -80,7 +91,8 @@ def test_cli_bad_arguments_one_line(exported, args, phrase):
 def test_piped_chat_one_line_per_input_line(exported):
     lines = [b"Hello there", b"", b"caf\xe9 \xff broken", b"word " * 1100, b"Are you still there?", b"   ",
              b"Bye <|endoftext|> now"]
-    proc = run_runtime("chat", exported("int8"), "--max-new-tokens", "8", stdin=b"\n".join(lines) + b"\n")
+    proc = run_runtime("chat", exported("int8"), "--max-new-tokens", "8", "--seed", "3",
+                       stdin=b"\n".join(lines) + b"\n")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.decode().split("\n")
     assert out[-1] == "" and len(out) - 1 == len(lines)  # exactly one line per input line
@@ -90,7 +102,7 @@ def test_piped_chat_one_line_per_input_line(exported):
     assert "Traceback" not in proc.stderr.decode()
     # the chat went on after the bad lines: the reply to line 5 is the one a model gives to that history
     model = runtime.load(exported("int8"))
-    chat = model.chat(max_new_tokens=8)
+    chat = model.chat(max_new_tokens=8, seed=3)  # the chat defaults, as the CLI's
     assert chat.send("Hello there") == out[0]
     assert chat.send("Are you still there?") == out[4]
 

@@ -101,10 +101,10 @@ def test_out_of_vocabulary_bias_is_refused(model):
 
 
 def test_chat_applies_stop_strings_and_refuses_logprobs(model):
-    plain = model.chat(max_new_tokens=N, min_new_tokens=N)
+    plain = model.chat(max_new_tokens=N, min_new_tokens=N, seed=4)  # the chat defaults, seeded
     full = plain.send("Hello there, how are you?")
     stop = full[len(full) // 2:][:2]
-    chat = model.chat(max_new_tokens=N, min_new_tokens=N, stop=stop)
+    chat = model.chat(max_new_tokens=N, min_new_tokens=N, stop=stop, seed=4)
     assert chat.send("Hello there, how are you?") == full[: full.index(stop)]
     assert chat.turns[1][-1] == model.eos and len(chat.turns[1]) < N + 1  # the turn ended where the stop came
     assert isinstance(chat.send("And then?"), str)  # the chat goes on

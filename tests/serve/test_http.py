@@ -73,21 +73,25 @@ def test_openai_client_chat_and_stream(server):
     model, url = server
     client = OpenAI(base_url=f"{url}/v1", api_key="unused")
     prompt = encode_dialogue(model.tokenizer, [m["content"] for m in MESSAGES[1:]], model.eos)
-    r = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8)
-    solo = model.generate(prompt, max_new_tokens=8)
+    r = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, seed=7)
+    solo = model.generate(prompt, **runtime.chat_options(max_new_tokens=8, seed=7))  # fields left out: the defaults
     assert r.choices[0].message.content == solo.text and r.choices[0].message.role == "assistant"
     assert r.usage.prompt_tokens == len(prompt) and r.usage.completion_tokens == len(solo.ids)
     assert r.choices[0].finish_reason == ("stop" if solo.ids[-1] == model.eos else "length")
     pieces = [c.choices[0].delta.content or "" for c in
-              client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, stream=True)]
+              client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, stream=True, seed=7)]
     assert "".join(pieces) == solo.text
-    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, stream=True,
+    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, stream=True, seed=7,
                                                  stream_options={"include_usage": True}))
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(solo.ids)
     assert chunks[-1].usage.prompt_tokens == len(prompt)
     sampled = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0.8,
                                              top_p=0.9, seed=3)
-    want = model.generate(prompt, max_new_tokens=8, do_sample=True, temperature=0.8, top_p=0.9, seed=3)
+    want = model.generate(prompt, **runtime.chat_options(max_new_tokens=8, do_sample=True, temperature=0.8, top_p=0.9,
+                                                         seed=3))
+    greedy = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0)
+    assert greedy.choices[0].message.content == model.generate(prompt, **runtime.chat_options(
+        max_new_tokens=8, do_sample=False)).text  # temperature 0: greedy (the defaults' other options stay)
     assert sampled.choices[0].message.content == want.text
     assert [m.id for m in client.models.list().data] == ["tiny"]
     assert httpx.get(f"{url}/health").json()["status"] == "ok"
@@ -102,9 +106,9 @@ def test_openai_fields_applied_as_the_runtime_applies_them(server):
     full = model.generate(prompt, max_new_tokens=16, min_new_tokens=16)
     stop = full.text[len(full.text) // 2:][:2]
     fields = {"max_tokens": 16, "logit_bias": {str(full.ids[1]): -3}, "presence_penalty": 0.4,
-              "frequency_penalty": 0.9, "stop": [stop, "zzzz"], "extra_body": {"min_tokens": 16}}
-    opts = {"max_new_tokens": 16, "min_new_tokens": 16, "logit_bias": {full.ids[1]: -3}, "presence_penalty": 0.4,
-            "frequency_penalty": 0.9, "stop": [stop, "zzzz"]}
+              "frequency_penalty": 0.9, "stop": [stop, "zzzz"], "extra_body": {"min_tokens": 16}, "temperature": 0}
+    opts = runtime.chat_options(max_new_tokens=16, min_new_tokens=16, logit_bias={full.ids[1]: -3},
+                                presence_penalty=0.4, frequency_penalty=0.9, stop=[stop, "zzzz"], do_sample=False)
     want = model.generate(prompt, **opts, top_logprobs=3)
     r = client.chat.completions.create(model="tiny", messages=MESSAGES, logprobs=True, top_logprobs=3, **fields)
     c = r.choices[0]
@@ -123,7 +127,8 @@ def test_openai_fields_applied_as_the_runtime_applies_them(server):
     # n > 1: choice i is the runtime's reply with seed + i, streamed or not
     sampled = {"max_tokens": 8, "temperature": 0.9, "seed": 11}
     many = client.chat.completions.create(model="tiny", messages=MESSAGES, n=3, **sampled)
-    solo = [model.generate(prompt, max_new_tokens=8, do_sample=True, temperature=0.9, seed=11 + i) for i in range(3)]
+    solo = [model.generate(prompt, **runtime.chat_options(max_new_tokens=8, do_sample=True, temperature=0.9,
+                                                          seed=11 + i)) for i in range(3)]
     assert [ch.message.content for ch in sorted(many.choices, key=lambda ch: ch.index)] == [g.text for g in solo]
     assert many.usage.completion_tokens == sum(len(g.ids) for g in solo)
     texts = {i: "" for i in range(3)}
@@ -136,11 +141,12 @@ def test_openai_fields_applied_as_the_runtime_applies_them(server):
 def test_assistant_turn_without_content(server):
     model, url = server
     body = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None},
-                         {"role": "user", "content": "Hello?"}], "max_tokens": 4}
+                         {"role": "user", "content": "Hello?"}], "max_tokens": 4, "seed": 1}
     r = httpx.post(f"{url}/v1/chat/completions", json=body)
     assert r.status_code == 200
     prompt = model.encode_turn("Hi") + [model.eos] + model.encode_turn("Hello?")
-    assert r.json()["choices"][0]["message"]["content"] == model.generate(prompt, max_new_tokens=4).text
+    assert r.json()["choices"][0]["message"]["content"] == model.generate(
+        prompt, **runtime.chat_options(max_new_tokens=4, seed=1)).text
 
 
 @pytest.mark.parametrize("body, param", [
@@ -150,7 +156,7 @@ def test_assistant_turn_without_content(server):
     (b'{"messages": [{"role": "user", "content": "hi"}], "min_tokens": -2}', "min_tokens"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1}', "temperature"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 3}', "n"),  # greedy: n identical replies
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 3, "temperature": 0}', "n"),  # n identical replies
     (b'{"messages": [{"role": "user", "content": "hi"}], "n": 9, "temperature": 1}', "n"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}', "stop"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stop": [""]}', "stop"),
@@ -281,7 +287,7 @@ def test_chat_page_streams_a_reply_in_a_real_browser(server):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(found[1]), options=opts)
     try:
-        driver.get(f"{url}/")
+        driver.get(f"{url}/?seed=5")  # the page sends the address's decoding options
         box = driver.find_element(By.ID, "msg")
         for turn in ("Do you like movies?", "Which ones?"):
             box.send_keys(turn)
@@ -294,7 +300,8 @@ def test_chat_page_streams_a_reply_in_a_real_browser(server):
     finally:
         driver.quit()
     assert users == ["Do you like movies?", "Which ones?"]
-    want = chat_replies(model, ["Do you like movies?", "Which ones?"], max_new_tokens=64)
+    want = chat_replies(model, ["Do you like movies?", "Which ones?"],
+                        **runtime.chat_options(max_new_tokens=64, seed=5))
     assert [b.strip() for b in bots] == [w.text.strip() for w in want]  # the streamed text, as a ChatSession's
 
 
@@ -376,13 +383,14 @@ def test_a_chats_next_turn_reuses_its_kv(exported):
     with live_server(model, max_batch=2) as (engine, url):
         client = OpenAI(base_url=f"{url}/v1", api_key="unused")
         messages = [{"role": "user", "content": "Do you like movies?"}]
-        mine = {"cache_salt": "one user's chat"}  # without a salt, no request reuses another's KV
+        mine = {"cache_salt": "one user's chat", "seed": 2}  # without a salt, no request reuses another's KV
         for turn in ("Which ones?", "Why?"):
             r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, extra_body=mine)
             messages += [{"role": "assistant", "content": r.choices[0].message.content},
                          {"role": "user", "content": turn}]
         r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, extra_body=mine)
-        want = chat_replies(model, ["Do you like movies?", "Which ones?", "Why?"], max_new_tokens=6)
+        want = chat_replies(model, ["Do you like movies?", "Which ones?", "Why?"],
+                            **runtime.chat_options(max_new_tokens=6, seed=2))
         assert [m["content"] for m in messages[1::2]] + [r.choices[0].message.content] == [w.text for w in want]
         assert engine.prefix_cache.hits == 2  # turns 2 and 3 started from the previous turn's KV, all of it:
         # a turn's row holds its prompt and reply but the reply's last token (never fed); the next prompt
@@ -396,17 +404,17 @@ def test_openai_message_forms_and_fields_are_applied(server):
     model, url = server
     client = OpenAI(base_url=f"{url}/v1", api_key="unused")
     prompt = encode_dialogue(model.tokenizer, ["Do you like movies?"], model.eos)
-    want = model.generate(prompt, max_new_tokens=6)
+    want = model.generate(prompt, **runtime.chat_options(max_new_tokens=6, seed=3))
     text_parts = [{"type": "text", "text": "Do you like "}, {"type": "text", "text": "movies?"}]
     parts = [{"role": "developer", "content": "be nice"}, {"role": "user", "content": text_parts}]
-    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": parts, "max_tokens": None,
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": parts, "max_tokens": None, "seed": 3,
                                                          "max_completion_tokens": 6, "n": None}).json()
     assert r["choices"][0]["message"]["content"] == want.text and r["usage"]["completion_tokens"] == len(want.ids)
     question = [{"role": "user", "content": "Do you like movies?"}]
     sampled = client.chat.completions.create(model="tiny", messages=question, max_tokens=8, temperature=0.9,
                                              seed=4, extra_body={"top_k": 3})
-    assert sampled.choices[0].message.content == model.generate(prompt, max_new_tokens=8, do_sample=True,
-                                                                temperature=0.9, top_k=3, seed=4).text
+    assert sampled.choices[0].message.content == model.generate(prompt, **runtime.chat_options(
+        max_new_tokens=8, do_sample=True, temperature=0.9, top_k=3, seed=4)).text
 
 
 def test_the_model_is_named_by_its_base_name_never_its_path(exported):

@@ -48,18 +48,19 @@ def test_two_ray_serve_replicas_answer_like_the_model_alone(exported):
         client = OpenAI(base_url=f"{url}/v1", api_key="unused")
 
         def ask(q: str) -> str:
-            r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": q}], max_tokens=10)
+            r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": q}], max_tokens=10,
+                                               seed=1)
             return r.choices[0].message.content
 
         with ThreadPoolExecutor(6) as pool:
             got = list(pool.map(ask, QUESTIONS))
-        want = [model.generate(encode_dialogue(model.tokenizer, [q], model.eos), max_new_tokens=10).text
-                for q in QUESTIONS]
+        want = [model.generate(encode_dialogue(model.tokenizer, [q], model.eos),
+                               **runtime.chat_options(max_new_tokens=10, seed=1)).text for q in QUESTIONS]
         assert got == want
         # the replicas serve only this machine's names: a site rebinding its name to 127.0.0.1 reaches nothing
         assert httpx.get(f"{url}/health", headers={"Host": "rebound.example"}, timeout=10).status_code == 400
         stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTIONS[0]}],
-                                                max_tokens=10, stream=True)
+                                                max_tokens=10, stream=True, seed=1)
         assert "".join(c.choices[0].delta.content or "" for c in stream) == want[0]
         proc.send_signal(signal.SIGTERM)  # replicas and the local cluster are shut down, then it exits
         assert proc.wait(timeout=120) == 0
