@@ -28,7 +28,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from runtime import DialogModel, UsageError
+from runtime import ContextOverflow, DialogModel, UsageError
 from runtime.text import StopText
 
 from .access_log import AccessLog
@@ -212,8 +212,10 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
         try:
             chat, prompt, namespace, reqs = await asyncio.to_thread(admit)
         except BadRequest as e:
-            return _error(400, str(e), "invalid_request_error", e.param)
-        except UsageError as e:  # the runtime's checks: options out of range, a history over the context
+            return _error(400, str(e), "invalid_request_error", e.param, code=e.code)
+        except ContextOverflow as e:  # the history (with max_tokens) is longer than the model reads: OpenAI's code
+            return _error(400, str(e), "invalid_request_error", "messages", code="context_length_exceeded")
+        except UsageError as e:  # the runtime's checks: options out of range
             return _error(400, str(e), "invalid_request_error", param_of(e.arg))
         except EngineFull as e:
             return _error(429, str(e), "rate_limit_error", headers={"Retry-After": "1"})

@@ -25,9 +25,9 @@ def param_of(arg: str | None) -> str | None:
 
 
 class BadRequest(ValueError):
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.param = param
+        self.param, self.code = param, code
 
 
 # Request fields: each is applied, or refused with a 400 naming it (never silently ignored).
@@ -107,7 +107,8 @@ def _turns(body: dict[str, Any], max_turns: int | None) -> list[tuple[str, str]]
         raise BadRequest("messages must be a non-empty list", "messages")
     if max_turns is not None and len(msgs) > max_turns:
         raise BadRequest(f"messages hold {len(msgs)} messages: more than the model's context of {max_turns} "
-                         "tokens (each turn takes one at least); send the recent turns only", "messages")
+                         "tokens (each turn takes one at least); send the recent turns only", "messages",
+                         "context_length_exceeded")
     turns = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
@@ -260,7 +261,8 @@ def dialogue_ids(model: DialogModel, turns: list[tuple[str, str]], replies: Repl
     limit = model.max_length
     if len(turns) > limit:
         raise BadRequest(f"messages hold {len(turns)} turns: more than the model's context of {limit} tokens "
-                         "(each turn takes one at least); send the recent turns only", "messages")
+                         "(each turn takes one at least); send the recent turns only", "messages",
+                         "context_length_exceeded")
     known: list[list[int] | None] = []
     for role, text in turns:
         ids = replies.get(namespace, text) if role == "assistant" else None
@@ -270,7 +272,7 @@ def dialogue_ids(model: DialogModel, turns: list[tuple[str, str]], replies: Repl
     at_least = len(turns) + sum(-(-len(t.encode("utf-8", "replace")) // longest) for t in new)
     if at_least > limit:
         raise BadRequest(f"messages hold at least {at_least} tokens: more than the model's context of {limit}; "
-                         "send the recent turns only", "messages")
+                         "send the recent turns only", "messages", "context_length_exceeded")
     encoded = iter(model.encode_turns(new))
     return [t for k in known for t in (next(encoded) if k is None else k + [model.eos])]
 

@@ -297,12 +297,39 @@ def test_chat_page_streams_a_reply_in_a_real_browser(server):
                 == (1 if n.startswith("Do") else 2))
         bots = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".bot")]
         users = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".user")]
+        name = driver.find_element(By.ID, "name").text
+
+        def reply(text: str, n: int) -> str:
+            driver.find_element(By.ID, "msg").send_keys(text)
+            driver.find_element(By.ID, "send").click()
+            WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".bot[data-done='1']")) == n)
+            return driver.find_elements(By.CSS_SELECTOR, ".bot")[-1].text
+
+        driver.find_element(By.ID, "new").click()  # a new chat: nothing of the old one is shown or sent
+        cleared = driver.find_elements(By.CSS_SELECTOR, "#log div")
+        driver.find_element(By.TAG_NAME, "summary").click()
+        for field, value in (("temperature", "0"), ("max_tokens", "8")):  # settings: greedy, 8 tokens
+            driver.find_element(By.ID, field).clear()
+            driver.find_element(By.ID, field).send_keys(value)
+        greedy = reply("Hello", 1)
+        long_turn = "word " * 600  # two of these pass the 1,024-token context
+        long_replies = [reply(long_turn, 2), reply(long_turn, 3)]
+        errors = driver.find_elements(By.CSS_SELECTOR, ".bot.note")
+        driver.set_window_size(375, 800)  # a phone's width: nothing wider than the screen
+        width = driver.execute_script("return document.documentElement.scrollWidth")
     finally:
         driver.quit()
-    assert users == ["Do you like movies?", "Which ones?"]
+    assert users == ["Do you like movies?", "Which ones?"] and name == "tiny"
     want = chat_replies(model, ["Do you like movies?", "Which ones?"],
                         **runtime.chat_options(max_new_tokens=64, seed=5))
     assert [b.strip() for b in bots] == [w.text.strip() for w in want]  # the streamed text, as a ChatSession's
+    assert cleared == []
+    prompt = model.encode_turn("Hello")
+    want_greedy = model.generate(prompt, **runtime.chat_options(max_new_tokens=8, do_sample=False))
+    assert greedy.strip() == want_greedy.text.strip()
+    assert 2 * len(model.encode_turn(long_turn)) > model.max_length  # the second could be sent only trimmed
+    assert all(r and not r.startswith("error") for r in long_replies) and not errors  # the oldest turns went
+    assert width <= 375
 
 
 def test_a_client_that_disconnects_frees_its_row(exported):
@@ -310,15 +337,15 @@ def test_a_client_that_disconnects_frees_its_row(exported):
     model = runtime.load(exported("int8"))
     with live_server(model, max_batch=1, max_queue=4) as (engine, base):
         url = f"{base}/v1/chat/completions"
-        long = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000, "stream": True}
+        long = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000, "min_tokens": 1000,
+                "stream": True}
         with httpx.stream("POST", url, json=long, timeout=60) as r:
             next(r.iter_lines())  # the stream has started; now go away
         steps_then = engine.steps
         start = time.monotonic()
         r = httpx.post(url, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, timeout=60)
         assert r.status_code == 200 and time.monotonic() - start < 20
-        # the abandoned reply (greedy: alone it runs on for hundreds of tokens) stopped at the disconnect
-        assert len(model.generate("hi", max_new_tokens=1000).ids) > 200
+        # the abandoned reply (1000 tokens asked, no end of turn before) stopped at the disconnect
         assert engine.steps - steps_then < 200
 
 
@@ -579,8 +606,13 @@ def test_a_history_that_cannot_fit_is_refused_before_tokenizing(exported, monkey
                              [{"role": "user", "content": "word " * 60_000}]):
                 r = client.post("/v1/chat/completions", json={"messages": messages})
                 assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+                assert r.json()["error"]["code"] == "context_length_exceeded"
             assert encoded == []
             ok = client.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 3})
             assert ok.status_code == 200 and encoded == [3]  # three turns, one call
+            # one that passes the cheap bound but not the context once tokenized: the same answer
+            over = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "word " * 1100}]})
+            assert over.status_code == 400 and over.json()["error"]["code"] == "context_length_exceeded"
+            assert over.json()["error"]["param"] == "messages"
     finally:
         engine.close()
