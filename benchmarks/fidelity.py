@@ -68,7 +68,7 @@ def cache_invariance(model, chats: list[list[str]], max_new_tokens: int = 24) ->
     turns_same = turns = chats_same = 0
     for users in chats:
         # a budget as large as the context: no turn is dropped, so the cache is kept across every turn
-        session = model.chat(max_history_tokens=model.max_length, max_new_tokens=max_new_tokens)
+        session = model.chat(max_history_tokens=model.max_length, max_new_tokens=max_new_tokens, greedy=True)
         history: list[int] = []
         same = True
         for text in users:

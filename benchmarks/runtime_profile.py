@@ -78,7 +78,7 @@ def profile(model_dir: str, threads: int, history: int, new_tokens: int, repeats
              "Tell me something interesting.", "It was nice talking to you."]
     chat_ms = {}
     for mode in ("cached", "recompute"):
-        chat = model.chat(max_new_tokens=24, min_new_tokens=24, max_history_tokens=1024)
+        chat = model.chat(max_new_tokens=24, min_new_tokens=24, max_history_tokens=1024, greedy=True)
         t0 = time.perf_counter()
         for text in turns:
             if mode == "recompute":
