@@ -132,7 +132,8 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
         return
     ids = np.unique(seen)
     vals = logits[ids]
-    logits[ids] = np.where(vals < 0, vals * penalty, vals / penalty)
+    with np.errstate(over="ignore", divide="ignore"):  # a penalty near 0: +-inf, which _softmax handles
+        logits[ids] = np.where(vals < 0, vals * penalty, vals / penalty)
 
 
 def banned_ngram_tokens(tokens: list[int], n: int) -> list[int]:
@@ -162,7 +163,15 @@ def top_p_filter(logits: np.ndarray, p: float) -> None:
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - np.max(x))
+    """Probabilities of logits, defined for every input the options allow: +inf logits (a repetition
+    penalty near 0 divides a logit into infinity) share all the mass, NaN counts as banned, and if every
+    token is banned they are uniform (never NaN: a NaN would end the request in rng.choice)."""
+    x = np.where(np.isnan(x), -np.inf, x)
+    top = np.max(x)
+    if np.isfinite(top):
+        e = np.exp(x - top)
+    else:
+        e = (x == top).astype(x.dtype) if top > 0 else np.ones_like(x)
     return e / e.sum()
 
 

@@ -309,18 +309,24 @@ class Engine:
         """Row b's next token from its logits; a finished reply frees the row and keeps its KV."""
         r = rows[b]
         o = r.req.opts
-        if plain_greedy(o):
-            t = int(np.argmax(logits))
-        else:
-            t = choose(process(logits, r.history, r.generated, o, self.model.eos), o, r.rng)
-            r.history.append(t)
+        try:
+            if plain_greedy(o):
+                t = int(np.argmax(logits))
+            else:
+                t = choose(process(logits, r.history, r.generated, o, self.model.eos), o, r.rng)
+                r.history.append(t)
+            if o.top_logprobs is not None:
+                r.req.logprobs.append(token_logprobs(logits, t, o.top_logprobs))
+            stopped = t == self.model.eos
+            if r.stop is not None and not stopped:
+                r.stop.push(t)
+                stopped = r.stop.matched is not None
+        except Exception as e:  # noqa: BLE001 - one request's options (a bug in their handling) end that request only
+            r.req.error = e
+            r.req.emit(_DONE)
+            rows[b] = None
+            return
         r.generated += 1
-        if o.top_logprobs is not None:
-            r.req.logprobs.append(token_logprobs(logits, t, o.top_logprobs))
-        stopped = t == self.model.eos
-        if r.stop is not None and not stopped:
-            r.stop.push(t)
-            stopped = r.stop.matched is not None
         r.req.emit(t)
         if stopped or r.generated >= o.max_new_tokens:
             r.req.finish_reason = "stop" if stopped else "length"

@@ -234,6 +234,10 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
             for r in reqs:
                 r.cancel()
             return Response(status_code=499)
+        except Exception as e:  # noqa: BLE001 - this request failed in the engine (which goes on): a 500 for it alone
+            for r in reqs:
+                r.cancel()
+            return _error(500, f"generating this reply failed ({type(e).__name__}: {e})", "server_error")
         finally:
             for r in reqs:
                 metrics.reply_done(r)
@@ -364,6 +368,12 @@ async def _sse(reqs: list[Request], head: dict[str, Any], model: DialogModel, pr
                 except EngineClosed:  # the server is shutting down: end the stream where it is
                     over = [True] * len(reqs)
                     break
+                except Exception as e:  # noqa: BLE001 - this choice failed in the engine: say so, end it
+                    over[i] = True
+                    events.append("data: " + json.dumps({"error": {
+                        "message": f"generating this reply failed ({type(e).__name__}: {e})",
+                        "type": "server_error", "param": None, "code": None}}) + "\n\n")
+                    continue
                 for t in got:
                     if t is None:
                         over[i] = True

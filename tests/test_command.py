@@ -17,9 +17,9 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_the_command_runs_each_cli(exported):
     d = exported("int8")
-    gen = run("generate", d, "Hello", "--max-new-tokens", "6")
-    same = subprocess.run([sys.executable, "-m", "runtime", "generate", str(d), "Hello", "--max-new-tokens", "6"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    gen = run("generate", d, "Hello", "--max-new-tokens", "6", "--seed", "1")
+    same = subprocess.run([sys.executable, "-m", "runtime", "generate", str(d), "Hello", "--max-new-tokens", "6",
+                           "--seed", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert gen.returncode == 0 and gen.stdout == same.stdout, gen.stderr
     assert run("serve", "/nonexistent/dir").returncode == 2  # serve's own one-line refusal
     helped = run("--help")

@@ -155,6 +155,38 @@ def test_finish_reason_and_logprobs_equal_generate(model, prompts):
         engine.close()
 
 
+def test_a_request_that_fails_ends_alone(model, monkeypatch):
+    """A failure while choosing one request's token (a bug in an option's handling) ends that request with
+    its error; the engine and the other requests go on."""
+    import serve.engine as engine_module
+
+    real = engine_module.choose
+
+    def flaky(processed, opts, rng):
+        if opts.seed == 13:
+            raise ValueError("probabilities contain NaN")
+        return real(processed, opts, rng)
+
+    monkeypatch.setattr(engine_module, "choose", flaky)
+    engine = Engine(model, max_batch=2)
+    try:
+        bad = engine.submit("Hello", do_sample=True, seed=13, max_new_tokens=4)
+        good = engine.submit("Hello", do_sample=True, seed=14, max_new_tokens=4)
+        with pytest.raises(ValueError, match="NaN"):
+            list(bad.tokens())
+        assert list(good.tokens()) == model.generate("Hello", do_sample=True, seed=14, max_new_tokens=4).ids
+        assert engine.alive and engine.generate("Hi", max_new_tokens=2).ids
+    finally:
+        engine.close()
+
+
+def test_sampling_survives_extreme_options(model):
+    """A repetition penalty near 0 makes logits infinite: sampling still picks a token (was a NaN crash)."""
+    for opts in ({"repetition_penalty": 3.2e-213}, {"repetition_penalty": 1e-300, "temperature": 0.5, "top_p": 0.9}):
+        g = model.generate("Hello hello hello", do_sample=True, seed=1, max_new_tokens=4, **opts)
+        assert len(g.ids) >= 1
+
+
 def test_prefix_cache_lookup_and_store():
     from serve.prefix_cache import PrefixCache
 
