@@ -133,8 +133,9 @@ def bench_model(label: str, src: Path, engines: list[Engine], work: Path, a: arg
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m benchmarks", description=__doc__, examples=(
+        "python -m benchmarks --quick --out /tmp/bench        # every engine's code path in a minute",
+        "python -m benchmarks --models small,medium --out benchmarks/results/today"))
     p.add_argument("--models", default="small", help="comma list of small, medium, large (random weights)")
     p.add_argument("--model", help="a real checkpoint dir instead of --models")
     p.add_argument("--engines", help="comma list (default: all installed): " + ", ".join(e.name for e in all_engines()))

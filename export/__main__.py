@@ -23,8 +23,10 @@ INTERNAL_ERROR = 3  # exit 1 is "parity failed" only
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = OneLineParser(prog="python -m export", description=__doc__,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m export", description=__doc__, examples=(
+        "python -m export models/chat-8x256 out/chat-int8 --variant int8",
+        "python -m export microsoft/DialoGPT-medium out/medium-int4 --variant int4   # online: a hub id",
+        "python -m export out/ckpt out/ckpt-int8 --overwrite                  # replace a previous export"))
     p.add_argument("source", help="checkpoint dir (HF or original DialoGPT form) or a hub id when online")
     p.add_argument("out_dir", help="model dir to write (model.onnx, tokenizer.json, manifest.json)")
     p.add_argument("--variant", default="int8", help=f"one of {', '.join(VARIANTS)} (default int8)")

@@ -42,8 +42,8 @@ def _options(p: argparse.ArgumentParser) -> None:
                    help="cap on tokens in context (default: the model's)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 check of the model files at load (~1 s per GB); sizes are still checked")
-    p.add_argument("--max-new-tokens", type=nonnegative_int, default=64)
-    p.add_argument("--min-new-tokens", type=nonnegative_int, default=0)
+    p.add_argument("--max-new-tokens", type=nonnegative_int, default=64, help="tokens a reply may have")
+    p.add_argument("--min-new-tokens", type=nonnegative_int, default=0, help="no end of turn before this many")
     p.add_argument("--greedy", action="store_true",
                    help="plain greedy decoding (the model card's) instead of the chat defaults: "
                         + _shown(CHAT_DEFAULTS))
@@ -92,7 +92,10 @@ def _gen_kwargs(a: argparse.Namespace) -> dict:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = OneLineParser(prog="python -m runtime", description="DialoGPT chat and generation on onnxruntime")
+    p = OneLineParser(prog="python -m runtime", description="DialoGPT chat and generation on onnxruntime",
+                      examples=("python -m runtime chat models/chat-8x256-int8",
+                                "python -m runtime generate models/chat-8x256-int8 \"Hello there\" --greedy",
+                                "echo Hello | python -m runtime chat models/chat-8x256-int8 --seed 1"))
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
     chat = sub.add_parser("chat", help="interactive chat (or one user turn per stdin line when piped)")
     _options(chat)

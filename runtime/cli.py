@@ -25,12 +25,18 @@ def _version() -> str:
 VERSION = _version()
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help: each option's default shown, the description and the examples kept as written."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse prints the whole usage before a bad-argument message; users get the message alone. Every
-    command answers --version and shows its options' defaults in --help."""
+    command answers --version, shows its options' defaults in --help, and ends it with examples."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    def __init__(self, *args, examples: tuple[str, ...] = (), **kwargs) -> None:
+        kwargs["formatter_class"] = HelpFormatter
+        if examples:
+            kwargs["epilog"] = "examples:\n" + "\n".join(f"  {e}" for e in examples)
         super().__init__(*args, **kwargs)
         self.add_argument("--version", action="version", version=f"dialogpt-onnx {VERSION}")
 

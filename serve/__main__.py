@@ -32,7 +32,11 @@ def port_number(text: str) -> int:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = OneLineParser(prog="python -m serve", description="OpenAI-compatible HTTP server and chat page for an "
+    p = OneLineParser(prog="python -m serve", examples=(
+        "python -m serve models/chat-8x256-int8                      # http://127.0.0.1:8000/",
+        "python -m serve MODEL_DIR --host 0.0.0.0 --allowed-host chat.example.org --api-key-file keys.txt",
+        "python -m serve MODEL_DIR --ray --replicas 2"),
+                      description="OpenAI-compatible HTTP server and chat page for an "
                                                           "exported model (needs the serve extra)")
     p.add_argument("model_dir")
     p.add_argument("--host", default="127.0.0.1")

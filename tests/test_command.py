@@ -38,3 +38,13 @@ def test_version_and_bad_commands():
     bad = run("bogus")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown command 'bogus'")
     assert run().returncode == 2
+
+
+def test_every_cli_help_shows_examples_and_defaults():
+    for module in ("runtime", "serve", "export", "benchmarks", "training"):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0 and "examples:\n  python -m " + module in out.stdout, (module, out.stdout[-500:])
+    chat = subprocess.run([sys.executable, "-m", "runtime", "chat", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert "(default: 64)" in chat.stdout  # --max-new-tokens

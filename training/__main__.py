@@ -19,8 +19,10 @@ from .corpora import DataError
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = OneLineParser(prog="python -m training", description=__doc__,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m training", description=__doc__, examples=(
+        "python -m training --data chitchat --out runs/chat --minutes 90",
+        "python -m training --data my.jsonl --init models/chat-8x256 --max-steps 200 --out runs/tuned",
+        "python -m training --data chitchat --out runs/chat --minutes 90   # again: resumes where it stopped"))
     p.add_argument("--data", action="append", required=True,
                    help="Topical-Chat .json, .jsonl ({\"turns\": [...]} per line), .tsv (turns split by ' EOS '), "
                         "or 'chitchat' (the chitchat-dataset package); repeatable")
