@@ -293,3 +293,14 @@ def test_checkpoints_are_plain_hugging_face_dirs(tmp_path, files):
     finally:
         hf_logging.get_logger("transformers").removeHandler(handler)
     assert [r.getMessage() for r in records] == []
+
+
+def test_a_short_fine_tune_of_the_bundled_model_lowers_its_loss_on_the_file(tmp_path, files):
+    """Four steps from the bundled model with the defaults (lr 5e-5, --warmup 200, clamped to the run)
+    visibly lower the reply perplexity on the fine-tuning file (before the clamp: 116.3 -> 116.3)."""
+    s = Settings(data=(str(files["jsonl"]),), eval=str(files["jsonl"]), init=str(ROOT / "models" / "chat-8x256"),
+                 length=64, batch=2, lr=5e-5, max_steps=4, eval_every=0, eval_conversations=3, seed=1)
+    trainer = Trainer(s, tmp_path / "ft", threads=1, progress=False)
+    before = trainer.evaluate()
+    after = trainer.run().eval_ppl
+    assert after < 0.97 * before, (before, after)
