@@ -105,7 +105,9 @@ class Ours(Engine):
         self._cache = self.model.graph.new_cache()  # reused across calls, as an app's chat would
 
     def generate(self, ids: list[int], n: int) -> tuple[list[int], float]:
-        opts = self.model.options(max_new_tokens=n)
+        # EOS banned until n, as every other engine here (without the ban an EOS would end the reply's
+        # agreement with the reference: ours "agreed" 0.60 where it agrees 0.95)
+        opts = self.model.options(max_new_tokens=n, min_new_tokens=n)
         out, first = [], float("nan")
         for t in self._gen(self._cache, [ids], opts, EOS, stop_at_eos=False):
             if not out:

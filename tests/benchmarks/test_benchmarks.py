@@ -88,3 +88,23 @@ def test_benchmark_cli_never_writes_over_a_users_files_and_fails_loudly(tmp_path
                            str(tmp_path / "nonexistent"), "--engines", "ours-int8"], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 1 and "error: the run is incomplete" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_ours_bans_eos_like_every_engine(tmp_path):
+    """The suite's own engine generates exactly n tokens with EOS banned, as the others: its replies are
+    generate()'s with min_new_tokens = n (without the ban its agreement with the reference was wrong).
+    The bundled model: trained replies end their turn, random weights' hardly ever do."""
+    import runtime
+    from benchmarks.engines import EOS, Ours
+    from benchmarks.quality import BUNDLED
+
+    ours = Ours("int8")
+    d = ours.prepare(BUNDLED, tmp_path, threads=2)
+    ours.load(d, threads=2)
+    model = runtime.load(d)
+    prompts = [model.encode_turn(t) for t in ("Hi!", "Do you like music?", "Who is your favorite band?")]
+    assert any(EOS in model.generate(p, max_new_tokens=16).ids for p in prompts)  # where the ban matters
+    for prompt in prompts:
+        ids, _ = ours.generate(prompt, 16)
+        assert EOS not in ids and len(ids) == 16
+        assert ids == model.generate(prompt, max_new_tokens=16, min_new_tokens=16).ids
