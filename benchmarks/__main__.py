@@ -20,7 +20,7 @@ from runtime.cli import OneLineParser, nonnegative_int, positive_int
 
 from .engines import Engine, all_engines, dir_size, greedy_agreement
 from .machine import machine_info
-from .outdir import OutDirError, prepare_out
+from .outdir import report_dir
 from .random_checkpoint import LABEL, make_random_checkpoint
 from .report import write_report
 
@@ -155,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         a.engines = a.engines or QUICK_ENGINES
     out = Path(a.out)
     if not a.report_only:
-        try:
-            prepare_out(out)
-        except OutDirError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        report_dir(p, a.out)
     if a.report_only:
         write_report(json.loads((out / "results.json").read_text()), out)
         print(f"wrote {out / 'report.md'} and plots")

@@ -14,7 +14,6 @@ Writes results.json, report.md and defaults.png.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from .machine import machine_info
 from .mmi import held_out, metrics, run_system
-from .outdir import OutDirError, prepare_out
+from .outdir import report_dir, write_results
 
 FULL = {"contexts": 200, "max_new_tokens": 64}
 QUICK = {"contexts": 8, "max_new_tokens": 16}
@@ -133,12 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     import runtime
 
-    out = Path(a.out)
-    try:
-        prepare_out(out)
-    except OutDirError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = report_dir(ap, a.out)
     model_dir = Path(a.model_dir) if a.model_dir else None
     if model_dir is None:
         from export import ExportOptions, export_model
@@ -163,13 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {**metrics(texts, refs, ms), "looping": statistics.mean(map(loops, texts)),
                          "options": kw, "samples": texts[:5]}
     chosen, qualifies, met = choose(results)
-    out.mkdir(parents=True, exist_ok=True)
     run = {"model": str(model_dir), "quick": a.quick, "threads": a.threads, "params": p, "machine": machine_info(),
            "human_samples": refs[:5], "settings": results, "chosen": chosen, "qualifies": qualifies, "goal_met": met}
-    (out / "results.json").write_text(json.dumps(run, indent=1))
-    write_report(run, out)
-    plot(run, out)
-    print(f"wrote {out / 'report.md'} (chosen: {chosen}{'' if met else ', the closest: none meets the goal'})")
+    write_results(out, run, write_report, plot,
+                  f" (chosen: {chosen}{'' if met else ', the closest: none meets the goal'})")
     return 0
 
 

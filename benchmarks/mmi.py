@@ -11,7 +11,6 @@ Writes results.json, report.md and mmi.png.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from .fidelity import distinct
 from .machine import machine_info
-from .outdir import OutDirError, prepare_out
+from .outdir import report_dir, write_results
 
 FULL = {"contexts": 200, "max_new_tokens": 40}
 QUICK = {"contexts": 6, "max_new_tokens": 12}
@@ -132,19 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         seeded = replier is not model or kw.get("do_sample", False)
         texts, ms = run_system(replier, contexts, seeded, max_new_tokens=p["max_new_tokens"], **kw)
         results[name] = {**metrics(texts, refs, ms), "samples": texts[:5]}
-    out = Path(a.out)
-    try:
-        prepare_out(out)
-    except OutDirError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out.mkdir(parents=True, exist_ok=True)
+    out = report_dir(ap, a.out)
     run = {"model": a.model_dir, "backward": a.backward, "quick": a.quick, "threads": a.threads, "params": p,
            "machine": machine_info(), "human_samples": refs[:5], "systems": results}
-    (out / "results.json").write_text(json.dumps(run, indent=1))
-    write_report(run, out)
-    plot(run, out)
-    print(f"wrote {out / 'report.md'}")
+    write_results(out, run, write_report, plot)
     return 0
 
 

@@ -24,7 +24,7 @@ from runtime.cli import OneLineParser
 
 from . import fidelity
 from .machine import machine_info
-from .outdir import OutDirError, prepare_out
+from .outdir import report_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "models" / "chat-8x256"
@@ -248,12 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --param {item!r}: give KEY=N with N >= 1 and KEY one of {', '.join(p)}", file=sys.stderr)
             return 2
         p[key] = int(value)
-    out = Path(args.out)
-    try:
-        prepare_out(out)
-    except OutDirError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = report_dir(ap, args.out)
     results, n_pairs = measure(args.checkpoint, names, out, p, args.threads)
     run = {"checkpoint": str(args.checkpoint), "quick": args.quick, "threads": args.threads, "params": p,
            "ppl_pairs": n_pairs, "machine": machine_info(), "results": results}

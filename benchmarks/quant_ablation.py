@@ -31,7 +31,7 @@ from tqdm import tqdm
 from runtime.graph_io import CONTRIB_IO
 
 from .machine import machine_info
-from .outdir import OutDirError, prepare_out
+from .outdir import report_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPECS = ("head:8:128:4", "head:8:32:4", "rowwise7", "rowwise8", "nbits:8:32:4", "nbits:8:32:0",
@@ -134,12 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/quant-ablation")
     a = ap.parse_args(argv)
-    out = Path(a.out)
-    try:
-        prepare_out(out)
-    except OutDirError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = report_dir(ap, a.out)
     fp32_dir = out / "models" / "fp32"
     export_model(a.checkpoint, fp32_dir, ExportOptions(variant="fp32", overwrite=True, progress=False, n_prompts=1,
                                                        parity_tokens=8, threads=a.threads))

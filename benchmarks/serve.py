@@ -34,7 +34,7 @@ import httpx
 from tqdm import tqdm
 
 from .machine import machine_info
-from .outdir import OutDirError, prepare_out
+from .outdir import report_dir, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = {"clients": [1, 4, 8, 16], "turns": 6, "max_tokens": 32, "level_timeout_s": 600, "step_repeats": 3}
@@ -444,12 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --clients {a.clients!r}: give comma-separated integers >= 1, e.g. 1,4,8,16",
                   file=sys.stderr)
             return 2
-    out = Path(a.out)
-    try:
-        prepare_out(out)
-    except OutDirError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = report_dir(ap, a.out)
     sources = [(Path(c).name, Path(c)) for c in a.checkpoints] or [("small-random", None), ("bundled", BUNDLED)]
     for _, src in sources:
         if src is not None and not (src / "config.json").is_file():
@@ -465,11 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                 make_random_checkpoint("small", src)
         model_dir = export_int8(src, out / "work" / f"{label}-int8", a.threads)
         run["models"][label] = bench_model(model_dir, p, a.threads)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(run, indent=1))
-    write_report(run, out)
-    plot(run, out)
-    print(f"wrote {out / 'report.md'}")
+    write_results(out, run, write_report, plot)
     return 0
 
 

@@ -120,7 +120,7 @@ def apply_logit_bias(logits: np.ndarray, bias: Mapping[int, float]) -> None:
 
 def apply_presence_frequency(logits: np.ndarray, generated: list[int], presence: float, frequency: float) -> None:
     """In place, as OpenAI defines them: over the tokens generated so far (not the prompt)."""
-    if not generated or (presence == 0 and frequency == 0):
+    if not generated:
         return
     ids, counts = np.unique(np.asarray(generated, dtype=np.int64), return_counts=True)
     logits[ids] -= (frequency * counts + presence).astype(np.float32)
@@ -166,12 +166,14 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     """Probabilities of logits, defined for every input the options allow: +inf logits (a repetition
     penalty near 0 divides a logit into infinity) share all the mass, NaN counts as banned, and if every
     token is banned they are uniform (never NaN: a NaN would end the request in rng.choice)."""
-    x = np.where(np.isnan(x), -np.inf, x)
-    top = np.max(x)
-    if np.isfinite(top):
-        e = np.exp(x - top)
-    else:
-        e = (x == top).astype(x.dtype) if top > 0 else np.ones_like(x)
+    top = np.max(x)  # NaN if any is NaN: a finite max means the common case, one exp over the row
+    if not np.isfinite(top):
+        x = np.where(np.isnan(x), -np.inf, x)
+        top = np.max(x)
+        if not np.isfinite(top):
+            e = (x == top).astype(x.dtype) if top > 0 else np.ones_like(x)
+            return e / e.sum()
+    e = np.exp(x - top)
     return e / e.sum()
 
 
@@ -185,7 +187,7 @@ def process(logits: np.ndarray, history: list[int], generated: int, opts: Sampli
     if opts.logit_bias:
         apply_logit_bias(out, opts.logit_bias)
     apply_repetition_penalty(out, np.asarray(history, dtype=np.int64), opts.repetition_penalty)
-    if generated:  # history ends with the tokens generated so far
+    if generated and (opts.presence_penalty or opts.frequency_penalty):  # history ends with the tokens generated
         apply_presence_frequency(out, history[len(history) - generated:], opts.presence_penalty,
                                  opts.frequency_penalty)
     if opts.no_repeat_ngram_size:

@@ -28,7 +28,9 @@ def token_logprob(logits: np.ndarray, token: int) -> float:
 def token_logprobs(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
     """The token's log-probability under one row of logits, with the k most likely tokens' (best first)."""
     lp = log_softmax(logits)
-    best = np.argpartition(-lp, k)[:k] if 0 < k < lp.shape[-1] else np.arange(lp.shape[-1])[:k]
+    if k == 0:
+        return TokenLogprob(token, float(lp[token]), [])
+    best = np.argpartition(-lp, k)[:k] if k < lp.shape[-1] else np.arange(lp.shape[-1])
     best = best[np.argsort(-lp[best], kind="stable")]
     return TokenLogprob(token, float(lp[token]), [(int(t), float(lp[t])) for t in best])
 

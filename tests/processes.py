@@ -1,10 +1,13 @@
-"""Helpers for tests that drive other processes: a free loopback port for the servers they start (tests
-target 127.0.0.1 only), and the event "the process is waiting for input"."""
+"""Helpers for tests that drive servers and other processes: a free loopback port (tests target 127.0.0.1
+only), the HTTP app served on one from a thread, and the event "the process is waiting for input"."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -17,6 +20,33 @@ def free_port() -> int:
 # read, and the waits readline's input() makes before it reads: poll, select, pselect6, ppoll (x86_64), then
 # read, pselect6, ppoll (aarch64)
 WAITING_FOR_INPUT = {"0", "7", "23", "270", "271"} | {"63", "72", "73"}
+
+
+@contextmanager
+def live_server(model, app_options: dict | None = None, config_options: dict | None = None,
+                **engine_options) -> Iterator[tuple]:
+    """serve.http's app over its own engine, on a free loopback port (uvicorn in a thread): (engine, base
+    url). app_options go to create_app, config_options to uvicorn.Config, the rest to the Engine."""
+    import uvicorn
+
+    from serve.engine import Engine
+    from serve.http import create_app
+
+    engine = Engine(model, **engine_options)
+    port = free_port()
+    app = create_app(engine, "tiny", **(app_options or {}))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+                                        **(config_options or {})))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    while not srv.started:
+        time.sleep(0.05)
+    try:
+        yield engine, f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        t.join(timeout=30)
+        engine.close()
 
 
 def wait_until_reading(pid: int, timeout: float = 30) -> bool:

@@ -4,17 +4,14 @@ get OpenAI-style errors."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 from checkpoints import ROOT
 from openai import OpenAI
-from processes import free_port
+from processes import free_port, live_server
 
 import runtime
 from runtime.text import encode_dialogue
@@ -42,24 +39,6 @@ def chat_replies(model, user_turns: list[str], **options) -> list[Turn]:
         out.append(Turn(list(history), g.ids, g.text))
         history += g.ids if g.ids[-1:] == [model.eos] else g.ids + [model.eos]
     return out
-
-
-@contextmanager
-def live_server(model, **engine_options):
-    """The app on a real port (uvicorn in a thread) over its own engine: (engine, base url)."""
-    engine = Engine(model, **engine_options)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(engine, "tiny"), host="127.0.0.1", port=port, log_level="error"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    while not srv.started:
-        time.sleep(0.05)
-    try:
-        yield engine, f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        t.join(timeout=30)
-        engine.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,42 +7,28 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from checkpoints import ROOT
-from processes import free_port
+from processes import free_port, live_server
 
 import runtime
 from serve.auth import ApiKeys
 from serve.connections import timed_protocol
-from serve.engine import Engine
-from serve.http import create_app
 
 KEY = "k" * 20
 
 
 @contextmanager
 def timed_server(model, header=1.0, body=1.0, idle=1, api_keys=None):
-    engine = Engine(model, max_batch=2, max_queue=2)
-    port = free_port()
-    app = create_app(engine, "tiny", body_timeout=body, api_keys=ApiKeys(api_keys or []))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
-                                        http=timed_protocol(header), timeout_keep_alive=idle))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    while not srv.started:
-        time.sleep(0.05)
-    try:
-        yield engine, port
-    finally:
-        srv.should_exit = True
-        t.join(timeout=30)
-        engine.close()
+    """The app with short deadlines: (engine, port)."""
+    with live_server(model, app_options={"body_timeout": body, "api_keys": ApiKeys(api_keys or [])},
+                     config_options={"http": timed_protocol(header), "timeout_keep_alive": idle},
+                     max_batch=2, max_queue=2) as (engine, url):
+        yield engine, int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")
