@@ -61,7 +61,7 @@ class ExportResult:
 
 
 def default_quant(variant: str) -> QuantConfig | None:
-    """Measured defaults (README, "Export choices"; benchmarks.quality and benchmarks.quant_ablation on
+    """Measured defaults (docs/quantization.md, "Export choices"; benchmarks.quality and benchmarks.quant_ablation on
     the bundled model). int8: row-wise activations (every token quantized on its own: a reply does not
     depend on its batch or on how its history was cached) with 7-bit per-column weights (no u8×s8
     saturation on AVX2). MatMulNBits 8-bit block 32 agrees more with fp32 (greedy token agreement 0.945

@@ -66,8 +66,9 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerank", choices=("mmi",), default=None,
                    help="mmi: the best of N sampled candidates by a backward model (needs --backward)")
     p.add_argument("--backward", default=None, help="backward model dir for --rerank mmi")
-    p.add_argument("--mmi-candidates", type=positive_int, default=8)
-    p.add_argument("--mmi-forward-weight", type=finite_float, default=0.0)
+    p.add_argument("--mmi-candidates", type=positive_int, default=8, help="sampled replies to rerank")
+    p.add_argument("--mmi-forward-weight", type=finite_float, default=0.0,
+                   help="weight of the forward log p in the score (0: the backward model alone)")
 
 
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p")

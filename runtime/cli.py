@@ -26,7 +26,15 @@ VERSION = _version()
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help: each option's default shown, the description and the examples kept as written."""
+    """--help: each option's default shown, the description and the examples kept as written. Options
+    without a default (None, False, an empty list) or whose help already names it show nothing more."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -39,8 +39,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                       description="OpenAI-compatible HTTP server and chat page for an "
                                                           "exported model (needs the serve extra)")
     p.add_argument("model_dir")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=port_number, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=port_number, default=8000, help="port to listen on")
     p.add_argument("--model-name", default=None,
                    help="the model's name for clients (default: MODEL_DIR's base name; its path is never shown)")
     p.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together")

@@ -12,7 +12,7 @@ from pathlib import Path
 from checkpoints import ROOT
 
 PACKAGES = ("runtime", "serve", "export", "training", "benchmarks", "dialogpt_onnx")
-# what each package may import from the others (the README's layout section says the same); the one
+# what each package may import from the others (docs/layout.md says the same); the one
 # command loads the others' CLIs by name, at run time only
 ALLOWED = {"runtime": set(), "serve": {"runtime"}, "export": {"runtime"}, "training": {"runtime", "export"},
            "benchmarks": {"runtime", "serve", "export", "training"}, "dialogpt_onnx": {"runtime"}}

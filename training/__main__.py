@@ -31,26 +31,29 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval", help="held-out dialogue file (default: the shipped Topical-Chat test_freq)")
     p.add_argument("--max-steps", type=nonnegative_int, default=0, help="optimizer steps (default: one epoch)")
     p.add_argument("--minutes", type=finite_float, default=None, help="stop (resumably) after this long")
-    p.add_argument("--layers", type=positive_int, default=6)
-    p.add_argument("--width", type=positive_int, default=256)
-    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--layers", type=positive_int, default=6, help="from scratch: transformer blocks")
+    p.add_argument("--width", type=positive_int, default=256, help="from scratch: hidden size")
+    p.add_argument("--heads", type=positive_int, default=4, help="from scratch: attention heads")
     p.add_argument("--length", type=positive_int, default=256, help="tokens per training window")
-    p.add_argument("--batch", type=positive_int, default=16)
+    p.add_argument("--batch", type=positive_int, default=16, help="windows per micro-batch")
     p.add_argument("--accum", type=positive_int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=finite_float, default=None, help="peak learning rate (default 1e-3; 5e-5 with --init)")
-    p.add_argument("--warmup", type=nonnegative_int, default=200)
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--warmup", type=nonnegative_int, default=200,
+                   help="linear warm-up steps (at most a quarter of the run), then cosine decay")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="data order, initialization, dropout")
     p.add_argument("--mask-first-turn", action="store_true",
                    help="no loss on each window's first turn (it has no context); off by default: an A/B "
-                        "measured 4%% worse held-out reply perplexity with it (README, Training)")
+                        "measured 4%% worse held-out reply perplexity with it (docs/training.md)")
     p.add_argument("--reverse", action="store_true",
                    help="train the backward model P(source | reply) for MMI reranking: dialogues read last turn first")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--eval-every", type=nonnegative_int, default=500)
-    p.add_argument("--eval-conversations", type=positive_int, default=50)
-    p.add_argument("--save-every-minutes", type=finite_float, default=10.0)
-    p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
+    p.add_argument("--eval-every", type=nonnegative_int, default=500,
+                   help="steps between held-out evaluations (0: only at the end)")
+    p.add_argument("--eval-conversations", type=positive_int, default=50,
+                   help="held-out conversations per periodic evaluation")
+    p.add_argument("--save-every-minutes", type=finite_float, default=10.0, help="checkpoint interval")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 

@@ -7,7 +7,7 @@ dialogue starts at the last turn of the previous one, so every turn after the fi
 least once with a turn of context before it. Labels are the inputs, with -100 (no loss) on padding
 and, with `mask_first_turn`, on a window's first turn (it has no context in the window, and a chat
 model never has to produce an opening line unprompted). Off by default: measured, the first turns'
-loss helps more as training signal than it hurts as context-free prediction (README, Training).
+loss helps more as training signal than it hurts as context-free prediction (docs/training.md).
 """
 
 from __future__ import annotations
