@@ -85,11 +85,17 @@ def check_parity(ref: GPT2LMHeadModel, model_dir: Path, manifest: Manifest, prom
     # prompt yields exactly N comparable tokens
     opts = SamplingOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     diffs, means, top1, greedy, identical = [], [], [], [], 0
-    for prompt in tqdm(prompts, desc="verify", unit="prompt", disable=not progress):
+    # counted in tokens, each decoded twice (ONNX, then transformers' own greedy decode): on a loaded
+    # machine a prompt can take many seconds, and a bar that moves only per prompt looks hung
+    bar = tqdm(total=2 * len(prompts) * new_tokens, desc="verify", unit="token", disable=not progress)
+    stepped = _counting_tokens(bar)
+    for i, prompt in enumerate(prompts):
+        bar.set_postfix_str(f"prompt {i + 1}/{len(prompts)}", refresh=False)
         steps: list[np.ndarray] = []
 
         def record(_: int, lg: np.ndarray, steps: list[np.ndarray] = steps) -> None:
             steps.append(lg[0].copy())
+            bar.update()
 
         ids = [int(t[0]) for t in generate_ids(dec, [prompt], opts, manifest.shape.eos_token_id, stop_at_eos=False,
                                                on_logits=record)]
@@ -99,7 +105,8 @@ def check_parity(ref: GPT2LMHeadModel, model_dir: Path, manifest: Manifest, prom
             tf = ref(full).logits[0, len(prompt) - 1: len(prompt) - 1 + len(ids)].numpy()
             gen = ref.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                do_sample=False, pad_token_id=manifest.shape.eos_token_id,
-                               attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+                               attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                               stopping_criteria=[stepped])
         torch_ids = gen[0, len(prompt):].tolist()
         d = np.abs(onnx_logits - tf)
         diffs.append(float(d.max()))
@@ -108,5 +115,21 @@ def check_parity(ref: GPT2LMHeadModel, model_dir: Path, manifest: Manifest, prom
         same = next((i for i, (a, b) in enumerate(zip(ids, torch_ids, strict=True)) if a != b), len(ids))
         greedy.append(same / len(ids))
         identical += int(ids == torch_ids)
+    bar.close()
     return ParityReport(len(prompts), new_tokens, max(diffs), float(np.mean(means)), float(np.mean(top1)),
                         float(np.mean(greedy)), identical)
+
+
+
+def _counting_tokens(bar: tqdm) -> object:
+    """A transformers stopping criterion that never stops generate() and moves the bar once per token
+    (transformers is imported only when parity runs)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class Counting(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.BoolTensor:
+            bar.update()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+    return Counting()

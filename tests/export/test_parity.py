@@ -168,3 +168,13 @@ def test_config_variants_exact_gelu_and_inverse_layer_scaling(tmp_path, topical_
                                                           parity_tokens=16))
     assert res.parity.max_abs_logit_diff <= 1e-3 and not res.failures
     assert_greedy_parity(tmp_path / "m", ref, topical_contexts[:2])
+
+
+def test_parity_progress_moves_per_token(tmp_path, hf_dir, capsys):
+    """The verify bar counts tokens (each decoded by ONNX and by transformers), not prompts, so a slow
+    parity step on a busy machine visibly moves."""
+    export_model(hf_dir, tmp_path / "m", ExportOptions(variant="fp32", progress=True, n_prompts=2, parity_tokens=8))
+    err = capsys.readouterr().err
+    verify = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("verify")]
+    assert verify and "32/32" in verify[-1] and "token" in verify[-1], verify[-3:]
+    assert "prompt 2/2" in verify[-1]
