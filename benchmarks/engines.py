@@ -267,7 +267,7 @@ class LlamaCpp(Engine):
         out = work / f"{self.name}.gguf"
         if out.is_file():
             return out
-        script = _convert_script(work.parent / "llama.cpp-src")
+        script = llama_cpp_converter(work.parent / "llama.cpp-src")
         subprocess.run([sys.executable, str(script), str(src), "--outfile", str(out), "--outtype",
                         {"F32": "f32", "Q8_0": "q8_0"}.get(self.qtype, "f32")], check=True, capture_output=True)
         if self.qtype == "Q4_0":  # convert_hf_to_gguf writes no Q4_0: quantize the f32 file with llama.cpp
@@ -305,7 +305,7 @@ class LlamaCpp(Engine):
         return out, first
 
 
-def _convert_script(cache: Path) -> Path:
+def llama_cpp_converter(cache: Path) -> Path:
     """llama.cpp's own convert_hf_to_gguf.py: $LLAMA_CPP_CONVERT, or taken from the llama-cpp-python sdist of
     the installed version (a package-registry download, cached), whose vendor/llama.cpp bundles it."""
     import os

@@ -304,3 +304,24 @@ def test_a_short_fine_tune_of_the_bundled_model_lowers_its_loss_on_the_file(tmp_
     before = trainer.evaluate()
     after = trainer.run().eval_ppl
     assert after < 0.97 * before, (before, after)
+
+
+def test_checkpoints_are_accepted_by_llama_cpps_converter(tmp_path, files):
+    """llama.cpp's convert_hf_to_gguf.py (the one the benchmark uses) turns what the trainer writes and both
+    bundled models into GGUF files (it refused a config with `"architectures": null`). Runs where llama.cpp's
+    extra is installed (`.[llama]`) or $LLAMA_CPP_CONVERT names the script."""
+    import importlib.util
+
+    if not os.environ.get("LLAMA_CPP_CONVERT") and not all(
+            importlib.util.find_spec(m) for m in ("llama_cpp", "gguf")):
+        pytest.skip("llama.cpp's converter is not installed: pip install -e '.[llama]' or set LLAMA_CPP_CONVERT")
+    from benchmarks.engines import llama_cpp_converter
+
+    script = llama_cpp_converter(tmp_path / "llama.cpp-src")
+    out = tmp_path / "run"
+    Trainer(_settings(files["jsonl"], max_steps=1), out, threads=1, progress=False).run()
+    for d in (out, ROOT / "models" / "chat-8x256", ROOT / "models" / "chat-8x256-backward"):
+        gguf = tmp_path / f"{d.name}.gguf"
+        proc = subprocess.run([sys.executable, str(script), str(d), "--outfile", str(gguf), "--outtype", "f32"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and gguf.stat().st_size > 1_000_000, proc.stderr[-2000:]
