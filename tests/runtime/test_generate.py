@@ -144,3 +144,19 @@ def test_fork_gives_every_row_the_history(exported, topical_contexts):
         got = forked.prefill([prompt[-2:]] * 3)
         for row in got:
             np.testing.assert_allclose(row, want, atol=1e-4)
+
+
+def test_the_python_chat_uses_the_chat_defaults(exported):
+    """model.chat() replies as generate() with runtime.CHAT_DEFAULTS (the CLI's and the server's tests check
+    theirs against the same), greedy=True as plain greedy; the bundled checkpoint's generation_config.json
+    states the same defaults to transformers users."""
+    import json
+
+    model = runtime.load(exported("int8"))
+    text = "Hi! Do you like music?"
+    sampled = model.chat(seed=3, max_new_tokens=12).send(text)
+    assert sampled == model.generate(text, **runtime.chat_options(seed=3, max_new_tokens=12)).text
+    assert model.chat(greedy=True, max_new_tokens=12).send(text) == model.generate(text, max_new_tokens=12).text
+    assert runtime.chat_options()["do_sample"] and runtime.chat_options(greedy=True)["do_sample"] is False
+    shipped = json.loads((ROOT / "models" / "chat-8x256" / "generation_config.json").read_text())
+    assert {k: shipped[k] for k in runtime.CHAT_DEFAULTS} == runtime.CHAT_DEFAULTS
