@@ -120,6 +120,7 @@ def _manifest(ckpt: Checkpoint, opts: ExportOptions, quant: QuantConfig | None) 
         "model": {**cfg.to_dict(), **cfg.shape.to_manifest(), "tied_embeddings": ckpt.tied},
         "io": io.to_manifest(),
         "quantization": asdict(quant) if quant else None,
+        "session": {"graph_optimization_level": "all"},  # what parity is checked at (every level is tested)
         "tools": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -189,19 +189,17 @@ def quantize_tied_head(model: onnx.ModelProto, bits: int, block_size: int,
     packed, scales = q.array(qnode.input[1]), q.array(qnode.input[2])
     zeros = q.array(qnode.input[3]) if len(qnode.input) > 3 and qnode.input[3] else None
     k_blocks = packed.shape[1]
-    # GatherBlockQuantized wants scales of the data's rank, MatMulNBits wants them 2-D: store the 3-D
-    # ones and let onnxruntime fold a Reshape at load, so the file holds every head tensor once.
+    # One quantized weight serves both ops; their scales and zero points (1/32 of it or less) are stored
+    # once per op, in the shape each op takes. Reshaping one copy in the graph instead is wrong unless
+    # onnxruntime folds that Reshape: without graph optimizations MatMulNBits pre-packs its weight before
+    # the scales exist and multiplies by zeros (every int8 / int4 export decoded token 0 with ORT_DISABLE_ALL).
     qweight = ed.weight("lm_head.qweight", packed)
-    scales3 = ed.weight("lm_head.scales", scales.reshape(vocab, k_blocks, 1))
-    head_inputs = [gemm.input[0], qweight, _reshaped(ed, scales3, [vocab, k_blocks])]
-    gather_inputs = [qweight, gather.input[1], scales3]
+    head_inputs = [gemm.input[0], qweight, ed.weight("lm_head.matmul_scales", scales)]
+    gather_inputs = [qweight, gather.input[1], ed.weight("lm_head.scales", scales.reshape(vocab, k_blocks, 1))]
     if zeros is not None:
-        if bits == 8:  # one byte per block: the same bytes serve both ops
-            zp = ed.weight("lm_head.zero_points", zeros.reshape(vocab, k_blocks, 1))
-            head_inputs.append(_reshaped(ed, zp, [vocab, k_blocks]))
-        else:  # MatMulNBits packs two 4-bit zero points a byte, GatherBlockQuantized one: small, kept twice
-            head_inputs.append(ed.weight("lm_head.zero_points_packed", zeros))
-            zp = ed.weight("lm_head.zero_points", _unpack4(zeros, k_blocks).reshape(vocab, k_blocks, 1))
+        head_inputs.append(ed.weight("lm_head.matmul_zero_points", zeros))  # 4-bit: two a byte, as it packs them
+        unpacked = zeros if bits == 8 else _unpack4(zeros, k_blocks)
+        zp = ed.weight("lm_head.zero_points", unpacked.reshape(vocab, k_blocks, 1))
         gather_inputs.append(zp)
     attrs = {a.name: helper.get_attribute_value(a) for a in qnode.attribute}
     ed.remove(gemm)
@@ -213,10 +211,6 @@ def quantize_tied_head(model: onnx.ModelProto, bits: int, block_size: int,
         ed.op("Reshape", [blocks, ed.const_i64("/model/embed_tokens/shape", [0, 0, n_embd])],
               "/model/embed_tokens/Reshape", outputs=list(gather.output))
     return ed.model()  # the fp32 head, now unread, is dropped
-
-
-def _reshaped(ed: GraphEditor, name: str, shape: list[int]) -> str:
-    return ed.op1("Reshape", [name, ed.const_i64(f"{name}/2d_shape", shape)], f"/lm_head/{name}/Reshape")
 
 
 def _unpack4(packed: np.ndarray, n: int) -> np.ndarray:

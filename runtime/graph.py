@@ -48,11 +48,12 @@ class Graph(Protocol):
     def new_cache(self) -> Cache: ...
 
 
-def open_graph(model_dir: Path, manifest: Manifest, threads: int | None = None,
-               max_length: int | None = None) -> ContribGraph | PortableGraph:
-    """The graph class that fits the manifest: the fast contrib graph or the portable one."""
+def open_graph(model_dir: Path, manifest: Manifest, threads: int | None = None, max_length: int | None = None,
+               optimization: str | None = None) -> ContribGraph | PortableGraph:
+    """The graph class that fits the manifest: the fast contrib graph or the portable one. `optimization`:
+    onnxruntime's graph optimization level (manifest.OPTIMIZATION_LEVELS; default: the manifest's)."""
     cls = PortableGraph if manifest.graph == "portable" else ContribGraph
-    return cls(model_dir, manifest, threads=threads, max_length=max_length)
+    return cls(model_dir, manifest, threads=threads, max_length=max_length, optimization=optimization)
 
 
 def _conforms(contrib: ContribGraph, portable: PortableGraph) -> tuple[Graph, Graph, RowCache, Cache]:

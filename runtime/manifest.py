@@ -13,6 +13,9 @@ from .errors import ModelDirError
 from .graph_io import GraphIO
 
 FORMAT_VERSION = 1
+# onnxruntime's graph optimization levels (ORT_DISABLE_ALL ... ORT_ENABLE_ALL) by the names the manifest uses;
+# every exported graph is correct at each (tested), "all" is the fastest and what parity is checked at
+OPTIMIZATION_LEVELS = ("off", "basic", "extended", "all")
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -80,12 +83,21 @@ class Manifest:
     def all_logits(self) -> bool:
         return self.io.all_logits
 
+    @property
+    def optimization(self) -> str:
+        """The graph optimization level the export was verified with (manifests before it: "all")."""
+        return str((self.raw.get("session") or {}).get("graph_optimization_level", "all"))
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: Path | str = MANIFEST) -> Manifest:
         """Check the structure the runtime reads (model shape, I/O table, variant) and type it."""
         try:
             if not isinstance(raw.get("variant"), str):
                 raise TypeError("lacks 'variant'")
+            session = raw.get("session", {})
+            level = session.get("graph_optimization_level", "all") if isinstance(session, dict) else None
+            if level not in OPTIMIZATION_LEVELS:
+                raise TypeError(f"has a session.graph_optimization_level other than {', '.join(OPTIMIZATION_LEVELS)}")
             return cls(raw, ModelShape.from_manifest(raw.get("model")), GraphIO.from_manifest(raw.get("io")))
         except TypeError as e:
             raise ModelDirError(f"{where} {e}: re-export the model") from None

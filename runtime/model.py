@@ -19,7 +19,7 @@ from .checks import fits_context, integer, is_integer, optional_integer
 from .errors import UsageError
 from .generate import generate_ids, sample_with_logprobs
 from .graph import open_graph
-from .manifest import TOKENIZER_FILE, Manifest, read_manifest
+from .manifest import OPTIMIZATION_LEVELS, TOKENIZER_FILE, Manifest, read_manifest
 from .results import Generation, Score
 from .sampling import SamplingOptions, chat_options, normalized
 from .scoring import batch_reply_logprobs
@@ -28,13 +28,17 @@ from .text import StopText, encode_dialogue, encode_turn, encode_turns, load_tok
 
 class DialogModel:
     def __init__(self, model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-                 verify: bool = True) -> None:
+                 verify: bool = True, optimization: str | None = None) -> None:
         optional_integer("threads", threads, 1, "all cores")
         optional_integer("max_length", max_length, 1, "the model's context")
+        if optimization is not None and optimization not in OPTIMIZATION_LEVELS:
+            raise UsageError(f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)} (onnxruntime's graph "
+                             f"optimization levels), not {optimization!r}")
         self.dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.dir, verify=verify)
         self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)
-        self.graph = open_graph(self.dir, self.manifest, threads=threads, max_length=max_length)
+        self.graph = open_graph(self.dir, self.manifest, threads=threads, max_length=max_length,
+                                optimization=optimization)
         self.eos = self.manifest.shape.eos_token_id
 
     @property
@@ -202,10 +206,12 @@ def _describe(x: object) -> str:
 
 
 def load(model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-         verify: bool = True) -> DialogModel:
+         verify: bool = True, optimization: str | None = None) -> DialogModel:
     """Open an exported model dir. Checks the manifest and every file's size; verify=True (the default)
-    also checks every file's sha256 (~1 s per GB: pass verify=False for a dir you trust and load often)."""
-    return DialogModel(model_dir, threads=threads, max_length=max_length, verify=verify)
+    also checks every file's sha256 (~1 s per GB: pass verify=False for a dir you trust and load often).
+    `optimization` overrides onnxruntime's graph optimization level ("off", "basic", "extended", "all";
+    default: the manifest's, which the export was verified with); every level gives the same tokens."""
+    return DialogModel(model_dir, threads=threads, max_length=max_length, verify=verify, optimization=optimization)
 
 
 __all__ = ["DialogModel", "Generation", "Score", "load"]

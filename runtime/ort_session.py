@@ -8,15 +8,20 @@ from pathlib import Path
 import onnxruntime as ort
 
 from .errors import ModelDirError
-from .manifest import MODEL_FILE, Manifest
+from .manifest import MODEL_FILE, OPTIMIZATION_LEVELS, Manifest
+
+_LEVELS = dict(zip(OPTIMIZATION_LEVELS, (ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                         ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                         ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                         ort.GraphOptimizationLevel.ORT_ENABLE_ALL), strict=True))
 
 
-def make_session(path: Path, threads: int | None) -> ort.InferenceSession:
+def make_session(path: Path, threads: int | None, optimization: str = "all") -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or os.cpu_count() or 1
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = _LEVELS[optimization]
     so.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -30,9 +35,10 @@ class OrtGraph:
     threads (onnxruntime's `run` is thread-safe)."""
 
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None, optimization: str | None = None) -> None:
         self.m = manifest
-        self.ort_session = make_session(Path(model_dir) / MODEL_FILE, threads)
+        self.optimization = optimization or manifest.optimization
+        self.ort_session = make_session(Path(model_dir) / MODEL_FILE, threads, self.optimization)
         self.names = manifest.io.inputs
         self.logits_name = manifest.io.logits
         self.max_length = min(max_length or manifest.shape.n_positions, manifest.shape.n_positions)
