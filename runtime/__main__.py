@@ -42,8 +42,10 @@ def _options(p: argparse.ArgumentParser) -> None:
                    help="cap on tokens in context (default: the model's)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 check of the model files at load (~1 s per GB); sizes are still checked")
-    p.add_argument("--max-new-tokens", type=nonnegative_int, default=64, help="tokens a reply may have")
-    p.add_argument("--min-new-tokens", type=nonnegative_int, default=0, help="no end of turn before this many")
+    p.add_argument("--max-new-tokens", type=nonnegative_int, default=None,
+                   help="tokens a reply may have (default: 64)")
+    p.add_argument("--min-new-tokens", type=nonnegative_int, default=None,
+                   help="no end of turn before this many (default: 0)")
     p.add_argument("--greedy", action="store_true",
                    help="plain greedy decoding (the model card's) instead of the chat defaults: "
                         + _shown(CHAT_DEFAULTS))
@@ -55,10 +57,11 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=finite_float, default=None, help="1.0 turns it off")
     p.add_argument("--no-repeat-ngram-size", type=nonnegative_int, default=None, help="0 turns it off")
     p.add_argument("--seed", type=nonnegative_int, default=None)
-    p.add_argument("--presence-penalty", type=finite_float, default=0.0,
-                   help="OpenAI's: subtracted from the logit of every token already generated, in [-2, 2]")
-    p.add_argument("--frequency-penalty", type=finite_float, default=0.0,
-                   help="OpenAI's: subtracted once per time a token was generated, in [-2, 2]")
+    p.add_argument("--presence-penalty", type=finite_float, default=None,
+                   help="OpenAI's: subtracted from the logit of every token already generated, in [-2, 2] "
+                        "(default: 0)")
+    p.add_argument("--frequency-penalty", type=finite_float, default=None,
+                   help="OpenAI's: subtracted once per time a token was generated, in [-2, 2] (default: 0)")
     p.add_argument("--logit-bias", type=token_bias, action="append", default=[], metavar="TOKEN_ID:BIAS",
                    help="add BIAS (in [-100, 100]) to a token's logit; repeatable")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
@@ -78,18 +81,25 @@ def _shown(options: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
-def _gen_kwargs(a: argparse.Namespace) -> dict:
-    """The generation options: the chat defaults (or plain greedy with --greedy) under the flags given."""
+def _given_options(a: argparse.Namespace) -> dict:
+    """The generation options the flags give (nothing for a flag left out)."""
     sampling = [f for f in SAMPLING_FLAGS if getattr(a, f) is not None]
     if a.greedy and (sampling or a.do_sample):
         flag = "--" + (sampling[0] if sampling else "do_sample").replace("_", "-")
         raise UsageError(f"{flag} samples, --greedy does not: drop one of them")
     given = {k: getattr(a, k) for k in ("max_new_tokens", "min_new_tokens", "seed", "presence_penalty",
                                         "frequency_penalty", "stop", *SAMPLING_FLAGS, "repetition_penalty",
-                                        "no_repeat_ngram_size") if getattr(a, k) is not None}
+                                        "no_repeat_ngram_size", "logit_bias") if getattr(a, k) not in (None, [])}
+    if "logit_bias" in given:
+        given["logit_bias"] = dict(given["logit_bias"])
     if a.do_sample or sampling:  # a sampling flag without --do-sample samples: never silently ignored
         given["do_sample"] = True
-    return chat_options(greedy=a.greedy, **given, logit_bias=dict(a.logit_bias))
+    return given
+
+
+def _gen_kwargs(a: argparse.Namespace) -> dict:
+    """The generation options: the chat defaults (or plain greedy with --greedy) under the flags given."""
+    return chat_options(greedy=a.greedy, **{"logit_bias": {}, **_given_options(a)})
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -101,6 +111,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     chat = sub.add_parser("chat", help="interactive chat (or one user turn per stdin line when piped)")
     _options(chat)
     chat.add_argument("--verbose", action="store_true", help="after each reply, its tokens and tokens/s on stderr")
+    chat.add_argument("--restore", metavar="FILE", help="go on with a chat saved by /save (or ChatSession.save): "
+                      "its turns, options and KV cache; flags given override its options")
     chat.add_argument("--max-history-tokens", type=positive_int, default=None,
                       help="tokens of history kept (older turns + the new one), oldest turns dropped first "
                            "(default 128)")
@@ -157,6 +169,7 @@ HELP = """Commands:
   /history            the turns the model still sees (the history budget keeps the latest)
   /set NAME VALUE     a generation option for the next replies, e.g. /set temperature 0.8, /set do_sample
                       true, /set stop ?  (/set alone lists what is set; /set NAME default removes one)
+  /save FILE          save the chat (turns, options, KV cache): chat --restore FILE goes on with it
   /quit               leave (also Ctrl-D, or Ctrl-C at the prompt)
 Ctrl-C during a reply stops it (what was said is kept)."""
 
@@ -207,6 +220,15 @@ def _command(text: str, session, overrides: dict, out: TextIO) -> bool:
                 overrides.clear()
                 overrides.update(trial)
                 print(f"  {key} = {trial[key]!r}", file=out)
+    elif name == "/save":
+        try:
+            if not rest.strip():
+                raise UsageError("/save needs a file name: /save chat.npz")
+            session.save(rest.strip())
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        else:
+            print(f"(saved to {rest.strip()}: chat --restore {rest.strip()} goes on with it)", file=out)
     else:
         print(f"unknown command {name}: /help lists the commands (a line starting with / is not sent)", file=out)
     out.flush()
@@ -302,7 +324,11 @@ def _run(a: argparse.Namespace) -> None:
         for g in cast("list[Generation]", out if isinstance(out, list) else [out]):  # one text: N Generations
             print(g.text if a.top_logprobs is None else json.dumps(_generation_json(model, g)))
         return
-    session = replier.chat(max_history_tokens=a.max_history_tokens, **_gen_kwargs(a))
+    if a.restore:
+        session = replier.chat(max_history_tokens=a.max_history_tokens, restore=a.restore, greedy=a.greedy,
+                               **_given_options(a))
+    else:
+        session = replier.chat(max_history_tokens=a.max_history_tokens, **_gen_kwargs(a))
     _repl(session, interactive=sys.stdin.isatty(), verbose=a.verbose)
 
 

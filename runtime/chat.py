@@ -22,17 +22,22 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Generator, Iterator
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tokenizers import Tokenizer
 
 from .checks import fits_context, optional_integer
 from .errors import UsageError
 from .generate import generate_ids, sample_with_logprobs
-from .graph import Graph
+from .graph import Graph, RowKV
+from .manifest import Manifest
 from .results import Generation
 from .sampling import SamplingOptions
 from .text import StopText
+
+if TYPE_CHECKING:
+    from .saved_chat import SavedChat
 
 # Tokens of history (older turns + the new user turn) kept by default. Measured with benchmarks.history_budget on
 # the bundled 8 x 256 model (Topical-Chat test replies): NLL within 1% of the best from 32 to 128 tokens, 1.7-3% worse
@@ -45,6 +50,7 @@ class ChatModel(Protocol):
 
     tokenizer: Tokenizer
     eos: int
+    manifest: Manifest
 
     @property
     def graph(self) -> Graph: ...
@@ -123,6 +129,34 @@ class ChatSession:
             self._finish_active()
             self._cache.release()
             self._cached = 0
+
+    def save(self, path: str | Path) -> None:
+        """Write this chat (turns, options, history budget and KV cache) to `path`, for model.chat(restore=
+        path) to go on with it without recomputing the history. An unfinished stream is ended first (it
+        keeps its partial reply). The portable graph's chats save their turns only (recomputed at restore)."""
+        from . import saved_chat
+
+        with self._lock:
+            self._finish_active()
+            flat = [t for turn in self._turns for t in turn]
+            cached, kv = self._cached, ()
+            save_row = getattr(self._cache, "save_row", None)  # the contrib graph's caches have row operations
+            if cached and save_row is not None:
+                kv = save_row(0, flat[:cached]).kv
+            else:
+                cached = 0
+            saved_chat.write(path, self._model.manifest, saved_chat.SavedChat(
+                self.turns, cached, kv, dict(self._opts.__dict__), self._budget))
+
+    def _restore(self, saved: SavedChat) -> None:
+        """Take a saved chat's turns and KV (see runtime.saved_chat); called on a new chat only."""
+        self._turns = [list(t) for t in saved.turns]
+        load_row = getattr(self._cache, "load_row", None)
+        if saved.cached and load_row is not None:
+            flat = [t for turn in saved.turns for t in turn]
+            self._cache.reset(1, reserve=self._budget + self._opts.max_new_tokens)
+            load_row(0, RowKV(tuple(flat[:saved.cached]), saved.kv), saved.cached)
+            self._cached = saved.cached
 
     # -- turns ---------------------------------------------------------------------------------
     def send(self, user_text: str, **options: Any) -> str:

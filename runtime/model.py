@@ -21,7 +21,7 @@ from .generate import generate_ids, sample_with_logprobs
 from .graph import open_graph
 from .manifest import OPTIMIZATION_LEVELS, TOKENIZER_FILE, Manifest, read_manifest
 from .results import Generation, Score
-from .sampling import SamplingOptions, chat_options, normalized
+from .sampling import GREEDY, SamplingOptions, chat_options, normalized
 from .scoring import batch_reply_logprobs
 from .text import StopText, encode_dialogue, encode_turn, encode_turns, load_tokenizer
 
@@ -190,15 +190,26 @@ class DialogModel:
         return [Score([float(x) for x in lp]) for lp in batch_reply_logprobs(self.graph.new_cache(), pairs)]
 
     def chat(self, max_history_tokens: int | None = None, reranker: Reranker | None = None,
-             **options: Any) -> ChatSession:
+             restore: str | Path | None = None, **options: Any) -> ChatSession:
         """A new conversation with its own history and KV cache (see ChatSession). Its replies use the chat
         defaults (runtime.CHAT_DEFAULTS) under the options given; greedy=True starts from plain greedy
         decoding instead. With a reranker (a runtime.mmi.MMIReranker over this model), every reply is the
-        best of N sampled candidates."""
+        best of N sampled candidates. restore=PATH goes on with a chat saved by ChatSession.save (its turns,
+        options and KV cache; options given here override its own), replying as the uninterrupted chat would."""
         if reranker is not None and reranker.forward is not self:
             raise UsageError("the reranker's forward model is another model: call reranker.chat(), or build the "
                              "reranker over this model")
-        return ChatSession(self, self.options(**chat_options(**options)), max_history_tokens, reranker)
+        if restore is None:
+            return ChatSession(self, self.options(**chat_options(**options)), max_history_tokens, reranker)
+        from . import saved_chat
+
+        if options.pop("greedy", False):
+            options = {**GREEDY, **options}
+        saved = saved_chat.read(restore, self.manifest)
+        chat = ChatSession(self, self.options(**{**saved.options, **options}),
+                           saved.max_history_tokens if max_history_tokens is None else max_history_tokens, reranker)
+        chat._restore(saved)
+        return chat
 
 
 def _describe(x: object) -> str:

@@ -255,7 +255,7 @@ os.environ["TERM"] = "xterm"  # a terminal's: readline binds the arrow keys by i
 pid, fd = pty.fork()
 if pid == 0:
     os.execv(sys.executable, [sys.executable, "-m", "runtime", "chat", sys.argv[1], "--max-new-tokens", "4",
-                              "--verbose"])
+                              "--verbose", "--seed", "1"])
 screen = b""
 def until(text, start=0, timeout=60):
     global screen
@@ -271,7 +271,8 @@ seen = [until(b">>> You: ")]
 for line, want in [(b"/help", b"/set NAME VALUE"), (b"/history", b"(no history yet)"),
                    (b"/set temperature 0.8", b"temperature = 0.8"), (b"/set top_p 5", b"top_p must be"),
                    (b"/bogus", b"unknown command /bogus"), (b"Hello there", b"tokens/s)"),
-                   (b"\x1b[A", b"tokens/s)"), (b"/history", b"You: Hello there"), (b"/set", b"temperature=0.8")]:
+                   (b"\x1b[A", b"tokens/s)"), (b"/history", b"You: Hello there"), (b"/set", b"temperature=0.8"),
+                   (b"/save", b"/save needs a file name"), (b"/save " + sys.argv[3].encode(), b"(saved to")]:
     wait_until_reading(pid)
     start = len(screen)
     os.write(fd, line + b"\n")
@@ -284,12 +285,19 @@ print(seen, os.waitstatus_to_exitcode(status), b"^[[A" in screen, screen.count(b
 
 def test_interactive_commands(exported, tmp_path):
     """The REPL on a terminal: /help, /history (also when empty), /set with a checked value, unknown commands
-    not sent to the model, --verbose timings, and line editing (the up arrow recalls the last line)."""
+    not sent to the model, --verbose timings, line editing (the up arrow recalls the last line), and /save,
+    whose file `chat --restore` goes on with as the API's model.chat(restore=...) does."""
     driver = tmp_path / "repl.py"
     driver.write_text(REPL_DRIVER)
-    proc = subprocess.run([sys.executable, str(driver), str(exported("int8")), str(ROOT / "tests")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    saved = tmp_path / "chat.npz"
+    proc = subprocess.run([sys.executable, str(driver), str(exported("int8")), str(ROOT / "tests"), str(saved)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     seen, code, raw_arrow, hello_turns = proc.stdout.strip().rsplit(" ", 3)
-    assert seen == "[" + ", ".join(["True"] * 10) + "]", proc.stdout
+    assert seen == "[" + ", ".join(["True"] * 12) + "]", proc.stdout
+    again = run_runtime("chat", exported("int8"), "--restore", saved, stdin=b"I like jazz more.\n")
+    assert again.returncode == 0, again.stderr
+    restored = runtime.load(exported("int8")).chat(restore=saved)
+    assert len(restored.turns) == 4  # two "Hello there" turns and their replies
+    assert again.stdout.decode() == restored.send("I like jazz more.").replace("\n", " ") + "\n"
     assert code == "0" and raw_arrow == "False"
     assert int(hello_turns) >= 2  # the recalled line was sent again: /history shows it twice
