@@ -97,3 +97,27 @@ def test_one_chat_used_by_two_threads_at_once_is_refused(exported):
     assert len(errors) == 1 and "one turn at a time" in str(errors[0])
     assert len(replies) == 1 and chat.history == ["Tell me a long story.", replies[0]]
     assert len(chat.turns[1]) == 16 or chat.turns[1][-1] == model.eos
+
+
+def test_models_of_one_export_share_one_session(exported, tmp_path):
+    """Several DialogModels of one export hold one onnxruntime session (one copy of the weights); other
+    settings, or the file replaced by a new export, get their own; a session outlives no model that holds it."""
+    import gc
+    import shutil
+
+    from runtime import ort_session
+
+    a, b = runtime.load(exported("int8"), threads=1), runtime.load(exported("int8"), threads=1)
+    assert a.graph.ort_session is b.graph.ort_session
+    assert a.generate("Hello there", max_new_tokens=8).ids == b.generate("Hello there", max_new_tokens=8).ids
+    assert runtime.load(exported("int8"), threads=2).graph.ort_session is not a.graph.ort_session
+    assert runtime.load(exported("int8"), threads=1, optimization="basic").graph.ort_session is not a.graph.ort_session
+    copy = tmp_path / "copy"
+    shutil.copytree(exported("int8"), copy)
+    first = runtime.load(copy, threads=1)
+    (copy / "model.onnx").write_bytes((copy / "model.onnx").read_bytes())  # replaced in place: a new mtime
+    assert runtime.load(copy, threads=1).graph.ort_session is not first.graph.ort_session
+    held = len(ort_session._SESSIONS)
+    del a, b, first
+    gc.collect()
+    assert len(ort_session._SESSIONS) < held
