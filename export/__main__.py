@@ -47,6 +47,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-greedy", type=finite_float, default=th.min_greedy,
                    help="quantized greedy agreement threshold")
     p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--format", choices=("onnx", "ort"), default="onnx",
+                   help="ort: also write model.ort and required_operators.config, for onnxruntime's mobile and "
+                        "minimal builds (docs/mobile.md); checked token for token against model.onnx")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         variant=a.variant, graph=a.graph, all_logits=a.all_logits, verify=a.verify, overwrite=a.overwrite,
         tokenizer_dir=a.tokenizer, prompts=a.prompts, n_prompts=a.n_prompts, parity_tokens=a.parity_tokens,
         thresholds=Thresholds(a.max_logit_diff, a.min_top1, a.min_greedy), threads=a.threads,
-        progress=not a.quiet,
+        progress=not a.quiet, ort_format=a.format == "ort",
     )
     try:
         with interruptible():

@@ -49,6 +49,7 @@ class ExportOptions:
     quant: QuantConfig | None = None  # default per variant, see default_quant()
     threads: int | None = None
     progress: bool = True
+    ort_format: bool = False  # also write model.ort + required_operators.config (mobile and minimal builds)
 
 
 @dataclass
@@ -149,7 +150,7 @@ def export_model(source: str | Path, out_dir: str | Path, opts: ExportOptions | 
 def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) -> ExportResult:
     quantized = opts.variant != "fp32"
     stages = _Stages(["load", "build"] + (["quantize"] if quantized and opts.graph == "contrib" else [])
-                     + ["write", "verify"], opts.progress)
+                     + ["write", "verify"] + (["ort"] if opts.ort_format else []), opts.progress)
     with stages.stage("load"):
         ckpt = load_checkpoint(source, opts.tokenizer_dir)
         quant = opts.quant or default_quant(opts.variant)
@@ -184,6 +185,10 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
     with stages.stage("verify"):
         parity = check_parity(ref or torch_model(ckpt), tmp.path, Manifest.from_dict(raw), prompts,
                               opts.parity_tokens, threads=opts.threads, progress=opts.progress)
+    if opts.ort_format:
+        with stages.stage("ort"):
+            raw["ort"] = write_ort_format(tmp.path, Manifest.from_dict(raw), prompts, opts.parity_tokens,
+                                          opts.threads)
     stages.close()
     seconds = stages.seconds
     failures = parity.failures(opts.variant, opts.thresholds)
@@ -222,3 +227,43 @@ class _Stages:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def write_ort_format(model_dir: Path, manifest: Manifest, prompts: list[list[int]], new_tokens: int,
+                     threads: int | None) -> dict:
+    """model.ort and required_operators.config beside model.onnx, by onnxruntime's own converter (graph
+    optimizations applied at conversion, as its minimal builds need); model.ort must greedy-decode every
+    parity prompt token for token as model.onnx does, or the export fails."""
+    import contextlib
+    import io
+    import logging
+    import tempfile
+
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    from runtime.generate import generate_ids
+    from runtime.graph import open_graph
+    from runtime.manifest import ORT_MODEL_FILE, ORT_OPERATORS_FILE
+    from runtime.sampling import SamplingOptions
+
+    with tempfile.TemporaryDirectory(dir=model_dir) as work:
+        logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
+        with contextlib.redirect_stdout(io.StringIO()):  # the converter narrates each step on stdout
+            convert_onnx_models_to_ort(model_dir / MODEL_FILE, output_dir=Path(work),
+                                       optimization_styles=[OptimizationStyle.Fixed])
+        (Path(work) / ORT_MODEL_FILE).replace(model_dir / ORT_MODEL_FILE)
+        ops = (Path(work) / "model.required_operators.config").read_text().splitlines()
+    # the converter names the temporary path it read; the file says what it was made from instead
+    ops = [line for line in ops if not line.startswith("# - ")]
+    ops.insert(1, f"# - {ORT_MODEL_FILE} (a dialogpt-onnx export)")
+    (model_dir / ORT_OPERATORS_FILE).write_text("\n".join(ops) + "\n")
+    opts = SamplingOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    eos = manifest.shape.eos_token_id
+    decoded = []
+    for fmt in ("onnx", "ort"):
+        cache = open_graph(model_dir, manifest, threads=threads, model_format=fmt).new_cache()
+        decoded.append([[int(t[0]) for t in generate_ids(cache, [p], opts, eos, stop_at_eos=False)] for p in prompts])
+    if decoded[0] != decoded[1]:
+        raise ExportError("model.ort decodes other tokens than model.onnx: export without --format ort and report it")
+    return {"model": ORT_MODEL_FILE, "required_operators": ORT_OPERATORS_FILE, "optimization_style": "Fixed",
+            "greedy_identical_to_onnx": f"{len(prompts)}/{len(prompts)} prompts x {new_tokens} tokens"}

@@ -49,11 +49,13 @@ class Graph(Protocol):
 
 
 def open_graph(model_dir: Path, manifest: Manifest, threads: int | None = None, max_length: int | None = None,
-               optimization: str | None = None) -> ContribGraph | PortableGraph:
+               optimization: str | None = None, model_format: str = "onnx") -> ContribGraph | PortableGraph:
     """The graph class that fits the manifest: the fast contrib graph or the portable one. `optimization`:
-    onnxruntime's graph optimization level (manifest.OPTIMIZATION_LEVELS; default: the manifest's)."""
+    onnxruntime's graph optimization level (manifest.OPTIMIZATION_LEVELS; default: the manifest's);
+    `model_format`: "onnx" (model.onnx) or "ort" (model.ort, when the export wrote one)."""
     cls = PortableGraph if manifest.graph == "portable" else ContribGraph
-    return cls(model_dir, manifest, threads=threads, max_length=max_length, optimization=optimization)
+    return cls(model_dir, manifest, threads=threads, max_length=max_length, optimization=optimization,
+               model_format=model_format)
 
 
 def _conforms(contrib: ContribGraph, portable: PortableGraph) -> tuple[Graph, Graph, RowCache, Cache]:

@@ -18,6 +18,9 @@ FORMAT_VERSION = 1
 OPTIMIZATION_LEVELS = ("off", "basic", "extended", "all")
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
+ORT_MODEL_FILE = "model.ort"  # with `--format ort`: the same graph in onnxruntime's own format (mobile, minimal builds)
+ORT_OPERATORS_FILE = "required_operators.config"  # the operators a reduced onnxruntime build must include
+MODEL_FORMATS = ("onnx", "ort")
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -82,6 +85,11 @@ class Manifest:
     @property
     def all_logits(self) -> bool:
         return self.io.all_logits
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The model files the export holds: "onnx" always, "ort" with `--format ort`."""
+        return ("onnx", "ort") if ORT_MODEL_FILE in (self.raw.get("files") or {}) else ("onnx",)
 
     @property
     def optimization(self) -> str:

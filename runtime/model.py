@@ -29,7 +29,7 @@ from .text import StopText, encode_dialogue, encode_turn, encode_turns, load_tok
 
 class DialogModel:
     def __init__(self, model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-                 verify: bool = True, optimization: str | None = None) -> None:
+                 verify: bool = True, optimization: str | None = None, model_format: str = "onnx") -> None:
         optional_integer("threads", threads, 1, "all cores")
         optional_integer("max_length", max_length, 1, "the model's context")
         if optimization is not None and optimization not in OPTIMIZATION_LEVELS:
@@ -37,9 +37,12 @@ class DialogModel:
                              f"optimization levels), not {optimization!r}")
         self.dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.dir, verify=verify)
+        if model_format not in self.manifest.formats:
+            raise UsageError(f"{self.dir} holds no model.{model_format} (its formats: "
+                             f"{', '.join(self.manifest.formats)}): re-export it with --format ort", "model_format")
         self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)
         self.graph = open_graph(self.dir, self.manifest, threads=threads, max_length=max_length,
-                                optimization=optimization)
+                                optimization=optimization, model_format=model_format)
         release_freed_memory()  # the parsed model onnxruntime freed (measured: docs/footprint.md)
         self.eos = self.manifest.shape.eos_token_id
 
@@ -219,12 +222,15 @@ def _describe(x: object) -> str:
 
 
 def load(model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-         verify: bool = True, optimization: str | None = None) -> DialogModel:
+         verify: bool = True, optimization: str | None = None, model_format: str = "onnx") -> DialogModel:
     """Open an exported model dir. Checks the manifest and every file's size; verify=True (the default)
     also checks every file's sha256 (~1 s per GB: pass verify=False for a dir you trust and load often).
     `optimization` overrides onnxruntime's graph optimization level ("off", "basic", "extended", "all";
-    default: the manifest's, which the export was verified with); every level gives the same tokens."""
-    return DialogModel(model_dir, threads=threads, max_length=max_length, verify=verify, optimization=optimization)
+    default: the manifest's, which the export was verified with); every level gives the same tokens.
+    model_format="ort" loads model.ort (an export made with --format ort: the format of onnxruntime's mobile
+    and minimal builds), token for token the same as model.onnx."""
+    return DialogModel(model_dir, threads=threads, max_length=max_length, verify=verify, optimization=optimization,
+                       model_format=model_format)
 
 
 __all__ = ["DialogModel", "Generation", "Score", "load"]

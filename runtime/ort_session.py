@@ -10,7 +10,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from .errors import ModelDirError
-from .manifest import MODEL_FILE, OPTIMIZATION_LEVELS, Manifest
+from .manifest import MODEL_FILE, OPTIMIZATION_LEVELS, ORT_MODEL_FILE, Manifest
 
 _LEVELS = dict(zip(OPTIMIZATION_LEVELS, (ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                                          ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -62,10 +62,12 @@ class OrtGraph:
     threads (onnxruntime's `run` is thread-safe)."""
 
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
-                 max_length: int | None = None, optimization: str | None = None) -> None:
+                 max_length: int | None = None, optimization: str | None = None, model_format: str = "onnx") -> None:
         self.m = manifest
         self.optimization = optimization or manifest.optimization
-        self._shared = shared_session(Path(model_dir) / MODEL_FILE, threads, self.optimization)
+        self.model_format = model_format
+        path = Path(model_dir) / (ORT_MODEL_FILE if model_format == "ort" else MODEL_FILE)
+        self._shared = shared_session(path, threads, self.optimization)
         self.ort_session = self._shared.session
         self.names = manifest.io.inputs
         self.logits_name = manifest.io.logits
