@@ -128,6 +128,9 @@ METRICS = {  # name in results -> how to read it from one probe
 
 def measure(model: str, work: Path, runs: int, threads: int, rows: list[tuple[str, str, str, str]]) -> dict:
     artifacts = prepare(model, work, threads, {kind for _, _, kind, _ in rows})
+    skipped = [r[0] for r in rows if r[2] not in artifacts]
+    if skipped:
+        print(f"skipping {', '.join(skipped)}: llama-cpp-python is not installed (pip install -e '.[llama]')")
     rows = [r for r in rows if r[2] in artifacts]
     raw: dict[str, list[dict]] = {name: [] for name, *_ in rows}
     errors: dict[str, str] = {}
@@ -139,18 +142,49 @@ def measure(model: str, work: Path, runs: int, threads: int, rows: list[tuple[st
                 raw[name].append(probe(family, artifacts[kind], lever, threads))
             except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
                 errors[name] = str(e)
-    out: dict = {"rows": {}, "errors": errors, "shared": {}}
+    out: dict = {"rows": {}, "errors": errors, "shared": {}, "skipped": skipped}
     for name, family, kind, _ in rows:
         if raw[name]:
             sizes = [f for f in Path(artifacts[kind]).glob("*") if f.suffix in (".onnx", ".data", ".gguf", ".json")]
             size = artifacts[kind].stat().st_size if artifacts[kind].is_file() else sum(f.stat().st_size for f in sizes)
             out["rows"][name] = {"family": family, "file_mb": size / 2**20,
                                  **{k: summary([f(r) for r in raw[name]]) for k, f in METRICS.items()}}
+    if "ours-int8" in artifacts:
+        out["restore"] = restore_vs_prefill(artifacts["ours-int8"], threads, runs)
     for name in SHARED:
         row = next((r for r in rows if r[0] == name), None)
         if row is not None and name not in errors:
             out["shared"][name] = held_together(row[1], artifacts[row[2]], row[3], threads)
     return out
+
+
+def restore_vs_prefill(model_dir: Path, threads: int, runs: int, words: int = 400) -> dict:
+    """A chat primed once with a long first turn (a persona, a system text): restoring its saved file vs
+    priming a new chat with the same turn (its prefill and a one-token reply), each ready for the next turn."""
+    import tempfile
+    import time
+
+    import runtime
+
+    model = runtime.load(model_dir, threads=threads)
+    persona = " ".join(["I am a friendly robot who loves jazz, long walks and talking about books."] * (words // 14))
+    options = {"greedy": True, "max_new_tokens": 1, "max_history_tokens": 900}
+    restore_s, prime_s = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "primed.npz"
+        for _ in range(runs):
+            t = time.perf_counter()
+            chat = model.chat(**options)
+            chat.send(persona)
+            prime_s.append(time.perf_counter() - t)
+            chat.save(path)
+            t = time.perf_counter()
+            model.chat(restore=path)
+            restore_s.append(time.perf_counter() - t)
+        history = sum(map(len, chat.turns))
+        size = path.stat().st_size
+    return {"history_tokens": history, "file_mb": size / 2**20, "restore_s": summary(restore_s),
+            "prefill_s": summary(prime_s)}
 
 
 def _cell(s: dict, scale: float = 1.0, digits: int = 0) -> str:
@@ -176,8 +210,15 @@ def write_report(run: dict, out: Path) -> None:
                       "| row | sum of RSS MB | sum of PSS MB (what they cost together) |", "|---|---|---|"]
             lines += [f"| {name} | {s['rss_sum_mb']:.0f} | {s['pss_sum_mb']:.0f} |"
                       for name, s in res["shared"].items()]
+        if "restore" in res:
+            r = res["restore"]
+            lines += ["", f"A chat primed with {r['history_tokens']} tokens of history (ours int8): restoring its "
+                      f"saved file ({r['file_mb']:.1f} MB) takes {_cell(r['restore_s'], 1000)} ms, priming a new chat "
+                      f"with the same turn {_cell(r['prefill_s'], 1000)} ms."]
         for name, err in res["errors"].items():
             lines.append(f"- {name} failed: {err}")
+        if res["skipped"]:
+            lines.append(f"- not measured (llama-cpp-python not installed): {', '.join(res['skipped'])}")
         lines += [""] + goals(res) + [""]
     (out / "report.md").write_text("\n".join(lines))
 
