@@ -17,6 +17,7 @@ import time
 START = time.perf_counter()
 PROMPT = list(range(1000, 1064))  # 64 ids every engine reads the same way
 REPLY = 32
+HELD: list = []  # the engine's objects, alive until the probe exits (--hold measures them in place)
 
 
 def memory() -> dict[str, float]:
@@ -49,6 +50,7 @@ def ours(artifact: str, lever: str, threads: int) -> dict:
     if lever == "four-models":  # three more models of the same export in this process
         more = [runtime.load(artifact, threads=threads) for _ in range(3)]
         assert all(m.graph.ort_session is model.graph.ort_session for m in more)
+        HELD.extend(more)
     after_load = memory()
     t = time.perf_counter()
     model.generate(PROMPT, max_new_tokens=1, min_new_tokens=1)
@@ -63,6 +65,7 @@ def ours(artifact: str, lever: str, threads: int) -> dict:
     second = model.graph.new_cache()
     second.reset(1, reserve=len(PROMPT) + REPLY)
     list(generate_ids(second, [PROMPT], opts, model.eos, stop_at_eos=False, keep_cache=True))
+    HELD.extend([model, chat, second])
     return {"import_s": t_import, "load_s": load, "ttft_s": ttft, "after_load": after_load,
             "after_reply": after_reply, "after_second_chat": memory()}
 
@@ -111,6 +114,7 @@ def llama(artifact: str, lever: str, threads: int) -> dict:
     # over the same file, which llama.cpp maps once more
     second = llama_cpp.Llama(model_path=artifact, n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
     second.eval(PROMPT)
+    HELD.extend([llm, second])
     return {"import_s": t_import, "load_s": load, "ttft_s": ttft, "after_load": after_load,
             "after_reply": after_reply, "after_second_chat": memory()}
 

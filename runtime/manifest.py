@@ -154,8 +154,8 @@ def read_manifest(model_dir: Path, verify: bool = True) -> Manifest:
 
 
 def verify_files(model_dir: Path, manifest: Manifest) -> None:
-    """Every listed file's sha256 against the manifest's (~0.1 s per 100 MB with SHA extensions; hashlib
-    releases the GIL, so a loader runs it beside building the session)."""
+    """Every listed file's sha256 against the manifest's (measured 0.12 s for DialoGPT-small int8's 125 MB on
+    an AVX2 EPYC: kept whole rather than sampled, docs/footprint.md)."""
     for name, digest in manifest.raw["files"].items():
         f = Path(model_dir) / name
         if sha256(f) != digest:

@@ -19,8 +19,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 def release_freed_memory() -> None:
     """glibc keeps what a program frees for its next allocations; building a session frees the parsed
-    model (DialoGPT-small int8: 56 MB) that the process would otherwise hold until exit. Reading the tokenizer
-or hashing in threads beside the session was measured too: slower and larger (per-thread heaps)."""
+        model (DialoGPT-small int8: 56 MB) that the process would otherwise hold until exit. Reading the
+    tokenizer or hashing in threads beside the session was measured too: slower and larger (per-thread heaps)."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

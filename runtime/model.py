@@ -19,11 +19,12 @@ from .checks import fits_context, integer, is_integer, optional_integer
 from .errors import UsageError
 from .generate import generate_ids, sample_with_logprobs
 from .graph import open_graph
-from .manifest import OPTIMIZATION_LEVELS, TOKENIZER_FILE, Manifest, read_manifest
+from .manifest import MODEL_FORMATS, OPTIMIZATION_LEVELS, TOKENIZER_FILE, Manifest, read_manifest
 from .memory import release_freed_memory
 from .results import Generation, Score
 from .sampling import GREEDY, SamplingOptions, chat_options, normalized
 from .scoring import batch_reply_logprobs
+from .shared import shared
 from .text import StopText, encode_dialogue, encode_turn, encode_turns, load_tokenizer
 
 
@@ -37,10 +38,15 @@ class DialogModel:
                              f"optimization levels), not {optimization!r}")
         self.dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.dir, verify=verify)
+        if model_format not in MODEL_FORMATS:
+            raise UsageError(f"model_format must be one of {', '.join(MODEL_FORMATS)}, not {model_format!r}",
+                             "model_format")
         if model_format not in self.manifest.formats:
             raise UsageError(f"{self.dir} holds no model.{model_format} (its formats: "
                              f"{', '.join(self.manifest.formats)}): re-export it with --format ort", "model_format")
-        self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)
+        path = self.dir / TOKENIZER_FILE
+        self._tokenizer = shared(path, lambda: load_tokenizer(path), "tokenizer")  # one per process, as the session
+        self.tokenizer = self._tokenizer.value
         self.graph = open_graph(self.dir, self.manifest, threads=threads, max_length=max_length,
                                 optimization=optimization, model_format=model_format)
         release_freed_memory()  # the parsed model onnxruntime freed (measured: docs/footprint.md)

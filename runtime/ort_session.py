@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import threading
-import weakref
 from pathlib import Path
 
 import onnxruntime as ort
 
 from .errors import ModelDirError
 from .manifest import MODEL_FILE, OPTIMIZATION_LEVELS, ORT_MODEL_FILE, Manifest
+from .shared import shared
 
 _LEVELS = dict(zip(OPTIMIZATION_LEVELS, (ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                                          ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -32,31 +31,6 @@ def make_session(path: Path, threads: int | None, optimization: str = "all") -> 
         raise ModelDirError(f"{path} is not a loadable ONNX model ({first}): re-export the model") from None
 
 
-class _Shared:
-    """One InferenceSession, held by every graph loaded from the same file with the same settings."""
-
-    def __init__(self, session: ort.InferenceSession) -> None:
-        self.session = session
-
-
-_SESSIONS: weakref.WeakValueDictionary[tuple, _Shared] = weakref.WeakValueDictionary()
-_SESSIONS_LOCK = threading.Lock()
-
-
-def shared_session(path: Path, threads: int | None, optimization: str) -> _Shared:
-    """The session of `path` under these settings, built once per process while any graph holds it: several
-    DialogModels of one export (an app's models, a server's) hold one copy of the weights, not one each. A
-    file replaced since (another inode, size or mtime) gets a session of its own."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, threads or os.cpu_count() or 1, optimization)
-    with _SESSIONS_LOCK:
-        shared = _SESSIONS.get(key)
-        if shared is None:
-            shared = _Shared(make_session(path, threads, optimization))
-            _SESSIONS[key] = shared
-    return shared
-
-
 class OrtGraph:
     """A loaded graph: session, I/O names, context. Read-only after construction: safe to share between
     threads (onnxruntime's `run` is thread-safe)."""
@@ -67,8 +41,10 @@ class OrtGraph:
         self.optimization = optimization or manifest.optimization
         self.model_format = model_format
         path = Path(model_dir) / (ORT_MODEL_FILE if model_format == "ort" else MODEL_FILE)
-        self._shared = shared_session(path, threads, self.optimization)
-        self.ort_session = self._shared.session
+        # several models of one export hold one session: one copy of the weights per process
+        self._shared = shared(path, lambda: make_session(path, threads, self.optimization),
+                              "session", threads or os.cpu_count() or 1, self.optimization)
+        self.ort_session = self._shared.value
         self.names = manifest.io.inputs
         self.logits_name = manifest.io.logits
         self.max_length = min(max_length or manifest.shape.n_positions, manifest.shape.n_positions)
