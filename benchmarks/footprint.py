@@ -31,14 +31,15 @@ ROWS = [
     ("ours int8, no integrity check", "ours", "ours-int8", "no-verify"),
     ("ours int8, basic graph optimization", "ours", "ours-int8", "basic"),
     ("ours int8, no pre-packing", "ours", "ours-int8", "no-prepacking"),
-    ("ours int8, pre-packed weights in a mapped file", "ours", "ours-int8", "prepacked-mmap"),
+    ("ours int8, weight cache off (pre-packed in memory at every load)", "ours", "ours-int8", "cache-off"),
+    ("ours int8, first load on a machine (writes the weight cache)", "ours", "ours-int8", "first-load"),
     ("ours int8, 4 models of one export", "ours", "ours-int8", "four-models"),
     ("ours int4", "ours", "ours-int4", "default"),
     ("llama.cpp Q8_0", "llama.cpp", "llama.cpp-Q8_0", "default"),
     ("llama.cpp Q4_0", "llama.cpp", "llama.cpp-Q4_0", "default"),
 ]
-QUICK_ROWS = {"ours int8", "ours int8, pre-packed weights in a mapped file", "llama.cpp Q8_0"}
-SHARED = ["ours int8", "ours int8, pre-packed weights in a mapped file", "llama.cpp Q8_0"]  # 4 processes
+QUICK_ROWS = {"ours int8", "ours int8, weight cache off (pre-packed in memory at every load)", "llama.cpp Q8_0"}
+SHARED = ["ours int8", "ours int8, weight cache off (pre-packed in memory at every load)", "llama.cpp Q8_0"]
 
 
 def prepare(model: str, work: Path, threads: int, kinds: set[str]) -> dict[str, Path]:
@@ -57,33 +58,35 @@ def prepare(model: str, work: Path, threads: int, kinds: set[str]) -> dict[str, 
             out[kind] = Ours(kind.removeprefix("ours-")).prepare(src, work, threads)
         elif not LlamaCpp(kind.split("-")[1]).missing():
             out[kind] = LlamaCpp(kind.split("-")[1]).prepare(src, work, threads)
-    if "ours-int8" in out:
-        prepacked(out["ours-int8"], threads)
     return out
 
 
-def prepacked(model_dir: Path, threads: int) -> Path:
-    """The lever row's artifact: onnxruntime's optimized graph saved with its pre-packed weights in an external
-    data file that the next load maps instead of building (the layout is this CPU's: not shippable)."""
-    import onnxruntime as ort
+def probe_env(work: Path, lever: str) -> dict[str, str]:
+    """The weight cache each row loads with: the run's own (warmed by the first load), none, or a new empty
+    one (a machine's first load)."""
+    import os
+    import tempfile
 
-    target = Path(str(model_dir) + "-prepacked")
-    if not (target / "model.onnx").is_file():
-        target.mkdir(exist_ok=True)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.log_severity_level = 3
-        so.optimized_model_filepath = str(target / "model.onnx")
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx.data")
-        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        so.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
-        ort.InferenceSession(str(model_dir / "model.onnx"), so, providers=["CPUExecutionProvider"])
-    return target
+    if lever in ("cache-off", "no-prepacking"):
+        cache = "off"
+    elif lever == "first-load":
+        cache = tempfile.mkdtemp(prefix="first-load-", dir=work)
+    else:
+        cache = str(work / "weight-cache")
+    return {**os.environ, "DIALOGPT_ONNX_CACHE": cache}
 
 
 def probe(family: str, artifact: Path, lever: str, threads: int) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.footprint_probe", "ours" if family == "ours" else
-                           "llama", str(artifact), lever, str(threads)], capture_output=True, text=True, timeout=600)
+    import shutil
+
+    env = probe_env(artifact.parent, lever)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.footprint_probe", "ours" if family == "ours" else
+                               "llama", str(artifact), lever, str(threads)], capture_output=True, text=True,
+                              timeout=600, env=env)
+    finally:
+        if lever == "first-load":
+            shutil.rmtree(env["DIALOGPT_ONNX_CACHE"], ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{family} {lever}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -93,7 +96,8 @@ def held_together(family: str, artifact: Path, lever: str, threads: int, n: int 
     """n probes alive at once, each after its reply: the sum of their PSS is what they cost together."""
     procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.footprint_probe", "ours" if family == "ours"
                                else "llama", str(artifact), lever, str(threads), "--hold"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=probe_env(artifact.parent, lever)) for _ in range(n)]
     try:
         results = [json.loads(p.stdout.readline()) for p in procs if p.stdout is not None]
         # every probe has replied and is holding: read each one's PSS now that all are alive
@@ -132,6 +136,9 @@ def measure(model: str, work: Path, runs: int, threads: int, rows: list[tuple[st
     if skipped:
         print(f"skipping {', '.join(skipped)}: llama-cpp-python is not installed (pip install -e '.[llama]')")
     rows = [r for r in rows if r[2] in artifacts]
+    for kind in ("ours-int8", "ours-int4"):  # the weight cache of this run, written before any row is timed
+        if kind in artifacts:
+            probe("ours", artifacts[kind], "default", threads)
     raw: dict[str, list[dict]] = {name: [] for name, *_ in rows}
     errors: dict[str, str] = {}
     for _ in tqdm(range(runs), desc=f"{model}: runs", unit="run"):

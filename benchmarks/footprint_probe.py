@@ -41,8 +41,8 @@ def ours(artifact: str, lever: str, threads: int) -> dict:
     import runtime
 
     t_import = time.perf_counter() - START
-    if lever in ("no-prepacking", "prepacked-mmap"):
-        _session_lever(lever, artifact)
+    if lever == "no-prepacking":
+        _session_lever()
     t = time.perf_counter()
     model = runtime.load(artifact, threads=threads, verify=lever != "no-verify",
                          optimization="basic" if lever == "basic" else None)
@@ -70,23 +70,21 @@ def ours(artifact: str, lever: str, threads: int) -> dict:
             "after_reply": after_reply, "after_second_chat": memory()}
 
 
-def _session_lever(lever: str, artifact: str) -> None:
-    """Session settings the runtime does not take (rows of the lever table): the session is built here."""
+def _session_lever() -> None:
+    """A session setting the runtime does not take (a row of the lever table): the session is built here."""
     from pathlib import Path
 
     import onnxruntime as ort
 
     from runtime import ort_session
 
-    def patched(path: Path, threads: int | None, optimization: str = "all") -> ort.InferenceSession:
-        if lever == "prepacked-mmap":  # the optimized graph with pre-packed weights in a mapped data file
-            path = Path(artifact + "-prepacked") / "model.onnx"
+    def patched(path: Path, threads: int | None, optimization: str = "all",
+                cache_key: str | None = None) -> ort.InferenceSession:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or 1
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        if lever == "no-prepacking":
-            so.add_session_config_entry("session.disable_prepacking", "1")
+        so.add_session_config_entry("session.disable_prepacking", "1")
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
     ort_session.make_session = patched

@@ -30,7 +30,8 @@ from .text import StopText, encode_dialogue, encode_turn, encode_turns, load_tok
 
 class DialogModel:
     def __init__(self, model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-                 verify: bool = True, optimization: str | None = None, model_format: str = "onnx") -> None:
+                 verify: bool = True, optimization: str | None = None, model_format: str = "onnx",
+                 weight_cache: bool = True) -> None:
         optional_integer("threads", threads, 1, "all cores")
         optional_integer("max_length", max_length, 1, "the model's context")
         if optimization is not None and optimization not in OPTIMIZATION_LEVELS:
@@ -48,7 +49,7 @@ class DialogModel:
         self._tokenizer = shared(path, lambda: load_tokenizer(path), "tokenizer")  # one per process, as the session
         self.tokenizer = self._tokenizer.value
         self.graph = open_graph(self.dir, self.manifest, threads=threads, max_length=max_length,
-                                optimization=optimization, model_format=model_format)
+                                optimization=optimization, model_format=model_format, weight_cache=weight_cache)
         release_freed_memory()  # the parsed model onnxruntime freed (measured: docs/footprint.md)
         self.eos = self.manifest.shape.eos_token_id
 
@@ -228,15 +229,18 @@ def _describe(x: object) -> str:
 
 
 def load(model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-         verify: bool = True, optimization: str | None = None, model_format: str = "onnx") -> DialogModel:
+         verify: bool = True, optimization: str | None = None, model_format: str = "onnx",
+         weight_cache: bool = True) -> DialogModel:
     """Open an exported model dir. Checks the manifest and every file's size; verify=True (the default)
     also checks every file's sha256 (~1 s per GB: pass verify=False for a dir you trust and load often).
     `optimization` overrides onnxruntime's graph optimization level ("off", "basic", "extended", "all";
     default: the manifest's, which the export was verified with); every level gives the same tokens.
     model_format="ort" loads model.ort (an export made with --format ort: the format of onnxruntime's mobile
-    and minimal builds), token for token the same as model.onnx."""
+    and minimal builds), token for token the same as model.onnx. weight_cache=True (the default) builds the
+    session from this machine's pre-packed copy of the weights, written by the first load and memory-mapped
+    by the later ones (runtime.weight_cache; $DIALOGPT_ONNX_CACHE=off turns it off everywhere)."""
     return DialogModel(model_dir, threads=threads, max_length=max_length, verify=verify, optimization=optimization,
-                       model_format=model_format)
+                       model_format=model_format, weight_cache=weight_cache)
 
 
 __all__ = ["DialogModel", "Generation", "Score", "load"]

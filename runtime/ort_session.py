@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import onnxruntime as ort
 
+from . import weight_cache
 from .errors import ModelDirError
 from .manifest import MODEL_FILE, OPTIMIZATION_LEVELS, ORT_MODEL_FILE, Manifest
+from .memory import release_freed_memory
 from .shared import shared
 
 _LEVELS = dict(zip(OPTIMIZATION_LEVELS, (ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -17,13 +20,50 @@ _LEVELS = dict(zip(OPTIMIZATION_LEVELS, (ort.GraphOptimizationLevel.ORT_DISABLE_
                                          ort.GraphOptimizationLevel.ORT_ENABLE_ALL), strict=True))
 
 
-def make_session(path: Path, threads: int | None, optimization: str = "all") -> ort.InferenceSession:
+def _options(threads: int | None, optimization: str) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or os.cpu_count() or 1
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = _LEVELS[optimization]
     so.log_severity_level = 3
+    return so
+
+
+def make_session(path: Path, threads: int | None, optimization: str = "all",
+                 cache_key: str | None = None) -> ort.InferenceSession:
+    """The session of the model at `path`. With `cache_key` (the model file's sha256) and the weight cache on
+    (runtime.weight_cache), it is built from this machine's pre-packed copy, which the first load writes."""
+    root = weight_cache.cache_root() if cache_key else None
+    if root is None or cache_key is None:
+        return _session(path, _options(threads, optimization))
+    entry = weight_cache.entry_dir(root, cache_key, optimization)
+    graph = weight_cache.cached_graph(entry)
+    if graph is not None:
+        try:
+            return _session(graph, _options(threads, optimization))
+        except ModelDirError:  # a damaged entry: built again below
+            pass
+    so = _options(threads, optimization)
+    tmp = weight_cache.saving_options(so, root)
+    try:
+        session = _session(path, so)
+    except ModelDirError:
+        if tmp is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # perhaps the cache's disk, not the model: try without it
+        return _session(path, _options(threads, optimization))
+    if tmp is not None:
+        weight_cache.publish(tmp, entry, path)
+        graph = weight_cache.cached_graph(entry)
+        if graph is not None:  # this process too maps the entry instead of keeping its packed copy
+            del session
+            release_freed_memory()
+            return _session(graph, _options(threads, optimization))
+    return session
+
+
+def _session(path: Path, so: ort.SessionOptions) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one clear line
@@ -36,13 +76,15 @@ class OrtGraph:
     threads (onnxruntime's `run` is thread-safe)."""
 
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
-                 max_length: int | None = None, optimization: str | None = None, model_format: str = "onnx") -> None:
+                 max_length: int | None = None, optimization: str | None = None, model_format: str = "onnx",
+                 weight_cache: bool = False) -> None:
         self.m = manifest
         self.optimization = optimization or manifest.optimization
         self.model_format = model_format
         path = Path(model_dir) / (ORT_MODEL_FILE if model_format == "ort" else MODEL_FILE)
         # several models of one export hold one session: one copy of the weights per process
-        self._shared = shared(path, lambda: make_session(path, threads, self.optimization),
+        key = (manifest.raw.get("files") or {}).get(MODEL_FILE) if weight_cache and model_format == "onnx" else None
+        self._shared = shared(path, lambda: make_session(path, threads, self.optimization, key),
                               "session", threads or os.cpu_count() or 1, self.optimization)
         self.ort_session = self._shared.value
         self.names = manifest.io.inputs

@@ -18,9 +18,10 @@ from .ort_session import OrtGraph
 
 class PortableGraph(OrtGraph):
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
-                 max_length: int | None = None, optimization: str | None = None, model_format: str = "onnx") -> None:
+                 max_length: int | None = None, optimization: str | None = None, model_format: str = "onnx",
+                 weight_cache: bool = False) -> None:
         super().__init__(model_dir, manifest, threads=threads, max_length=max_length, optimization=optimization,
-                         model_format=model_format)
+                         model_format=model_format, weight_cache=weight_cache)
         self.out_names = [self.logits_name] + [manifest.io.kv_name("present", k, i)
                                                for i in range(manifest.shape.n_layer) for k in ("key", "value")]
 

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,14 @@ from checkpoints import fp16_rounded, save_hf, save_original, tiny_model
 
 from export import ExportOptions, export_model
 from training.corpora import topical_chat
+
+# Loads write this machine's weight cache (runtime.weight_cache): into a directory of the test run's own,
+# shared by the CLIs and servers the tests start, never the user's ~/.cache.
+if not os.environ.get("DIALOGPT_TESTS_OWN_CACHE"):
+    _cache = tempfile.mkdtemp(prefix="dialogpt-onnx-test-cache-")
+    os.environ["DIALOGPT_ONNX_CACHE"] = _cache
+    os.environ["DIALOGPT_TESTS_OWN_CACHE"] = "1"
+    atexit.register(shutil.rmtree, _cache, True)
 
 # The Ctrl-C tests send SIGINT to this process and to CLIs it starts. A shell that starts a job in the
 # background (`cmd &`, nohup) makes it ignore SIGINT, and children inherit that: give SIGINT back its
