@@ -24,7 +24,6 @@ from .memory import release_freed_memory
 from .results import Generation, Score
 from .sampling import GREEDY, SamplingOptions, chat_options, normalized
 from .scoring import batch_reply_logprobs
-from .shared import shared
 from .text import StopText, encode_dialogue, encode_turn, encode_turns, load_tokenizer
 
 
@@ -45,9 +44,9 @@ class DialogModel:
         if model_format not in self.manifest.formats:
             raise UsageError(f"{self.dir} holds no model.{model_format} (its formats: "
                              f"{', '.join(self.manifest.formats)}): re-export it with --format ort", "model_format")
-        path = self.dir / TOKENIZER_FILE
-        self._tokenizer = shared(path, lambda: load_tokenizer(path), "tokenizer")  # one per process, as the session
-        self.tokenizer = self._tokenizer.value
+        # a tokenizer of its own (16 MB): a tokenizers object can be changed (add_tokens, padding), so models of
+        # one export share only their read-only onnxruntime session
+        self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)
         self.graph = open_graph(self.dir, self.manifest, threads=threads, max_length=max_length,
                                 optimization=optimization, model_format=model_format, weight_cache=weight_cache)
         release_freed_memory()  # the parsed model onnxruntime freed (measured: docs/footprint.md)

@@ -100,16 +100,16 @@ def test_one_chat_used_by_two_threads_at_once_is_refused(exported):
 
 
 def test_models_of_one_export_share_one_session(exported, tmp_path):
-    """Several DialogModels of one export hold one onnxruntime session (one copy of the weights) and one
-    tokenizer; other settings, or the file replaced by a new export, get their own; nothing outlives the
-    models that hold it."""
+    """Several DialogModels of one export hold one onnxruntime session (one copy of the weights), each its own
+    tokenizer (a mutable object); other settings, or the file replaced by a new export, get their own
+    session; no session outlives the models that hold it."""
     import gc
     import shutil
 
     from runtime import shared
 
     a, b = runtime.load(exported("int8"), threads=1), runtime.load(exported("int8"), threads=1)
-    assert a.graph.ort_session is b.graph.ort_session and a.tokenizer is b.tokenizer
+    assert a.graph.ort_session is b.graph.ort_session and a.tokenizer is not b.tokenizer
     assert a.generate("Hello there", max_new_tokens=8).ids == b.generate("Hello there", max_new_tokens=8).ids
     assert runtime.load(exported("int8"), threads=2).graph.ort_session is not a.graph.ort_session
     assert runtime.load(exported("int8"), threads=1, optimization="basic").graph.ort_session is not a.graph.ort_session
