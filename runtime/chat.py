@@ -134,7 +134,7 @@ class ChatSession:
         """Write this chat (turns, options, history budget and KV cache) to `path`, for model.chat(restore=
         path) to go on with it without recomputing the history. An unfinished stream is ended first (it
         keeps its partial reply). The portable graph's chats save their turns only (recomputed at restore)."""
-        from . import saved_chat
+        from .saved_chat import SavedChat, write
 
         with self._lock:
             self._finish_active()
@@ -145,8 +145,8 @@ class ChatSession:
                 kv = save_row(0, flat[:cached]).kv
             else:
                 cached = 0
-            saved_chat.write(path, self._model.manifest, saved_chat.SavedChat(
-                self.turns, cached, kv, dict(self._opts.__dict__), self._budget))
+            write(path, self._model.manifest, SavedChat(self.turns, cached, kv, dict(self._opts.__dict__),
+                                                        self._budget))
 
     def _restore(self, saved: SavedChat) -> None:
         """Take a saved chat's turns and KV (see runtime.saved_chat); called on a new chat only."""

@@ -212,11 +212,11 @@ class DialogModel:
                              "reranker over this model")
         if restore is None:
             return ChatSession(self, self.options(**chat_options(**options)), max_history_tokens, reranker)
-        from . import saved_chat
+        from .saved_chat import read
 
         if options.pop("greedy", False):
             options = {**GREEDY, **options}
-        saved = saved_chat.read(restore, self.manifest)
+        saved = read(restore, self.manifest)
         chat = ChatSession(self, self.options(**{**saved.options, **options}),
                            saved.max_history_tokens if max_history_tokens is None else max_history_tokens, reranker)
         chat._restore(saved)

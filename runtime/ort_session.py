@@ -8,11 +8,11 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from . import weight_cache
 from .errors import ModelDirError
 from .manifest import MODEL_FILE, OPTIMIZATION_LEVELS, ORT_MODEL_FILE, Manifest
 from .memory import release_freed_memory
 from .shared import shared
+from .weight_cache import cache_root, cached_graph, entry_dir, publish, saving_options
 
 _LEVELS = dict(zip(OPTIMIZATION_LEVELS, (ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                                          ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -34,18 +34,18 @@ def make_session(path: Path, threads: int | None, optimization: str = "all",
                  cache_key: str | None = None) -> ort.InferenceSession:
     """The session of the model at `path`. With `cache_key` (the model file's sha256) and the weight cache on
     (runtime.weight_cache), it is built from this machine's pre-packed copy, which the first load writes."""
-    root = weight_cache.cache_root() if cache_key else None
+    root = cache_root() if cache_key else None
     if root is None or cache_key is None:
         return _session(path, _options(threads, optimization))
-    entry = weight_cache.entry_dir(root, cache_key, optimization)
-    graph = weight_cache.cached_graph(entry)
+    entry = entry_dir(root, cache_key, optimization)
+    graph = cached_graph(entry)
     if graph is not None:
         try:
             return _session(graph, _options(threads, optimization))
         except ModelDirError:  # a damaged entry: built again below
             pass
     so = _options(threads, optimization)
-    tmp = weight_cache.saving_options(so, root)
+    tmp = saving_options(so, root)
     try:
         session = _session(path, so)
     except ModelDirError:
@@ -54,8 +54,8 @@ def make_session(path: Path, threads: int | None, optimization: str = "all",
         shutil.rmtree(tmp, ignore_errors=True)  # perhaps the cache's disk, not the model: try without it
         return _session(path, _options(threads, optimization))
     if tmp is not None:
-        weight_cache.publish(tmp, entry, path)
-        graph = weight_cache.cached_graph(entry)
+        publish(tmp, entry, path)
+        graph = cached_graph(entry)
         if graph is not None:  # this process too maps the entry instead of keeping its packed copy
             del session
             release_freed_memory()
