@@ -44,7 +44,7 @@ class DialogModel:
         if model_format not in self.manifest.formats:
             raise UsageError(f"{self.dir} holds no model.{model_format} (its formats: "
                              f"{', '.join(self.manifest.formats)}): re-export it with --format ort", "model_format")
-        # a tokenizer of its own (16 MB): a tokenizers object can be changed (add_tokens, padding), so models of
+        # a tokenizer of its own (13-16 MB): a tokenizers object can be changed (add_tokens, padding), so models of
         # one export share only their read-only onnxruntime session
         self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)
         self.graph = open_graph(self.dir, self.manifest, threads=threads, max_length=max_length,
