@@ -111,6 +111,11 @@ def test_kv_capacity_grows_without_changing_results(exported):
 
 
 def _rss_mb() -> float:
+    """RSS after the allocator handed back what is free: what the process holds, not the heap's slack (the
+    runtime trims at load, so a test in a long pytest process would otherwise count regrowth into it)."""
+    from runtime.memory import release_freed_memory
+
+    release_freed_memory()
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 1e6
 
