@@ -39,7 +39,7 @@ ROWS = [
     ("llama.cpp Q4_0", "llama.cpp", "llama.cpp-Q4_0", "default"),
 ]
 QUICK_ROWS = {"ours int8", "ours int8, weight cache off (pre-packed in memory at every load)", "llama.cpp Q8_0"}
-SHARED = ["ours int8", "ours int8, weight cache off (pre-packed in memory at every load)", "llama.cpp Q8_0"]
+TOGETHER = ["ours int8", "ours int8, weight cache off (pre-packed in memory at every load)", "llama.cpp Q8_0"]
 
 
 def prepare(model: str, work: Path, threads: int, kinds: set[str]) -> dict[str, Path]:
@@ -149,7 +149,7 @@ def measure(model: str, work: Path, runs: int, threads: int, rows: list[tuple[st
                 raw[name].append(probe(family, artifacts[kind], lever, threads))
             except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
                 errors[name] = str(e)
-    out: dict = {"rows": {}, "errors": errors, "shared": {}, "skipped": skipped}
+    out: dict = {"rows": {}, "errors": errors, "together": {}, "skipped": skipped}
     for name, family, kind, _ in rows:
         if raw[name]:
             sizes = [f for f in Path(artifacts[kind]).glob("*") if f.suffix in (".onnx", ".data", ".gguf", ".json")]
@@ -158,10 +158,10 @@ def measure(model: str, work: Path, runs: int, threads: int, rows: list[tuple[st
                                  **{k: summary([f(r) for r in raw[name]]) for k, f in METRICS.items()}}
     if "ours-int8" in artifacts:
         out["restore"] = restore_vs_prefill(artifacts["ours-int8"], threads, runs)
-    for name in SHARED:
+    for name in TOGETHER:
         row = next((r for r in rows if r[0] == name), None)
         if row is not None and name not in errors:
-            out["shared"][name] = held_together(row[1], artifacts[row[2]], row[3], threads)
+            out["together"][name] = held_together(row[1], artifacts[row[2]], row[3], threads)
     return out
 
 
@@ -212,11 +212,11 @@ def write_report(run: dict, out: Path) -> None:
                          f"{_cell(r['ttft_s'], 1000)} | {_cell(r['rss_load_mb'])} | {_cell(r['rss_reply_mb'])} "
                          f"({r['anon_reply_mb']['median']:.0f} + {r['file_reply_mb']['median']:.0f}) | "
                          f"{_cell(r['second_chat_mb'])} | {_cell(r['peak_mb'])} |")
-        if res["shared"]:
+        if res["together"]:
             lines += ["", "4 processes of one model, each after its reply:", "",
                       "| row | sum of RSS MB | sum of PSS MB (what they cost together) |", "|---|---|---|"]
             lines += [f"| {name} | {s['rss_sum_mb']:.0f} | {s['pss_sum_mb']:.0f} |"
-                      for name, s in res["shared"].items()]
+                      for name, s in res["together"].items()]
         if "restore" in res:
             r = res["restore"]
             lines += ["", f"A chat primed with {r['history_tokens']} tokens of history (ours int8): restoring its "

@@ -25,7 +25,7 @@ def test_footprint_quick_run(tmp_path):
     # the default maps the weight cache's pre-packed weights: file-backed pages, where the other row holds
     # them in its own memory
     assert chat["rows"]["ours int8"]["file_reply_mb"]["median"] > chat["rows"][off]["file_reply_mb"]["median"]
-    assert chat["shared"]["ours int8"]["processes"] == 4 and chat["shared"]["ours int8"]["pss_sum_mb"] > 0
+    assert chat["together"]["ours int8"]["processes"] == 4 and chat["together"]["ours int8"]["pss_sum_mb"] > 0
     assert chat["restore"]["restore_s"]["median"] > 0 and chat["restore"]["history_tokens"] > 400
     report = (out / "report.md").read_text()
     assert "4 processes of one model" in report and "priming a new chat" in report
