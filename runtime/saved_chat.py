@@ -41,46 +41,67 @@ class SavedChat:
     max_history_tokens: int
 
 
-def _digest(tokens: np.ndarray, lengths: np.ndarray, kv: tuple[np.ndarray, ...]) -> str:
+def digest(*arrays: np.ndarray) -> str:
+    """The sha256 of the arrays' bytes, in order: an archive's checksum."""
     h = hashlib.sha256()
-    for a in (tokens, lengths, *kv):
+    for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
 
-def _is_saved_chat(path: Path) -> bool:
+def is_archive_of(path: Path, fmt: str) -> bool:
+    """`path` is a .npz archive this project wrote in format `fmt` (its `meta` says so)."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return "meta" in z.files and json.loads(str(z["meta"]))["format"] == FORMAT
+            return "meta" in z.files and json.loads(str(z["meta"]))["format"] == fmt
     except Exception:  # noqa: BLE001 - anything unreadable is not one of ours
         return False
 
 
-def write(path: str | Path, manifest: Manifest, chat: SavedChat) -> None:
-    """Write atomically (a temporary file beside `path`, renamed over it). An existing file is replaced only
-    if it is a saved chat itself: never a file this project did not write."""
-    path = Path(path)
-    if path.is_dir() or (path.exists() and not _is_saved_chat(path)):
-        raise UsageError(f"{path} exists and is not a saved chat: choose another file name")
+def write_archive(path: Path, fmt: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], what: str) -> None:
+    """Write a .npz archive atomically (a temporary file beside `path`, renamed over it), readable by its owner
+    only (it holds conversations). An existing file is replaced only if it is an archive of the same format:
+    never a file this project did not write. `what` names it in errors ("the chat")."""
+    if path.is_dir() or (path.exists() and not is_archive_of(path, fmt)):
+        raise UsageError(f"{path} exists and is not {what} this project saved: choose another file name")
     if not path.parent.is_dir():
-        raise UsageError(f"cannot save the chat to {path}: its directory does not exist")
-    tokens = np.array([t for turn in chat.turns for t in turn], dtype=np.int32)
-    lengths = np.array([len(turn) for turn in chat.turns], dtype=np.int32)
-    options = {**chat.options, "logit_bias": [[int(k), float(v)] for k, v in chat.options["logit_bias"].items()],
-               "stop": list(chat.options["stop"])}
-    meta = {"format": FORMAT, "model": model_identity(manifest), "variant": manifest.variant, "cached": chat.cached,
-            "options": options, "max_history_tokens": chat.max_history_tokens,
-            "sha256": _digest(tokens, lengths, chat.kv)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        raise UsageError(f"cannot save {what} to {path}: its directory does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
     try:
         with os.fdopen(fd, "wb") as f:
-            arrays: dict[str, Any] = {"meta": np.array(json.dumps(meta)), "tokens": tokens, "turn_lengths": lengths,
-                                      **{f"kv_{i}": a for i, a in enumerate(chat.kv)}}
-            np.savez(f, **arrays)
+            members: dict[str, Any] = {"meta": np.array(json.dumps({"format": fmt, **meta})), **arrays}
+            np.savez(f, **members)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write(path: str | Path, manifest: Manifest, chat: SavedChat) -> None:
+    """Save `chat` to `path` (see write_archive)."""
+    tokens = np.array([t for turn in chat.turns for t in turn], dtype=np.int32)
+    lengths = np.array([len(turn) for turn in chat.turns], dtype=np.int32)
+    options = {**chat.options, "logit_bias": [[int(k), float(v)] for k, v in chat.options["logit_bias"].items()],
+               "stop": list(chat.options["stop"])}
+    meta = {"model": model_identity(manifest), "variant": manifest.variant, "cached": chat.cached,
+            "options": options, "max_history_tokens": chat.max_history_tokens,
+            "sha256": digest(tokens, lengths, *chat.kv)}
+    write_archive(Path(path), FORMAT, meta, {"tokens": tokens, "turn_lengths": lengths,
+                                             **{f"kv_{i}": a for i, a in enumerate(chat.kv)}}, "a chat")
+
+
+def read_archive(path: Path, fmt: str, what: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """An archive's meta and arrays (read into memory), or a one-line UsageError if `path` is not a readable
+    archive of format `fmt`. `what` names it in errors ("a saved chat")."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {name: z[name] for name in z.files if name != "meta"}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError):
+        raise UsageError(f"{path} is not readable as {what} (damaged or another kind of file)") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise UsageError(f"{path} is not {what} of this version ({fmt})")
+    return meta, arrays
 
 
 def read(path: str | Path, manifest: Manifest) -> SavedChat:
@@ -89,19 +110,17 @@ def read(path: str | Path, manifest: Manifest) -> SavedChat:
     if not path.is_file():
         raise UsageError(f"no saved chat at {path}: save one with chat.save(PATH) (or /save in the CLI)")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            tokens, lengths = z["tokens"], z["turn_lengths"]
-            kv = tuple(z[f"kv_{i}"] for i in range(sum(name.startswith("kv_") for name in z.files)))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError):
-        raise UsageError(f"{path} is not a readable saved chat (damaged or another kind of file): save the chat "
-                         "again") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a saved chat of this version ({FORMAT}): save the chat again")
+        meta, arrays = read_archive(path, FORMAT, "a saved chat")
+        tokens, lengths = arrays["tokens"], arrays["turn_lengths"]
+        kv = tuple(arrays[f"kv_{i}"] for i in range(sum(name.startswith("kv_") for name in arrays)))
+    except UsageError as e:
+        raise UsageError(f"{e}: save the chat again") from None
+    except KeyError:
+        raise UsageError(f"{path} does not hold a consistent chat: save the chat again") from None
     if meta.get("model") != model_identity(manifest):
         raise UsageError(f"{path} was saved from another model (its KV cache is valid for that model only): "
                          "restore it into the model it was saved with")
-    if meta.get("sha256") != _digest(tokens, lengths, kv):
+    if meta.get("sha256") != digest(tokens, lengths, *kv):
         raise UsageError(f"{path} is damaged (its checksum does not match): save the chat again")
     shape = manifest.shape
     flat = tokens.tolist()

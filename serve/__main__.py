@@ -47,6 +47,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting before 429")
     p.add_argument("--prefix-cache-mb", type=finite_float, default=256,
                    help="memory for chats' KV between turns; least recently used chats are evicted (0: off)")
+    p.add_argument("--prefix-cache-file", default=None, metavar="FILE",
+                   help="keep the prefix cache across restarts: restored from FILE at start, saved there at "
+                        "shutdown (it holds the cached chats: readable by its owner only; not with --ray)")
     p.add_argument("--api-key", action="append", default=None, metavar="KEY",
                    help="require `Authorization: Bearer KEY` on the API (repeatable; also --api-key-file and "
                         "$DIALOGPT_API_KEY); each key's requests share cached chats only with each other")
@@ -83,6 +86,9 @@ def run(a: argparse.Namespace) -> None:
         raise UsageError("--replicas and --ray-address run on Ray Serve: add --ray")
     if a.prefix_cache_mb < 0:
         raise UsageError(f"--prefix-cache-mb must be >= 0 (0 turns the cache off), got {a.prefix_cache_mb:g}")
+    if a.prefix_cache_file is not None and (a.ray or a.prefix_cache_mb == 0):
+        raise UsageError("--prefix-cache-file keeps one process's prefix cache: drop it, or drop --ray / "
+                         "--prefix-cache-mb 0", "prefix_cache_file")
     from runtime.manifest import read_manifest
 
     from .auth import ENV_VAR, read_keys
@@ -109,7 +115,7 @@ def run(a: argparse.Namespace) -> None:
               share_prefix_cache=a.shared_prefix_cache, api_keys=keys, max_body_bytes=a.max_body_kb * 1024,
               allowed_hosts=a.allowed_host,
               deadlines=Deadlines(a.header_timeout, a.body_timeout, a.idle_timeout, a.shutdown_timeout),
-              access_log=not a.no_access_log)
+              access_log=not a.no_access_log, prefix_cache_file=a.prefix_cache_file)
         return
     try:
         import ray.serve  # noqa: F401

@@ -16,12 +16,14 @@ touches the cache. A full queue raises EngineFull at once instead of building an
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,10 +35,11 @@ from runtime.generate import plain_greedy
 from runtime.graph import RowCache
 from runtime.results import TokenLogprob
 from runtime.sampling import SamplingOptions, choose, process
+from runtime.saved_chat import model_identity
 from runtime.scoring import token_logprobs
 from runtime.text import StopText
 
-from .prefix_cache import PrefixCache
+from .prefix_cache import PrefixCache, ReplyTokens
 
 _DONE = -1  # end of a request's token stream
 
@@ -139,7 +142,10 @@ class _Row:
 
 class Engine:
     def __init__(self, model: DialogModel, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256,
-                 prefix_cache_mb: float = 256, share_prefix_cache: bool = False) -> None:
+                 prefix_cache_mb: float = 256, share_prefix_cache: bool = False,
+                 prefix_cache_file: str | Path | None = None) -> None:
+        """`prefix_cache_file`: restore the prefix cache from this file (if it exists) and save it there at
+        close(), so that chats continue across restarts without prefilling their history (off by default)."""
         for name, v in (("max_batch", max_batch), ("max_queue", max_queue), ("prefill_chunk", prefill_chunk)):
             integer(name, v, 1)
         number("prefix_cache_mb", prefix_cache_mb, "a number >= 0 (0 turns the cache off)",
@@ -151,8 +157,13 @@ class Engine:
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         # chats' KV between turns: touched by the worker thread only (its counters may be read anywhere)
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
+        self.replies = ReplyTokens()  # a text API's replies' ids, by namespace (read and written by any thread)
         # requests that name no tenant reuse no one's KV, unless the operator shares one cache among them all
         self.share_prefix_cache = share_prefix_cache
+        self.prefix_cache_file = None if prefix_cache_file is None else Path(prefix_cache_file)
+        # one line on what restoring found (a server prints it)
+        self.prefix_cache_status = "" if self.prefix_cache_file is None else \
+            self.prefix_cache.restore(self.prefix_cache_file, model_identity(model.manifest), self.replies)
         self.prompt_tokens_computed = 0  # prompt tokens prefilled (those the prefix cache gave are not)
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
@@ -206,11 +217,15 @@ class Engine:
                                   "hits": c.hits, "reused_tokens": c.reused_tokens}}
 
     def close(self) -> None:
-        """Stop the worker; unfinished requests end with EngineClosed."""
+        """Stop the worker; unfinished requests end with EngineClosed. Then save the prefix cache to
+        prefix_cache_file, if one was given (the worker has ended: nothing else touches the cache)."""
         with self._wake:
             self._closed = True
             self._wake.notify()
         self._thread.join()
+        if self.prefix_cache_file is not None and self.prefix_cache.budget:
+            self.prefix_cache.save(self.prefix_cache_file, model_identity(self.model.manifest), self.replies)
+            self.prefix_cache_file = None  # once: a second close() has nothing new to save
 
     # -- the worker thread -------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -249,8 +264,8 @@ class Engine:
     def cache_namespace(self, tenant: str | None) -> str | None:
         """The prefix-cache namespace of a tenant: its own, one for everyone if the operator chose it, or
         none (nothing reused, nothing kept). Whatever else a server remembers per chat uses the same."""
-        if tenant is not None:
-            return "t:" + tenant
+        if tenant is not None:  # hashed: a persisted cache holds no key id or salt
+            return "t:" + hashlib.sha256(tenant.encode()).hexdigest()
         return "all" if self.share_prefix_cache else None  # the operator's opt-in: one namespace for everyone
 
     def _join(self, cache: RowCache, b: int, req: Request) -> _Row:

@@ -35,7 +35,8 @@ from .access_log import AccessLog
 from .auth import ApiKeys, Unauthorized
 from .engine import Engine, EngineClosed, EngineFull, Request
 from .metrics import CountResponses, Metrics
-from .openai_api import BadRequest, ChatRequest, ReplyTokens, dialogue_ids, param_of, token_logprob_entries
+from .openai_api import BadRequest, ChatRequest, dialogue_ids, param_of, token_logprob_entries
+from .prefix_cache import ReplyTokens
 
 CHAT_PAGE = files("serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
@@ -113,7 +114,7 @@ def create_app(engine: Engine, model_name: str, close_engine: bool = False, api_
     from starlette.routing import Route
 
     model = engine.model
-    replies = ReplyTokens()
+    replies = engine.replies
     keys = api_keys or ApiKeys()
     metrics = Metrics(engine)
 
@@ -420,7 +421,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
           prefix_cache_mb: float = 256, threads: int | None = None, model_name: str | None = None,
           share_prefix_cache: bool = False, api_keys: list[str] | None = None,
           max_body_bytes: int = MAX_BODY_BYTES, allowed_hosts: list[str] | None = None,
-          deadlines: Deadlines = Deadlines(), access_log: bool = True) -> None:
+          deadlines: Deadlines = Deadlines(), access_log: bool = True, prefix_cache_file: str | None = None) -> None:
     """Load the model, start the engine and serve the app with uvicorn until SIGINT / SIGTERM: uvicorn
     stops taking connections, lets in-flight replies finish for up to deadlines.shutdown seconds (then
     cancels them; a second signal cancels them at once), then the process ends by that signal."""
@@ -436,10 +437,17 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
                 self.force_exit = True
             super().handle_exit(sig, frame)
 
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets)
+            # here, not after run(): uvicorn re-raises the stopping signal when run() ends, and the process dies
+            await asyncio.to_thread(engine.close)  # which saves the prefix cache, if asked to
+
     sock = listen(host, port)  # before the model loads: a taken port or a bad host is one line at once
     model = load(model_dir, threads=threads)
     engine = Engine(model, max_batch=max_batch, max_queue=max_queue, prefix_cache_mb=prefix_cache_mb,
-                    share_prefix_cache=share_prefix_cache)
+                    share_prefix_cache=share_prefix_cache, prefix_cache_file=prefix_cache_file)
+    if engine.prefix_cache_status:
+        print(engine.prefix_cache_status, flush=True)
     try:
         app = create_app(engine, model_name=public_name(model_dir, model_name), api_keys=ApiKeys(api_keys or []),
                          max_body_bytes=max_body_bytes, allowed_hosts=host_allow_list(host, allowed_hosts or []),

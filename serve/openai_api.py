@@ -5,8 +5,6 @@ them at submit); errors come back under OpenAI's field names (`param_of`)."""
 from __future__ import annotations
 
 import functools
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +12,8 @@ from runtime import DialogModel
 from runtime.checks import is_integer, is_number
 from runtime.results import TokenLogprob
 from runtime.sampling import chat_options
+
+from .prefix_cache import ReplyTokens
 
 # The runtime's option names -> OpenAI's request fields, for errors the runtime raises.
 _FIELDS = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
@@ -213,42 +213,6 @@ def token_logprob_entries(model: DialogModel, lp: TokenLogprob) -> dict[str, Any
         return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
 
     return {**entry(lp.token, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
-
-
-class ReplyTokens:
-    """The token ids of recent replies, by their text, so that a client's next request (which sends the
-    reply back as text) is rebuilt from the tokens the model produced, not from a re-encoding of the text.
-
-    Why: byte-level BPE does not round-trip a model's output (a reply may spell " movies" as " mov" +
-    "ies"; re-encoding gives " movies"), so a re-encoded history diverges from the stored KV at the first
-    such token and is prefilled again from there; it also differs from what a ChatSession, which keeps
-    ids, feeds the model. With these ids a served chat replies exactly as a ChatSession does. Kept per
-    prefix-cache namespace (a tenant's), so that no client learns what was said to another (a known reply
-    would change its prompt's token count). Bounded (least recently used out); thread-safe.
-    """
-
-    def __init__(self, max_replies: int = 4096) -> None:
-        self.max_replies = max_replies
-        self._ids: OrderedDict[tuple[str, str], tuple[int, ...]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def record(self, namespace: str | None, text: str, ids: list[int]) -> None:
-        if namespace is None:
-            return
-        with self._lock:
-            self._ids[(namespace, text)] = tuple(ids)
-            self._ids.move_to_end((namespace, text))
-            while len(self._ids) > self.max_replies:
-                self._ids.popitem(last=False)
-
-    def get(self, namespace: str | None, text: str) -> list[int] | None:
-        if namespace is None:
-            return None
-        with self._lock:
-            ids = self._ids.get((namespace, text))
-            if ids is not None:
-                self._ids.move_to_end((namespace, text))
-        return None if ids is None else list(ids)
 
 
 def dialogue_ids(model: DialogModel, turns: list[tuple[str, str]], replies: ReplyTokens,

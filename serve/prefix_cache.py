@@ -12,24 +12,36 @@ first BLOCK positions, every BLOCK-th one after and its end; a lookup hashes the
 each of its positions, so its cost depends on the prompt's length only (a scan took 15 ms per request at
 4,000 stored chats). The reuse found is the longest one, or at most BLOCK - 1 tokens short of it.
 
+The cache may outlive the process (`python -m serve --prefix-cache-file F`, off by default): save() writes
+every row with its tenant (a hash, never a key or salt), least recently used first, tied to the model's
+identity and a checksum; restore() reads them back, so chats continue without prefilling their history
+after a restart. The file holds conversations: it is written readable by its owner only.
+
 Hand-written because onnxruntime has no KV store: onnxruntime-genai keeps one cache per generator only.
-Owned by the engine's worker thread alone: no locks.
+Owned by the engine's worker thread alone (save/restore run before it starts or after it ends): no locks.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from runtime.contrib_graph import RowKV
+from runtime.errors import UsageError
+from runtime.saved_chat import digest, is_archive_of, read_archive, write_archive
 
 # Past their first BLOCK tokens rows are indexed every BLOCK tokens: a reuse may stop up to BLOCK - 1 tokens
 # short of the longest (~1 ms of prefill); smaller blocks cost index memory for every row.
 BLOCK = 16
 
 _Key = tuple[str, tuple[int, ...]]  # (tenant, the row's tokens)
+
+FORMAT = "dialogpt-onnx prefix cache 1"
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -117,6 +129,55 @@ class PrefixCache:
         while self.nbytes > self.budget:
             self._drop(next(iter(self._rows)))
 
+    def save(self, path: str | Path, model: str, replies: ReplyTokens) -> None:
+        """Write every row, and the reply ids by text that lead back to them, to `path` for the model whose
+        identity is `model` (see runtime.saved_chat)."""
+        rows = list(self._rows.items())  # least recently used first: restore() keeps that order
+        tokens = np.array([t for (_, toks) in self._rows for t in toks], dtype=np.int32)
+        lengths = np.array([len(toks) for (_, toks) in self._rows], dtype=np.int32)
+        kv = tuple(np.concatenate([row.kv[i] for _, row in rows], axis=1) for i in range(len(rows[0][1].kv))) \
+            if rows else ()
+        said = [[ns, text, list(ids)] for ns, text, ids in replies.items()]
+        meta = {"model": model, "tenants": [tenant for tenant, _ in self._rows], "replies": said,
+                "sha256": digest(tokens, lengths, *kv, np.frombuffer(json.dumps(said).encode(), np.uint8))}
+        write_archive(Path(path), FORMAT, meta, {"tokens": tokens, "lengths": lengths,
+                                                 **{f"kv_{i}": a for i, a in enumerate(kv)}}, "a prefix cache")
+
+    def restore(self, path: str | Path, model: str, replies: ReplyTokens) -> str:
+        """Add the rows saved at `path` (the newest kept if over budget) and its replies' ids to `replies`,
+        and say what was done in one line.
+        A file saved from another model or damaged is set aside with that line (the next save replaces it);
+        a file this project did not write is refused (UsageError): save() would overwrite it."""
+        path = Path(path)
+        if not path.exists():
+            return f"prefix cache: {path} does not exist yet (written at shutdown)"
+        if not is_archive_of(path, FORMAT):
+            raise UsageError(f"{path} is not a prefix cache this project saved (or its header is damaged): choose "
+                             "another --prefix-cache-file, or delete it if it is one", "prefix_cache_file")
+        try:
+            meta, arrays = read_archive(path, FORMAT, "a prefix cache")
+            tokens, lengths = arrays["tokens"], arrays["lengths"]
+            kv = tuple(arrays[f"kv_{i}"] for i in range(sum(name.startswith("kv_") for name in arrays)))
+            tenants, said = list(meta["tenants"]), meta["replies"]
+            checksum = digest(tokens, lengths, *kv, np.frombuffer(json.dumps(said).encode(), np.uint8))
+            consistent = len(tenants) == len(lengths) and int(lengths.sum()) == len(tokens) and all(
+                a.ndim == 3 and a.shape[1] == len(tokens) for a in kv)
+        except (UsageError, KeyError, TypeError):
+            consistent = False
+        if not consistent or meta.get("sha256") != checksum:
+            return f"prefix cache: {path} is damaged; starting empty (it is replaced at shutdown)"
+        if meta.get("model") != model:
+            return f"prefix cache: {path} was saved from another model; starting empty (it is replaced at shutdown)"
+        at = 0
+        for tenant, n in zip(tenants, lengths.tolist(), strict=True):
+            # copies: a row must not keep the whole file's arrays alive
+            self.store(tenant, RowKV(tuple(tokens[at:at + n].tolist()),
+                                     tuple(np.ascontiguousarray(a[:, at:at + n]) for a in kv)))
+            at += n
+        for ns, text, ids in said:
+            replies.record(ns, text, ids)
+        return f"prefix cache: restored {len(self)} of {len(tenants)} chats ({self.nbytes / 2**20:.1f} MB) from {path}"
+
     def _drop(self, key: _Key) -> None:
         row = self._rows.pop(key)
         self.nbytes -= row.nbytes
@@ -131,6 +192,47 @@ class PrefixCache:
         tenant, n = key[0], len(key[1])
         return [(self._ends, (tenant, hashes[n - 1]))] + [(self._blocks, (tenant, hashes[i - 1]))
                                                           for i in _positions(n)]
+
+
+class ReplyTokens:
+    """The token ids of recent replies, by their text, so that a client's next request (which sends the
+    reply back as text) is rebuilt from the tokens the model produced, not from a re-encoding of the text.
+
+    Why: byte-level BPE does not round-trip a model's output (a reply may spell " movies" as " mov" +
+    "ies"; re-encoding gives " movies"), so a re-encoded history diverges from the stored KV at the first
+    such token and is prefilled again from there; it also differs from what a ChatSession, which keeps
+    ids, feeds the model. With these ids a served chat replies exactly as a ChatSession does. Kept per
+    prefix-cache namespace (a tenant's), so that no client learns what was said to another (a known reply
+    would change its prompt's token count). Bounded (least recently used out); thread-safe.
+    """
+
+    def __init__(self, max_replies: int = 4096) -> None:
+        self.max_replies = max_replies
+        self._ids: OrderedDict[tuple[str, str], tuple[int, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def record(self, namespace: str | None, text: str, ids: list[int]) -> None:
+        if namespace is None:
+            return
+        with self._lock:
+            self._ids[(namespace, text)] = tuple(ids)
+            self._ids.move_to_end((namespace, text))
+            while len(self._ids) > self.max_replies:
+                self._ids.popitem(last=False)
+
+    def items(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        """(namespace, text, ids) of every recorded reply, least recently used first."""
+        with self._lock:
+            return [(ns, text, ids) for (ns, text), ids in self._ids.items()]
+
+    def get(self, namespace: str | None, text: str) -> list[int] | None:
+        if namespace is None:
+            return None
+        with self._lock:
+            ids = self._ids.get((namespace, text))
+            if ids is not None:
+                self._ids.move_to_end((namespace, text))
+        return None if ids is None else list(ids)
 
 
 def _positions(n: int) -> list[int]:

@@ -57,7 +57,7 @@ def test_a_save_never_replaces_a_file_it_did_not_write(exported, tmp_path):
     chat.send(TURNS[0])
     mine = tmp_path / "notes.npz"
     mine.write_text("my notes")
-    with pytest.raises(runtime.UsageError, match="is not a saved chat"):
+    with pytest.raises(runtime.UsageError, match="is not a chat this project saved"):
         chat.save(mine)
     assert mine.read_text() == "my notes"
     chat.save(tmp_path / "chat.npz")

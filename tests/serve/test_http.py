@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 import httpx
+import numpy as np
 import pytest
 from checkpoints import ROOT
 from openai import OpenAI
@@ -350,14 +351,17 @@ def test_a_non_streamed_request_whose_client_left_stops_computing(exported):
         assert engine.steps == last and engine.steps - steps_then < 500  # cancelled, not run to 1000
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits(exported):
+def test_sigterm_finishes_in_flight_requests_and_exits(exported, tmp_path):
+    """... and saves its prefix cache with the reply just finished, when asked to keep it."""
     import json
     import signal
     import subprocess
     import sys
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serve", str(exported("int8")), "--port", str(port)],
+    cache_file = tmp_path / "chats.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "serve", str(exported("int8")), "--port", str(port),
+                             "--prefix-cache-file", str(cache_file)],
                             cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -369,7 +373,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits(exported):
             except httpx.TransportError:
                 time.sleep(0.2)
         pieces: list[str] = []
-        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 60, "min_tokens": 60, "stream": True}
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 60, "min_tokens": 60, "stream": True,
+                "cache_salt": "me"}
         with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60) as r:
             lines = r.iter_lines()
             next(lines)
@@ -380,6 +385,9 @@ def test_sigterm_finishes_in_flight_requests_and_exits(exported):
         # then it ends as a SIGTERM'd process does (128 + 15 in a shell, as the project's other CLIs)
         assert proc.wait(timeout=60) == -signal.SIGTERM
         assert "Traceback" not in proc.stderr.read()
+        assert "prefix cache: " in proc.stdout.read()
+        with np.load(cache_file) as z:  # the finished reply's row: prompt + 60 tokens but the last (never fed)
+            assert len(z["tokens"]) == len(runtime.load(exported("int8")).encode_turn("hi")) + 59
     finally:
         proc.kill()
 
@@ -402,6 +410,61 @@ def test_a_chats_next_turn_reuses_its_kv(exported):
         # a turn's row holds its prompt and reply but the reply's last token (never fed); the next prompt
         # matches all of it, even where the reply's text re-encodes to other tokens (random weights here)
         assert engine.prefix_cache.reused_tokens == sum(len(w.prompt) + len(w.ids) - 1 for w in want[:2])
+
+
+def test_a_persisted_prefix_cache_continues_chats_after_a_restart(exported, tmp_path):
+    """--prefix-cache-file: a chat's next turn after a restart reuses all of its KV and replies as the
+    uninterrupted chat does (the replies' ids are kept too: random weights re-encode them differently); the
+    file keeps tenants apart, holds no salt, is its owner's only, and is never another model's or a stranger's."""
+    import os
+    import stat
+    import zipfile
+
+    from runtime.errors import UsageError
+
+    model = runtime.load(exported("fp32"))
+    file = tmp_path / "chats.npz"
+    mine = {"cache_salt": "carol's chat", "seed": 2}
+    messages = [{"role": "user", "content": "Do you like movies?"}]
+
+    def turn(url: str, extra: dict) -> str:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+        r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, extra_body=extra)
+        return r.choices[0].message.content
+
+    with live_server(model, max_batch=2, prefix_cache_file=file) as (engine, url):
+        assert "does not exist yet" in engine.prefix_cache_status
+        messages += [{"role": "assistant", "content": turn(url, mine)}, {"role": "user", "content": "Which ones?"}]
+    assert stat.S_IMODE(os.stat(file).st_mode) == 0o600
+    assert b"carol" not in file.read_bytes()
+    want = chat_replies(model, ["Do you like movies?", "Which ones?"], **runtime.chat_options(max_new_tokens=6, seed=2))
+    assert want[0].text == messages[1]["content"]
+    with live_server(model, max_batch=2, prefix_cache_file=file) as (engine, url):
+        assert "restored 1 of 1 chats" in engine.prefix_cache_status
+        # the reply's ids came back with it (a reply whose text re-encodes differently still matches its KV)
+        assert engine.replies.get(engine.cache_namespace("/" + mine["cache_salt"]), want[0].text) == want[0].ids
+        assert turn(url, {"cache_salt": "mallory", "seed": 2}) is not None
+        assert engine.prefix_cache.hits == 0  # another tenant's guess reuses nothing
+        assert turn(url, mine) == want[1].text
+        assert engine.prefix_cache.hits == 1
+        assert engine.prefix_cache.reused_tokens == len(want[0].prompt) + len(want[0].ids) - 1
+
+    damaged = tmp_path / "damaged.npz"
+    data = bytearray(file.read_bytes())
+    data[zipfile.ZipFile(file).getinfo("kv_0.npy").header_offset + 200] ^= 0xFF  # a bit of the KV flipped
+    damaged.write_bytes(bytes(data))
+    engine = Engine(model, prefix_cache_file=damaged)
+    assert "damaged" in engine.prefix_cache_status and len(engine.prefix_cache) == 0
+    engine.close()
+    other = runtime.load(exported("int8"))  # another model: the file is set aside, then replaced
+    engine = Engine(other, prefix_cache_file=file)
+    assert "another model" in engine.prefix_cache_status and len(engine.prefix_cache) == 0
+    engine.close()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(UsageError, match="is not a prefix cache this project saved"):
+        Engine(model, prefix_cache_file=notes)
+    assert notes.read_text() == "mine"
 
 
 def test_openai_message_forms_and_fields_are_applied(server):
@@ -430,7 +493,7 @@ def test_the_model_is_named_by_its_base_name_never_its_path(exported):
     assert public_name(exported("int8"), "my-bot") == "my-bot"
 
 
-def test_serve_cli_refuses_a_bad_port_or_host_in_one_line(exported):
+def test_serve_cli_refuses_a_bad_port_or_host_in_one_line(exported, tmp_path):
     import socket
     import subprocess
     import sys
@@ -448,6 +511,12 @@ def test_serve_cli_refuses_a_bad_port_or_host_in_one_line(exported):
         port = taken.getsockname()[1]
         one_line(serve("--port", str(port)), 2, f"cannot listen on 127.0.0.1:{port} (Address already in use)")
     one_line(serve("--host", "999.1.1.1"), 2, "--host 999.1.1.1: not an address of this machine")
+    one_line(serve("--prefix-cache-file", "chats.npz", "--ray"), 2, "--prefix-cache-file keeps one process's")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    one_line(serve("--prefix-cache-file", str(notes), "--port", str(free_port())), 2,
+             "is not a prefix cache this project saved")
+    assert notes.read_text() == "mine"
 
 
 def test_a_client_cannot_guess_anothers_chat_through_the_cache(exported):
