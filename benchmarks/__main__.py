@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import sys
 import time
@@ -23,11 +22,9 @@ from .machine import machine_info
 from .outdir import report_dir
 from .random_checkpoint import LABEL, make_random_checkpoint
 from .report import write_report
+from .worker import Worker
 
 REFERENCE = "pytorch-fp32"
-# Pause after each timed call: thread pools that spin-wait after work (onnxruntime, llama.cpp) must go
-# idle before the next engine runs, or they steal its cores.
-SETTLE_S = 0.05
 # --quick: ours, the reference and one peer of each family, so every code path runs in about a minute
 QUICK_ENGINES = "pytorch-fp32,ours-fp32,ours-int8,ours-int4,ctranslate2-int8,optimum-fp32,llama.cpp-Q8_0"
 
@@ -45,29 +42,6 @@ def dialogue_tokens(n_tokens: int, offset: int = 0) -> list[int]:
         if len(ids) >= n_tokens:
             break
     return ids[:n_tokens]
-
-
-class Worker:
-    def __init__(self, engine: Engine, artifact: Path, threads: int) -> None:
-        from .worker import worker_main
-
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=worker_main, args=(child, engine.name, str(artifact), threads), daemon=True)
-        self.proc.start()
-        self.hello = self.conn.recv()
-
-    def call(self, ids: list[int], n: int) -> dict:
-        self.conn.send(("time", ids, n))
-        res = self.conn.recv()
-        time.sleep(SETTLE_S)
-        return res
-
-    def stop(self) -> float:
-        self.conn.send(("stop",))
-        rss = self.conn.recv().get("peak_rss_mb", float("nan"))
-        self.proc.join(timeout=30)
-        return rss
 
 
 def spread(xs: list[float]) -> dict:

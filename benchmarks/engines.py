@@ -38,6 +38,11 @@ class Engine:
         """(n new token ids, perf_counter() time at which the first of them was ready)."""
         raise NotImplementedError
 
+    def logits(self, context: list[int], reply: list[int]) -> np.ndarray:
+        """Teacher forcing: the logits [len(reply), vocab] that predict each reply token after `context`
+        and the reply tokens before it (the fidelity scoreboard's KL divergence and same-top-1)."""
+        raise NotImplementedError
+
 
 class Fp32OrInt8(Engine):
     """A peer measured in fp32 and int8: named `<family>-fp32` / `<family>-int8`."""
@@ -60,6 +65,15 @@ class _FirstTokenClock:
 
     def end(self) -> None:
         pass
+
+
+def plain_generation(model):  # noqa: ANN001, ANN201 - a transformers / Optimum model, returned
+    """Drop the checkpoint's generation_config.json: from_pretrained applies it to every generate() call, even
+    over do_sample=False (the bundled model's blocks repeated 3-grams, so its "greedy" reference was not)."""
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(eos_token_id=EOS, pad_token_id=EOS)
+    return model
 
 
 def hf_generate(model, torch, ids: list[int], n: int) -> tuple[list[int], float]:  # noqa: ANN001
@@ -115,6 +129,22 @@ class Ours(Engine):
             out.append(int(t[0]))
         return out, first
 
+    def logits(self, context: list[int], reply: list[int]) -> np.ndarray:
+        cache = self._cache
+        cache.reset(1, reserve=len(context) + len(reply))
+        rows = [cache.prefill([context])[0].copy()]  # the graph reuses its output buffer
+        for t in reply[:-1]:  # one step per token, as a chat computes them
+            rows.append(cache.step(np.array([t]))[0].copy())
+        return np.stack(rows)
+
+
+def hf_logits(model, torch, context: list[int], reply: list[int]) -> np.ndarray:  # noqa: ANN001
+    """transformers' forward over context + reply (PyTorch and Optimum share it)."""
+    ids = context + reply[:-1]
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    return out.logits[0, len(context) - 1:].float().numpy()
+
 
 # -- PyTorch ------------------------------------------------------------------------------------
 class PyTorch(Fp32OrInt8):
@@ -132,10 +162,13 @@ class PyTorch(Fp32OrInt8):
             model = _conv1d_to_linear(model)
             # torch.ao dynamic quantization covers nn.Linear only: GPT-2's Conv1D layers are converted first
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        self.model = model
+        self.model = plain_generation(model)
 
     def generate(self, ids: list[int], n: int) -> tuple[list[int], float]:
         return hf_generate(self.model, self.torch, ids, n)
+
+    def logits(self, context: list[int], reply: list[int]) -> np.ndarray:
+        return hf_logits(self.model, self.torch, context, reply)
 
 
 def _conv1d_to_linear(model):  # -> model
@@ -195,11 +228,14 @@ class Optimum(Fp32OrInt8):
         so.inter_op_num_threads = 1
         name = next(p.name for p in Path(artifact).glob("*.onnx"))
         self.torch = torch
-        self.model = ORTModelForCausalLM.from_pretrained(artifact, file_name=name, session_options=so,
-                                                         use_cache=True, provider="CPUExecutionProvider")
+        self.model = plain_generation(ORTModelForCausalLM.from_pretrained(
+            artifact, file_name=name, session_options=so, use_cache=True, provider="CPUExecutionProvider"))
 
     def generate(self, ids: list[int], n: int) -> tuple[list[int], float]:
         return hf_generate(self.model, self.torch, ids, n)
+
+    def logits(self, context: list[int], reply: list[int]) -> np.ndarray:
+        return hf_logits(self.model, self.torch, context, reply)
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -249,6 +285,10 @@ class CTranslate2(Fp32OrInt8):
                                       sampling_topk=1, include_prompt_in_result=False, callback=on_step)
         return list(res[0].sequences_ids[0]), first[0] if first else float("nan")
 
+    def logits(self, context: list[int], reply: list[int]) -> np.ndarray:
+        tokens = [self.id_to_token(i) for i in context + reply[:-1]]
+        return np.asarray(self.gen.forward_batch([tokens]))[0, len(context) - 1:]
+
 
 # -- llama.cpp (optional: llama-cpp-python compiles from source) -------------------------------
 class LlamaCpp(Engine):
@@ -270,13 +310,13 @@ class LlamaCpp(Engine):
         script = llama_cpp_converter(work.parent / "llama.cpp-src")
         subprocess.run([sys.executable, str(script), str(src), "--outfile", str(out), "--outtype",
                         {"F32": "f32", "Q8_0": "q8_0"}.get(self.qtype, "f32")], check=True, capture_output=True)
-        if self.qtype == "Q4_0":  # convert_hf_to_gguf writes no Q4_0: quantize the f32 file with llama.cpp
+        if self.qtype not in ("F32", "Q8_0"):  # the converter writes neither: llama.cpp quantizes the f32 file
             import llama_cpp
 
             f32 = work / "llama.cpp-F32.gguf"
             out.rename(f32) if not f32.exists() else out.unlink()
             params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+            params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{self.qtype}")
             llama_cpp.llama_model_quantize(str(f32).encode(), str(out).encode(), params)
         return out
 
@@ -303,6 +343,17 @@ class LlamaCpp(Engine):
             if i + 1 < n:
                 llm.eval([out[-1]])
         return out, first
+
+    def logits(self, context: list[int], reply: list[int]) -> np.ndarray:
+        # every position's logits need a context created with logits_all (more memory): made on first use
+        if getattr(self, "scorer", None) is None:
+            from llama_cpp import Llama
+
+            self.scorer = Llama(model_path=self.llm.model_path, n_ctx=1024, n_threads=self.llm.n_threads,
+                                n_batch=512, logits_all=True, verbose=False)
+        self.scorer.reset()
+        self.scorer.eval(context + reply[:-1])
+        return np.array(self.scorer.scores[len(context) - 1: len(context) + len(reply) - 1], dtype=np.float32)
 
 
 def llama_cpp_converter(cache: Path) -> Path:
@@ -337,7 +388,7 @@ def llama_cpp_converter(cache: Path) -> Path:
 def all_engines() -> list[Engine]:
     return [PyTorch(), PyTorch(int8=True), Ours("fp32"), Ours("int8"), Ours("int4"), Ours("int8", "portable"),
             Optimum(), Optimum(int8=True), CTranslate2(), CTranslate2(int8=True),
-            LlamaCpp("F32"), LlamaCpp("Q8_0"), LlamaCpp("Q4_0")]
+            LlamaCpp("F32"), LlamaCpp("Q8_0"), LlamaCpp("Q4_0"), LlamaCpp("Q4_K_M")]
 
 
 def greedy_agreement(a: list[int], b: list[int]) -> float:
