@@ -130,12 +130,9 @@ class Ours(Engine):
         return out, first
 
     def logits(self, context: list[int], reply: list[int]) -> np.ndarray:
-        cache = self._cache
-        cache.reset(1, reserve=len(context) + len(reply))
-        rows = [cache.prefill([context])[0].copy()]  # the graph reuses its output buffer
-        for t in reply[:-1]:  # one step per token, as a chat computes them
-            rows.append(cache.step(np.array([t]))[0].copy())
-        return np.stack(rows)
+        from .fidelity import teacher_forced_logits
+
+        return teacher_forced_logits(self._cache, context, reply)
 
 
 def hf_logits(model, torch, context: list[int], reply: list[int]) -> np.ndarray:  # noqa: ANN001

@@ -35,6 +35,16 @@ def reply_perplexity(model, pairs: list[tuple[list[int], list[int]]]) -> float:
     return math.exp(nll / count)
 
 
+def teacher_forced_logits(cache, context: list[int], reply: list[int]) -> np.ndarray:  # noqa: ANN001
+    """The logits [len(reply), vocab] predicting each reply token, one step per token as a chat computes
+    them (`cache`: a runtime.graph.Cache, reset first)."""
+    cache.reset(1, reserve=len(context) + len(reply))
+    rows = [cache.prefill([context])[0].copy()]  # copies: the graph reuses its output buffer
+    for t in reply[:-1]:
+        rows.append(cache.step(np.array([t]))[0].copy())
+    return np.stack(rows)
+
+
 def greedy_replies(model, prompts: list[list[int]], n: int, batch: int = 1) -> list[list[int]]:
     """n greedy tokens per prompt (EOS banned), `batch` prompts at a time (ragged rows)."""
     out: list[list[int]] = []

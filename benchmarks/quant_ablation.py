@@ -4,13 +4,16 @@
 
 CHECKPOINT (default: the bundled model) is exported once in fp32; each spec then quantizes parts of that
 graph and is measured against it: greedy agreement over 32 new tokens (EOS banned) on held-out
-Topical-Chat contexts (the fp32 ONNX graph's replies equal PyTorch's: benchmarks.quality) and decode
-ms/token (specs interleaved, median of 3). A spec joins parts with "+":
+Topical-Chat contexts (the fp32 ONNX graph's replies equal PyTorch's: benchmarks.quality), mean KL divergence
+from the fp32 graph over real replies (teacher forced, as benchmarks.scoreboard) and decode ms/token (specs
+interleaved, median of 3). A spec joins parts with "+":
 
     head:BITS:BLOCK:ACC          the tied head / embedding (MatMulNBits + GatherBlockQuantized)
     rowwise7 | rowwise8          layers, int8 row-wise activations, 7-bit / 8-bit per-column weights
     nbits:BITS:BLOCK:ACC[:ALGO]  layers, MatMulNBits; ALGO rtn (default), hqq, or gptq (calibrated on
                                  shipped Topical-Chat valid_rare dialogue)
+    nbits:BITS:BLOCK:ACC@NAME    only the layers' MatMuls whose node name holds NAME (attn/qkv, attn/o_proj,
+                                 mlp/fc, mlp/proj): mixed precision, e.g. nbits:8:32:4@mlp/proj+nbits:4:32:4
 
 ACC is MatMulNBits' accuracy_level: 4 quantizes activations to int8 per block, 0 keeps them fp32.
 Writes results.json and report.md. The exporter's defaults are chosen with benchmarks.quality; this
@@ -95,6 +98,12 @@ def apply_spec(model: onnx.ModelProto, spec: str, windows: list[list[int]]) -> o
                 model = rowwise_int8(model, reduce_range=kind == "rowwise7")
             elif kind == "nbits" and a[3:] == ["gptq"]:
                 model = _gptq(model, int(a[0]), int(a[1]), int(a[2]), windows)
+            elif kind == "nbits" and "@" in part:
+                acc, name = a[2].split("@", 1)
+                nodes = [n.name for n in model.graph.node if n.op_type == "MatMul" and name in n.name]
+                if not nodes:
+                    raise ValueError(f"no layer MatMul is named like {name!r} (spec {spec!r})")
+                model = _nbits(model, int(a[0]), int(a[1]), int(acc), nodes=nodes)
             elif kind == "nbits":
                 model = _nbits(model, int(a[0]), int(a[1]), int(a[2]), algorithm=(a[3:] or ["rtn"])[0])
             else:
@@ -126,11 +135,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import fidelity
     from .quality import BUNDLED, FULL, held_out, speed
+    from .scoreboard import compare
 
     ap = OneLineParser(prog="python -m benchmarks.quant_ablation", description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", nargs="?", default=str(BUNDLED))
     ap.add_argument("--specs", default=",".join(DEFAULT_SPECS))
     ap.add_argument("--contexts", type=int, default=200)
+    ap.add_argument("--replies", type=int, default=100, help="real replies scored for the KL divergence")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/quant-ablation")
     a = ap.parse_args(argv)
@@ -139,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     export_model(a.checkpoint, fp32_dir, ExportOptions(variant="fp32", overwrite=True, progress=False, n_prompts=1,
                                                        parity_tokens=8, threads=a.threads))
     ref = runtime.load(fp32_dir, threads=a.threads)
-    _, contexts, _ = held_out(ref.tokenizer, ref.eos, {**FULL, "contexts": a.contexts})
+    pairs, contexts, _ = held_out(ref.tokenizer, ref.eos, {**FULL, "contexts": a.contexts})
+    pairs = [(c, r[:32]) for c, r in pairs[:: max(1, len(pairs) // a.replies)][: a.replies]]
+    ref_cache = ref.graph.new_cache()
+    ref_logits = [fidelity.teacher_forced_logits(ref_cache, c, r) for c, r in pairs]
     windows = calibration_windows(ref.tokenizer, ref.eos)
     reference = fidelity.greedy_replies(ref, contexts, 32)
     fp32 = onnx.load(fp32_dir / "model.onnx")
@@ -150,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         graph.CopyFrom(fp32)  # onnxruntime's quantizers rewrite the model they are given in place
         d = write_variant(fp32_dir, apply_spec(graph, spec, windows), out / "models" / spec.replace(":", "_"))
         m = models[spec] = runtime.load(d, threads=a.threads)
+        cache = m.graph.new_cache()
+        kld = np.concatenate([compare(lr, fidelity.teacher_forced_logits(cache, c, r), r)["kld"]
+                              for lr, (c, r) in zip(ref_logits, pairs, strict=True)])
         results[spec] = {**fidelity.agreement(fidelity.greedy_replies(m, contexts, 32), reference),
-                         "size_mb": (d / "model.onnx").stat().st_size / 1e6}
+                         "mean_kld": float(kld.mean()), "size_mb": (d / "model.onnx").stat().st_size / 1e6}
     prompt = [t for c in contexts for t in c][:64]
     for name, s in speed(models, prompt, 64, 3).items():
-        results.setdefault(name, {"token_agreement": 1.0, "identical_replies": 1.0,
+        results.setdefault(name, {"token_agreement": 1.0, "identical_replies": 1.0, "mean_kld": 0.0,
                                   "size_mb": (fp32_dir / "model.onnx").stat().st_size / 1e6})
         results[name]["decode_ms_per_token"] = s["decode"]
     run = {"checkpoint": a.checkpoint, "contexts": len(contexts), "machine": machine_info(), "threads": a.threads,
@@ -164,12 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Quantization ablation: {a.checkpoint}", "",
              f"{m['date']} · {m['cpu']} · {m['cores']} cores · flags: {' '.join(m['flags'])} · {a.threads} threads",
              "", f"Greedy agreement with the fp32 graph over 32 new tokens on {len(contexts)} held-out Topical-Chat "
-             "contexts; decode after a 64-token history, median (min–max) of 3.", "",
-             "| spec | token agreement | identical replies | decode ms/token | model.onnx MB |",
-             "|---|---|---|---|---|"]
+             f"contexts; mean KL divergence from it over {len(pairs)} real replies (teacher forced); decode after a "
+             "64-token history, median (min–max) of 3.", "",
+             "| spec | token agreement | identical replies | mean KLD | decode ms/token | model.onnx MB |",
+             "|---|---|---|---|---|---|"]
     for name, r in results.items():
         d = r["decode_ms_per_token"]
-        lines.append(f"| {name} | {r['token_agreement']:.3f} | {r['identical_replies']:.3f} | {d['median']:.2f} "
+        lines.append(f"| {name} | {r['token_agreement']:.3f} | {r['identical_replies']:.3f} | {r['mean_kld']:.6f} "
+                     f"| {d['median']:.2f} "
                      f"({d['min']:.2f}–{d['max']:.2f}) | {r['size_mb']:.1f} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'report.md'}")

@@ -84,13 +84,18 @@ def _nbits(model: onnx.ModelProto, bits: int, block_size: int, accuracy_level: i
            nodes: list[str] | None = None, algorithm: str = "rtn") -> onnx.ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    # `nodes`: only these MatMuls. onnxruntime's nodes_to_include adds nodes to the op types quantized (it
+    # quantizes every MatMul anyway), so the others are excluded instead.
+    exclude = [] if nodes is None else [n.name for n in model.graph.node
+                                        if n.op_type == "MatMul" and n.name not in nodes]
+
     if algorithm == "hqq":  # onnxruntime's HQQ quantizer fits scales and zero points (needs torch)
-        q = MatMulNBitsQuantizer(model, nodes_to_include=nodes, op_types_to_quantize=("MatMul",),
+        q = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, op_types_to_quantize=("MatMul",),
                                  algo_config=HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits,
                                                                       op_types_to_quantize=("MatMul",)))
     elif algorithm == "rtn":
         q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False,
-                                 accuracy_level=accuracy_level, nodes_to_include=nodes,
+                                 accuracy_level=accuracy_level, nodes_to_exclude=exclude,
                                  op_types_to_quantize=("MatMul",))
     else:
         raise ValueError(f"unknown MatMulNBits algorithm {algorithm!r}")

@@ -60,7 +60,8 @@ def test_serve_load_test_quick_run(tmp_path, hf_dir):
 
 def test_quant_ablation_builds_each_spec_and_reports(tmp_path, hf_dir):
     out = tmp_path / "ablation"
-    specs = "nbits:4:32:4:gptq,head:8:32:4+rowwise7"  # each from the fp32 graph, not from the one before
+    # each from the fp32 graph, not from the one before; the last one mixes precisions by layer
+    specs = "nbits:4:32:4:gptq,head:8:32:4+rowwise7,nbits:8:32:4@mlp/proj+nbits:4:32:4"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.quant_ablation", str(hf_dir), "--specs", specs,
                            "--contexts", "4", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
@@ -68,6 +69,11 @@ def test_quant_ablation_builds_each_spec_and_reports(tmp_path, hf_dir):
     res = json.loads((out / "results.json").read_text())["results"]
     assert list(res) == [*specs.split(","), "fp32"]
     assert all(0 <= r["token_agreement"] <= 1 and r["decode_ms_per_token"]["median"] > 0 for r in res.values())
+    assert res["fp32"]["mean_kld"] == 0 and all(r["mean_kld"] > 0 for k, r in res.items() if k != "fp32")
+    mixed = onnx.load(out / "models" / "nbits_8_32_4@mlp" / "proj+nbits_4_32_4" / "model.onnx").graph.node
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in mixed if n.op_type == "MatMulNBits"}
+    assert {b for name, b in bits.items() if "mlp/proj" in name} == {8}
+    assert {b for name, b in bits.items() if "attn/qkv" in name} == {4}
     ops = {n.op_type for n in onnx.load(out / "models" / "head_8_32_4+rowwise7" / "model.onnx").graph.node}
     assert {"MatMulNBits", "GatherBlockQuantized", "MatMulIntegerToFloat"} <= ops and "MatMul" not in ops
     gptq = [n for n in onnx.load(out / "models" / "nbits_4_32_4_gptq" / "model.onnx").graph.node
