@@ -41,6 +41,9 @@ class QuantConfig:
     reduce_range: bool = False
     accuracy_level: int = 4  # MatMulNBits: quantize activations to int8 and use VNNI kernels
     algorithm: str = "rtn"  # nbits layers: "rtn" (round to nearest, asymmetric) | "hqq" (half-quadratic)
+    # nbits layers kept at 8 bits (same block), by a part of their node name: "attn/qkv", "attn/o_proj",
+    # "mlp/fc", "mlp/proj" (mixed precision, as llama.cpp's Q4_K_M keeps some tensors at 6 bits)
+    eight_bit_layers: tuple[str, ...] = ()
 
 
 def fit_to_model(qc: QuantConfig, n_embd: int) -> QuantConfig:
@@ -77,6 +80,12 @@ def _quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
         return dynamic_int8(model, qc.per_channel, reduce_range=qc.reduce_range)
     if qc.layer_method == "rowwise" and bits == 8:
         return rowwise_int8(model, qc.reduce_range)
+    if qc.eight_bit_layers and bits < 8:
+        wide = [n.name for n in model.graph.node
+                if n.op_type == "MatMul" and any(part in n.name for part in qc.eight_bit_layers)]
+        if not wide:
+            raise ValueError(f"no layer MatMul is named like {qc.eight_bit_layers}")
+        model = _nbits(model, 8, qc.block_size, qc.accuracy_level, nodes=wide)  # then the rest at `bits`
     return _nbits(model, bits, qc.block_size, qc.accuracy_level, algorithm=qc.algorithm)
 
 
