@@ -87,7 +87,7 @@ def _gptq(model: onnx.ModelProto, bits: int, block: int, acc: int, windows: list
 
 
 def apply_spec(model: onnx.ModelProto, spec: str, windows: list[list[int]]) -> onnx.ModelProto:
-    from export.quantize import _nbits, quantize_tied_head, quiet, rowwise_int8
+    from export.quantize import _nbits, matmuls_named, quantize_tied_head, quiet, rowwise_int8
 
     with quiet():
         for part in spec.split("+"):
@@ -100,10 +100,7 @@ def apply_spec(model: onnx.ModelProto, spec: str, windows: list[list[int]]) -> o
                 model = _gptq(model, int(a[0]), int(a[1]), int(a[2]), windows)
             elif kind == "nbits" and "@" in part:
                 acc, name = a[2].split("@", 1)
-                nodes = [n.name for n in model.graph.node if n.op_type == "MatMul" and name in n.name]
-                if not nodes:
-                    raise ValueError(f"no layer MatMul is named like {name!r} (spec {spec!r})")
-                model = _nbits(model, int(a[0]), int(a[1]), int(acc), nodes=nodes)
+                model = _nbits(model, int(a[0]), int(a[1]), int(acc), nodes=matmuls_named(model, (name,)))
             elif kind == "nbits":
                 model = _nbits(model, int(a[0]), int(a[1]), int(a[2]), algorithm=(a[3:] or ["rtn"])[0])
             else:

@@ -27,7 +27,9 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.cli import OneLineParser, positive_int
+from runtime.scoring import log_softmax
 
+from .__main__ import bench_model, spread
 from .engines import Engine, all_engines, dir_size
 from .fidelity import prefix_agreement
 from .machine import machine_info
@@ -54,12 +56,6 @@ def held_out(tok, eos: int, p: dict) -> tuple[list[list[int]], list[tuple[list[i
                                                      "contexts": p["contexts"], "chats": 1, "chat_turns": 1})
     step = max(1, len(pairs) // p["pairs"])
     return contexts, [(c, r[:p["new_tokens"]]) for c, r in pairs[::step][: p["pairs"]]]
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def compare(ref: np.ndarray, got: np.ndarray, reply: list[int]) -> dict[str, np.ndarray]:
@@ -137,13 +133,8 @@ def measure(src: Path, engines: list[Engine], work: Path, p: dict, threads: int)
     return results, failed
 
 
-def spread(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
-
-
 def small_speed(engines: list[Engine], out: Path, p: dict, threads: int) -> dict:
     """Decode speed and size on DialoGPT-small-shaped random weights: the main suite's timing loop."""
-    from .__main__ import bench_model
     from .random_checkpoint import make_random_checkpoint
 
     src = out / "checkpoints" / "small"

@@ -80,13 +80,17 @@ def _quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
         return dynamic_int8(model, qc.per_channel, reduce_range=qc.reduce_range)
     if qc.layer_method == "rowwise" and bits == 8:
         return rowwise_int8(model, qc.reduce_range)
-    if qc.eight_bit_layers and bits < 8:
-        wide = [n.name for n in model.graph.node
-                if n.op_type == "MatMul" and any(part in n.name for part in qc.eight_bit_layers)]
-        if not wide:
-            raise ValueError(f"no layer MatMul is named like {qc.eight_bit_layers}")
-        model = _nbits(model, 8, qc.block_size, qc.accuracy_level, nodes=wide)  # then the rest at `bits`
+    if qc.eight_bit_layers and bits < 8:  # these at 8 bits, then the rest at `bits`
+        model = _nbits(model, 8, qc.block_size, qc.accuracy_level, nodes=matmuls_named(model, qc.eight_bit_layers))
     return _nbits(model, bits, qc.block_size, qc.accuracy_level, algorithm=qc.algorithm)
+
+
+def matmuls_named(model: onnx.ModelProto, parts: tuple[str, ...]) -> list[str]:
+    """The layers' MatMul nodes whose name holds one of `parts` ("attn/qkv", "mlp/fc", ...)."""
+    names = [n.name for n in model.graph.node if n.op_type == "MatMul" and any(p in n.name for p in parts)]
+    if not names:
+        raise ValueError(f"no layer MatMul is named like {', '.join(parts)}")
+    return names
 
 
 def _nbits(model: onnx.ModelProto, bits: int, block_size: int, accuracy_level: int,

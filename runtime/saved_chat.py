@@ -104,6 +104,11 @@ def read_archive(path: Path, fmt: str, what: str) -> tuple[dict[str, Any], dict[
     return meta, arrays
 
 
+def numbered(arrays: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, ...]:
+    """An archive's arrays `prefix`0, `prefix`1, ... in order (a KV cache's layers: "kv_")."""
+    return tuple(arrays[f"{prefix}{i}"] for i in range(sum(name.startswith(prefix) for name in arrays)))
+
+
 def read(path: str | Path, manifest: Manifest) -> SavedChat:
     """The saved chat at `path`, checked against this model and its own checksum (UsageError otherwise)."""
     path = Path(path)
@@ -112,7 +117,7 @@ def read(path: str | Path, manifest: Manifest) -> SavedChat:
     try:
         meta, arrays = read_archive(path, FORMAT, "a saved chat")
         tokens, lengths = arrays["tokens"], arrays["turn_lengths"]
-        kv = tuple(arrays[f"kv_{i}"] for i in range(sum(name.startswith("kv_") for name in arrays)))
+        kv = numbered(arrays, "kv_")
     except UsageError as e:
         raise UsageError(f"{e}: save the chat again") from None
     except KeyError:

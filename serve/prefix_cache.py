@@ -33,7 +33,7 @@ import numpy as np
 
 from runtime.contrib_graph import RowKV
 from runtime.errors import UsageError
-from runtime.saved_chat import digest, is_archive_of, read_archive, write_archive
+from runtime.saved_chat import digest, is_archive_of, numbered, read_archive, write_archive
 
 # Past their first BLOCK tokens rows are indexed every BLOCK tokens: a reuse may stop up to BLOCK - 1 tokens
 # short of the longest (~1 ms of prefill); smaller blocks cost index memory for every row.
@@ -139,7 +139,7 @@ class PrefixCache:
             if rows else ()
         said = [[ns, text, list(ids)] for ns, text, ids in replies.items()]
         meta = {"model": model, "tenants": [tenant for tenant, _ in self._rows], "replies": said,
-                "sha256": digest(tokens, lengths, *kv, np.frombuffer(json.dumps(said).encode(), np.uint8))}
+                "sha256": _checksum(tokens, lengths, kv, said)}
         write_archive(Path(path), FORMAT, meta, {"tokens": tokens, "lengths": lengths,
                                                  **{f"kv_{i}": a for i, a in enumerate(kv)}}, "a prefix cache")
 
@@ -157,9 +157,9 @@ class PrefixCache:
         try:
             meta, arrays = read_archive(path, FORMAT, "a prefix cache")
             tokens, lengths = arrays["tokens"], arrays["lengths"]
-            kv = tuple(arrays[f"kv_{i}"] for i in range(sum(name.startswith("kv_") for name in arrays)))
+            kv = numbered(arrays, "kv_")
             tenants, said = list(meta["tenants"]), meta["replies"]
-            checksum = digest(tokens, lengths, *kv, np.frombuffer(json.dumps(said).encode(), np.uint8))
+            checksum = _checksum(tokens, lengths, kv, said)
             consistent = len(tenants) == len(lengths) and int(lengths.sum()) == len(tokens) and all(
                 a.ndim == 3 and a.shape[1] == len(tokens) for a in kv)
         except (UsageError, KeyError, TypeError):
@@ -233,6 +233,11 @@ class ReplyTokens:
             if ids is not None:
                 self._ids.move_to_end((namespace, text))
         return None if ids is None else list(ids)
+
+
+def _checksum(tokens: np.ndarray, lengths: np.ndarray, kv: tuple[np.ndarray, ...], said: list) -> str:
+    """A saved cache's sha256: its rows and the replies' ids it keeps (as JSON)."""
+    return digest(tokens, lengths, *kv, np.frombuffer(json.dumps(said).encode(), np.uint8))
 
 
 def _positions(n: int) -> list[int]:
