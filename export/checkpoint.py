@@ -8,6 +8,7 @@ not tied to `wte.weight`.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,7 +119,9 @@ def _torch_file(path: Path) -> dict[str, np.ndarray]:
     import torch
 
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns on stderr about odd pickle headers before failing on them
+            warnings.simplefilter("ignore")
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         reraise_interruption()
         raise ExportError(f"cannot read weights from {path} ({type(e).__name__}): "
