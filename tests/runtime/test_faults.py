@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import random
 import shutil
 import subprocess
 import sys
@@ -47,6 +47,7 @@ def _flip_bytes(f: Path) -> None:
         fh.write(b"\x00\x01\x02")
 
 
+# seeded garbage: every run checks the same bytes
 BAD_DIRS = {
     "missing": (lambda d: shutil.rmtree(d), "does not exist"),
     "wrong sha256": (lambda d: _flip_bytes(d / "model.onnx"), "does not match the sha256"),
@@ -54,7 +55,8 @@ BAD_DIRS = {
                        "is 5000 bytes, the manifest says"),
     "truncated onnx, digest fixed": (lambda d: _break_onnx_consistently(d, (d / "model.onnx").read_bytes()[:9999]),
                                      "not a loadable ONNX model"),
-    "random bytes as onnx": (lambda d: _break_onnx_consistently(d, os.urandom(20000)), "not a loadable ONNX model"),
+    "random bytes as onnx": (lambda d: _break_onnx_consistently(d, random.Random(1).randbytes(20000)),
+                             "not a loadable ONNX model"),
     "newer format": (lambda d: _edit_manifest(d, lambda m: m.update(format_version=99)),
                      "written by a newer dialogpt-onnx; this one reads version 1: upgrade dialogpt-onnx"),
     "older format": (lambda d: _edit_manifest(d, lambda m: m.update(format_version=0)), "re-export the model"),
@@ -68,7 +70,8 @@ BAD_DIRS = {
     "manifest with another vocabulary": (lambda d: _edit_manifest(d, lambda m: m["model"].update(vocab_size=50000)),
                                          "vocab_size 50000, the graph's is 50257"),
     "manifest a list": (lambda d: (d / "manifest.json").write_text("[1, 2]"), "is not a JSON object"),
-    "manifest binary": (lambda d: (d / "manifest.json").write_bytes(os.urandom(300)), "is not valid JSON"),
+    "manifest binary": (lambda d: (d / "manifest.json").write_bytes(random.Random(2).randbytes(300)),
+                        "is not valid JSON"),
     "tokenizer missing": (lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json is missing"),
     "corrupt tokenizer.json": (lambda d: _corrupt_tokenizer(d), "not a readable tokenizer.json"),
 }
