@@ -9,7 +9,10 @@ from the fp32 graph over real replies (teacher forced, as benchmarks.scoreboard)
 interleaved, median of 3). A spec joins parts with "+":
 
     head:BITS:BLOCK:ACC          the tied head / embedding (MatMulNBits + GatherBlockQuantized)
+    headr:BITS:BLOCK:ACC         the same with each row's int8 residual as a second row
     rowwise7 | rowwise8          layers, int8 row-wise activations, 7-bit / 8-bit per-column weights
+    rowwise7r | rowwise8r        the same with each row's int8 residual as a second row (~15-bit activations)
+    rowwise7r@NAME               ... the residual row only in the layers' MatMuls whose node name holds NAME
     nbits:BITS:BLOCK:ACC[:ALGO]  layers, MatMulNBits; ALGO rtn (default), hqq, or gptq (calibrated on
                                  shipped Topical-Chat valid_rare dialogue)
     nbits:BITS:BLOCK:ACC@NAME    only the layers' MatMuls whose node name holds NAME (attn/qkv, attn/o_proj,
@@ -92,10 +95,12 @@ def apply_spec(model: onnx.ModelProto, spec: str, windows: list[list[int]]) -> o
     with quiet():
         for part in spec.split("+"):
             kind, *a = part.split(":")
-            if kind == "head":
-                model = quantize_tied_head(model, int(a[0]), int(a[1]), int(a[2]))
-            elif kind in ("rowwise7", "rowwise8"):
-                model = rowwise_int8(model, reduce_range=kind == "rowwise7")
+            if kind in ("head", "headr"):
+                model = quantize_tied_head(model, int(a[0]), int(a[1]), int(a[2]), residual=kind == "headr")
+            elif kind.split("@")[0] in ("rowwise7", "rowwise8", "rowwise7r", "rowwise8r"):
+                kind, _, name = kind.partition("@")
+                model = rowwise_int8(model, reduce_range=kind.startswith("rowwise7"),
+                                     residual_layers=(name,) if kind.endswith("r") else ())
             elif kind == "nbits" and a[3:] == ["gptq"]:
                 model = _gptq(model, int(a[0]), int(a[1]), int(a[2]), windows)
             elif kind == "nbits" and "@" in part:

@@ -44,6 +44,10 @@ class QuantConfig:
     # nbits layers kept at 8 bits (same block), by a part of their node name: "attn/qkv", "attn/o_proj",
     # "mlp/fc", "mlp/proj" (mixed precision, as llama.cpp's Q4_K_M keeps some tensors at 6 bits)
     eight_bit_layers: tuple[str, ...] = ()
+    # a second int8 row per token for what the first missed (~15-bit activations, one pass over the
+    # weights): in the rowwise layers named like these parts, and in the tied head (accuracy_level 4)
+    residual_layers: tuple[str, ...] = ()
+    head_residual: bool = False
 
 
 def fit_to_model(qc: QuantConfig, n_embd: int) -> QuantConfig:
@@ -72,14 +76,18 @@ def quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
 
 
 def _quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
-    model = quantize_tied_head(model, qc.head_bits, qc.head_block_size, qc.accuracy_level)
+    if qc.residual_layers and qc.layer_method != "rowwise":
+        raise ValueError("residual_layers is for rowwise int8 layers")
+    if qc.head_residual and qc.accuracy_level != 4:
+        raise ValueError("head_residual is for accuracy_level 4 (int8 activations in the head)")
+    model = quantize_tied_head(model, qc.head_bits, qc.head_block_size, qc.accuracy_level, qc.head_residual)
     bits = {"int8": 8, "int4": 4}.get(qc.variant)
     if bits is None:
         raise ValueError(f"unknown quantized variant {qc.variant!r}")
     if qc.layer_method == "dynamic" and bits == 8:
         return dynamic_int8(model, qc.per_channel, reduce_range=qc.reduce_range)
     if qc.layer_method == "rowwise" and bits == 8:
-        return rowwise_int8(model, qc.reduce_range)
+        return rowwise_int8(model, qc.reduce_range, qc.residual_layers)
     if qc.eight_bit_layers and bits < 8:  # these at 8 bits, then the rest at `bits`
         model = _nbits(model, 8, qc.block_size, qc.accuracy_level, nodes=matmuls_named(model, qc.eight_bit_layers))
     return _nbits(model, bits, qc.block_size, qc.accuracy_level, algorithm=qc.algorithm)
@@ -139,7 +147,8 @@ def dynamic_int8(model: onnx.ModelProto, per_channel: bool = False, op_types: tu
         return onnx.load(dst)
 
 
-def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True) -> onnx.ModelProto:
+def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True,
+                 residual_layers: tuple[str, ...] = ()) -> onnx.ModelProto:
     """int8 layers whose activations are quantized one token row at a time, so a row's result does not
     depend on the other rows of its batch or on how its history was chunked into the KV cache.
 
@@ -151,6 +160,11 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True) -> onnx.Mode
     per tensor and MatMulInteger rejects per-row zero points. Activations are uint8 with zero point 128
     because int8 ones hit a slow s8×s8 path on AVX2. An all-zero row gets scale 0: its (meaningless)
     integers are multiplied by that 0.
+
+    `residual_layers` (parts of node names, "" for all): there each row is quantized twice — the row, then
+    what its int8 form missed (another scale) — and both go through one MatMulIntegerToFloat as two rows
+    (one pass over the weights), their products summed in one fixed order: activations good to ~15 bits,
+    still exact integer dot products.
     """
     ed = GraphEditor.edit(model)
     ed.require_opset(21)  # QuantizeLinear's blocked form (block_size)
@@ -163,6 +177,11 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True) -> onnx.Mode
     zero_points = ed.op1("Unsqueeze", [ed.op1("Expand", [zero_point, rows], "rowwise/Expand"), last_axis],
                          "rowwise/Unsqueeze")
     levels = 63 if reduce_range else 127
+    if residual_layers:
+        inv254 = ed.weight("rowwise/inv254", np.asarray(1 / 254, np.float32))
+        pair_weights = ed.weight("rowwise/pair_weights", np.asarray([[1.0], [1 / 254]], np.float32))
+        pair_axis = ed.const_i64("rowwise/pair_axis", [-2])
+        pair_shape = ed.const_i64("rowwise/pair_shape", [0, 0, 2, -1])
     for node in ed.find("MatMul"):
         w = node.input[1]
         if w not in ed.initializers or len(ed.initializers[w].dims) != 2:
@@ -177,20 +196,38 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True) -> onnx.Mode
             qw, w_zero = ed.weight(f"{w}/int8", (qweight + 128).astype(np.uint8)), [zero_point]
         n, x = node.name.removesuffix("/MatMul"), node.input[0]
         ed.remove(node)
+        k = int(weight.shape[0])
+
         absmax = ed.op1("ReduceMax", [ed.op1("Abs", [x], f"{n}/rowwise/Abs"), last_axis],
                         f"{n}/rowwise/ReduceMax", keepdims=1)
         row_scale = ed.op1("Mul", [absmax, inv127], f"{n}/rowwise/RowScale")
         xq = ed.op1("QuantizeLinear", [x, row_scale, zero_points], f"{n}/rowwise/QuantizeLinear", axis=-1,
-                    block_size=int(weight.shape[0]))
+                    block_size=k)
+        residual = any(part in node.name for part in residual_layers)
+        if residual:
+            # what the int8 row missed lies within ±row_scale/2: 254 levels of row_scale/254 cover it
+            seen = ed.op1("DequantizeLinear", [xq, row_scale, zero_points], f"{n}/rowwise/DequantizeLinear",
+                          axis=-1, block_size=k)
+            eq = ed.op1("QuantizeLinear", [ed.op1("Sub", [x, seen], f"{n}/rowwise/Residual"),
+                                           ed.op1("Mul", [row_scale, inv254], f"{n}/rowwise/ResidualScale"),
+                                           zero_points], f"{n}/rowwise/QuantizeResidual", axis=-1, block_size=k)
+            xq = ed.op1("Reshape", [ed.op1("Concat", [xq, eq], f"{n}/rowwise/Concat", axis=-1),
+                                    pair_shape], f"{n}/rowwise/Pair")
         y = ed.op1("MatMulIntegerToFloat", [xq, qw, one, scale, zero_point, *w_zero],
                    f"{n}/rowwise/MatMulIntegerToFloat", domain=MS_DOMAIN)
+        if residual:  # [batch, seq, 2, N]: row + residual / 254, in that order
+            y = ed.op1("ReduceSum", [ed.op1("Mul", [y, pair_weights], f"{n}/rowwise/PairWeights"), pair_axis],
+                       f"{n}/rowwise/ReduceSum", keepdims=0)
         ed.op("Mul", [y, row_scale], f"{n}/rowwise/Mul", outputs=list(node.output))
     return ed.model()
 
 
 def quantize_tied_head(model: onnx.ModelProto, bits: int, block_size: int,
-                       accuracy_level: int) -> onnx.ModelProto:
-    """Gemm(h, W, transB=1) → MatMulNBits(h, Wq) and Gather(W, ids) → GatherBlockQuantized(Wq, ids)."""
+                       accuracy_level: int, residual: bool = False) -> onnx.ModelProto:
+    """Gemm(h, W, transB=1) → MatMulNBits(h, Wq) and Gather(W, ids) → GatherBlockQuantized(Wq, ids).
+
+    `residual` (with accuracy_level 4, which quantizes h to int8 per block inside MatMulNBits): h and what
+    that int8 form misses go through MatMulNBits as two rows, their logits summed."""
     ed = GraphEditor.edit(model)
     gemm, gather = ed.node(HEAD_GEMM), ed.node(EMBED_GATHER)
     head_name = gemm.input[1]
@@ -221,7 +258,14 @@ def quantize_tied_head(model: onnx.ModelProto, bits: int, block_size: int,
         gather_inputs.append(zp)
     attrs = {a.name: helper.get_attribute_value(a) for a in qnode.attribute}
     ed.remove(gemm)
-    ed.op("MatMulNBits", head_inputs, "/lm_head/MatMulNBits", outputs=list(gemm.output), domain=MS_DOMAIN, **attrs)
+    if residual:
+        head_inputs[0] = _with_block_residual(ed, gemm.input[0], n_embd, block_size)
+        pair = ed.op1("MatMulNBits", head_inputs, "/lm_head/MatMulNBits", domain=MS_DOMAIN, **attrs)
+        ed.op("ReduceSum", [pair, ed.const_i64("/lm_head/pair_axis", [1])], "/lm_head/ReduceSum",
+              outputs=list(gemm.output), keepdims=0)
+    else:
+        ed.op("MatMulNBits", head_inputs, "/lm_head/MatMulNBits", outputs=list(gemm.output), domain=MS_DOMAIN,
+              **attrs)
     if gather.input[0] == head_name:  # tied: the embedding reads the head's quantized tensor
         ed.remove(gather)
         blocks = ed.op1("GatherBlockQuantized", gather_inputs, "/model/embed_tokens/GatherBlockQuantized",
@@ -229,6 +273,27 @@ def quantize_tied_head(model: onnx.ModelProto, bits: int, block_size: int,
         ed.op("Reshape", [blocks, ed.const_i64("/model/embed_tokens/shape", [0, 0, n_embd])],
               "/model/embed_tokens/Reshape", outputs=list(gather.output))
     return ed.model()  # the fp32 head, now unread, is dropped
+
+
+def _with_block_residual(ed: GraphEditor, h: str, n_embd: int, block_size: int) -> str:
+    """[rows, K] → [rows, 2, K]: each row and its error after symmetric int8 quantization per block of
+    `block_size` (scale absmax/127, round half to even: what MatMulNBits' int8 compute does to it)."""
+    n = "/lm_head/residual"
+    ed.require_opset(18)  # ReduceMax with axes as an input
+    blocks = ed.op1("Reshape", [h, ed.const_i64(f"{n}/blocks", [0, n_embd // block_size, block_size])],
+                    f"{n}/Reshape")
+    absmax = ed.op1("ReduceMax", [ed.op1("Abs", [blocks], f"{n}/Abs"), ed.const_i64(f"{n}/last_axis", [-1])],
+                    f"{n}/ReduceMax", keepdims=1)
+    tiny = ed.weight(f"{n}/tiny", np.asarray(1e-30, np.float32))  # an all-zero block: q = 0, not 0/0
+    levels = ed.weight(f"{n}/levels", np.asarray(127, np.float32))
+    inv = ed.op1("Div", [levels, ed.op1("Max", [absmax, tiny], f"{n}/Max")], f"{n}/InvScale")
+    q = ed.op1("Round", [ed.op1("Mul", [blocks, inv], f"{n}/Scaled")], f"{n}/Round")
+    seen = ed.op1("Mul", [q, ed.op1("Div", [absmax, levels], f"{n}/Scale")], f"{n}/Dequantized")
+    err = ed.op1("Reshape", [ed.op1("Sub", [blocks, seen], f"{n}/Sub"), ed.const_i64(f"{n}/rows", [0, n_embd])],
+                 f"{n}/ReshapeBack")
+    pair_axis = ed.const_i64(f"{n}/pair_axis", [1])
+    return ed.op1("Concat", [ed.op1("Unsqueeze", [h, pair_axis], f"{n}/UnsqueezeRow"),
+                             ed.op1("Unsqueeze", [err, pair_axis], f"{n}/UnsqueezeResidual")], f"{n}/Concat", axis=1)
 
 
 def _unpack4(packed: np.ndarray, n: int) -> np.ndarray:

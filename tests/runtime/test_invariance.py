@@ -88,7 +88,8 @@ def test_replies_do_not_depend_on_batch_or_cache(exported, dialogue_prompts, top
             history += fresh.ids if fresh.ids[-1:] == [model.eos] else [*fresh.ids, model.eos]
 
 
-@pytest.mark.parametrize("name", ["int8-rowwise", "int8-nbits8-b256", "int4-hqq-b128-head8"])
+@pytest.mark.parametrize("name", ["int8-rowwise", "int8-rowwise-7bit-residual", "int8-nbits8-b256",
+                                  "int4-hqq-b128-head8"])
 def test_candidate_quantizations_export_and_stay_row_independent(tmp_path, hf_dir, dialogue_prompts, name):
     """The alternatives the fidelity report measures (benchmarks.quality --candidates) export, the int8 ones
     pass parity (int4's fidelity on random weights says little: the report measures it on trained ones),
