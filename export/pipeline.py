@@ -47,6 +47,9 @@ class ExportOptions:
     parity_tokens: int = 64
     thresholds: Thresholds = field(default_factory=Thresholds)
     quant: QuantConfig | None = None  # default per variant, see default_quant()
+    # int8: each activation row of the MLP and the head quantized twice (the row, then what int8 missed):
+    # KL divergence from fp32 halved, decode ~19% slower (docs/quantization.md)
+    precise_activations: bool = False
     threads: int | None = None
     progress: bool = True
     ort_format: bool = False  # also write model.ort + required_operators.config (mobile and minimal builds)
@@ -61,7 +64,7 @@ class ExportResult:
     bytes_on_disk: int
 
 
-def default_quant(variant: str) -> QuantConfig | None:
+def default_quant(variant: str, precise_activations: bool = False) -> QuantConfig | None:
     """Measured defaults (docs/quantization.md, "Export choices"; benchmarks.quality and benchmarks.quant_ablation on
     the bundled model). int8: row-wise activations (every token quantized on its own: a reply does not
     depend on its batch or on how its history was cached) with 7-bit per-column weights (no u8×s8
@@ -72,7 +75,11 @@ def default_quant(variant: str) -> QuantConfig | None:
     projections at 8 bits (mean KL divergence from fp32 0.000160 vs 0.000250 all-4-bit, below llama.cpp
     Q4_K_M's 0.000227; decode +8% and +11 MB on DialoGPT-small, AVX2: docs/quantization.md)."""
     if variant == "int8":
-        return QuantConfig("int8", layer_method="rowwise", reduce_range=True, head_bits=8, head_block_size=128)
+        # precise_activations: measured per layer kind (benchmarks.quant_ablation), the residual rows pay off in
+        # the MLP's two MatMuls and the head; in the attention's they changed nothing
+        return QuantConfig("int8", layer_method="rowwise", reduce_range=True, head_bits=8, head_block_size=128,
+                           residual_layers=("mlp/",) if precise_activations else (),
+                           head_residual=precise_activations)
     if variant == "int4":
         return QuantConfig("int4", layer_method="nbits", block_size=32, head_bits=8, head_block_size=128,
                            eight_bit_layers=("attn/qkv",))
@@ -87,6 +94,9 @@ def _check_args(opts: ExportOptions) -> None:
     if opts.graph == "portable" and opts.all_logits:
         raise ExportError("--all-logits is for the contrib graph (the portable graph always outputs every "
                           "position): drop one of the two options")
+    if opts.precise_activations and (opts.variant != "int8" or opts.graph != "contrib" or opts.quant):
+        raise ExportError("precise activations are for the int8 variant of the contrib graph, without an explicit "
+                          "quantization config: drop --precise-activations or use --variant int8 --graph contrib")
     integer("n_prompts", opts.n_prompts, 1, error=ExportError)
     integer("parity_tokens", opts.parity_tokens, 1, error=ExportError)
     optional_integer("threads", opts.threads, 1, "all cores", error=ExportError)
@@ -156,7 +166,7 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
                      + ["write", "verify"] + (["ort"] if opts.ort_format else []), opts.progress)
     with stages.stage("load"):
         ckpt = load_checkpoint(source, opts.tokenizer_dir)
-        quant = opts.quant or default_quant(opts.variant)
+        quant = opts.quant or default_quant(opts.variant, opts.precise_activations)
         quant = fit_to_model(quant, ckpt.config.n_embd) if quant else None
         dialogues = load_prompts(opts.prompts, opts.n_prompts)
         tok = build_tokenizer(ckpt.tokenizer_files)

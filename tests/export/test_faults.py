@@ -331,6 +331,8 @@ def test_truncated_safetensors(tmp_path, hf_dir):
     (("--min-top1", "1.5"), "min_top1 must be a number in [0, 1]"),
     (("--max-logit-diff", "nan"), "--max-logit-diff: must be a finite number"),
     (("--bogus",), "unrecognized arguments: --bogus"),
+    (("--variant", "int4", "--precise-activations"), "precise activations are for the int8 variant"),
+    (("--graph", "portable", "--precise-activations"), "precise activations are for the int8 variant"),
 ])
 def test_bad_arguments_one_line(tmp_path, hf_dir, args, phrase):
     out = tmp_path / "out"
