@@ -162,7 +162,7 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True,
     integers are multiplied by that 0.
 
     `residual_layers` (parts of node names, "" for all): there each row is quantized twice — the row, then
-    what its int8 form missed (another scale) — and both go through one MatMulIntegerToFloat as two rows
+    what its int8 form missed (at 1/254 of the row's scale) — and both go through one MatMulIntegerToFloat as two rows
     (one pass over the weights), their products summed in one fixed order: activations good to ~15 bits,
     still exact integer dot products.
     """
@@ -279,6 +279,8 @@ def _with_block_residual(ed: GraphEditor, h: str, n_embd: int, block_size: int) 
     """[rows, K] → [rows, 2, K]: each row and its error after symmetric int8 quantization per block of
     `block_size` (scale absmax/127, round half to even: what MatMulNBits' int8 compute does to it)."""
     n = "/lm_head/residual"
+    if n_embd % block_size:
+        raise ValueError(f"head_residual needs the head's block size ({block_size}) to divide n_embd ({n_embd})")
     ed.require_opset(18)  # ReduceMax with axes as an input
     blocks = ed.op1("Reshape", [h, ed.const_i64(f"{n}/blocks", [0, n_embd // block_size, block_size])],
                     f"{n}/Reshape")
