@@ -97,10 +97,12 @@ def apply_spec(model: onnx.ModelProto, spec: str, windows: list[list[int]]) -> o
             kind, *a = part.split(":")
             if kind in ("head", "headr"):
                 model = quantize_tied_head(model, int(a[0]), int(a[1]), int(a[2]), residual=kind == "headr")
-            elif kind.split("@")[0] in ("rowwise7", "rowwise8", "rowwise7r", "rowwise8r"):
-                kind, _, name = kind.partition("@")
-                model = rowwise_int8(model, reduce_range=kind.startswith("rowwise7"),
-                                     residual_layers=(name,) if kind.endswith("r") else ())
+            elif kind.partition("@")[0] in ("rowwise7", "rowwise8", "rowwise7r", "rowwise8r"):
+                kind, at, name = kind.partition("@")
+                if at and not kind.endswith("r"):
+                    raise ValueError(f"@NAME picks residual rows: {kind}r@{name}, not {part!r}")
+                residual = (name,) if kind.endswith("r") else ()
+                model = rowwise_int8(model, reduce_range=kind.startswith("rowwise7"), residual_layers=residual)
             elif kind == "nbits" and a[3:] == ["gptq"]:
                 model = _gptq(model, int(a[0]), int(a[1]), int(a[2]), windows)
             elif kind == "nbits" and "@" in part:

@@ -47,8 +47,8 @@ class ExportOptions:
     parity_tokens: int = 64
     thresholds: Thresholds = field(default_factory=Thresholds)
     quant: QuantConfig | None = None  # default per variant, see default_quant()
-    # int8: each activation row of the MLP and the head quantized twice (the row, then what int8 missed):
-    # KL divergence from fp32 halved, decode ~19% slower (docs/quantization.md)
+    # int8: each activation row of the MLP and the head quantized twice (the row, then what int8 missed);
+    # its fidelity and cost: docs/quantization.md
     precise_activations: bool = False
     threads: int | None = None
     progress: bool = True

@@ -177,7 +177,8 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True,
     zero_points = ed.op1("Unsqueeze", [ed.op1("Expand", [zero_point, rows], "rowwise/Expand"), last_axis],
                          "rowwise/Unsqueeze")
     levels = 63 if reduce_range else 127
-    if residual_layers:
+    residual = set(matmuls_named(model, residual_layers)) if residual_layers else set()
+    if residual:
         inv254 = ed.weight("rowwise/inv254", np.asarray(1 / 254, np.float32))
         pair_weights = ed.weight("rowwise/pair_weights", np.asarray([[1.0], [1 / 254]], np.float32))
         pair_axis = ed.const_i64("rowwise/pair_axis", [-2])
@@ -203,8 +204,7 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True,
         row_scale = ed.op1("Mul", [absmax, inv127], f"{n}/rowwise/RowScale")
         xq = ed.op1("QuantizeLinear", [x, row_scale, zero_points], f"{n}/rowwise/QuantizeLinear", axis=-1,
                     block_size=k)
-        residual = any(part in node.name for part in residual_layers)
-        if residual:
+        if node.name in residual:
             # what the int8 row missed lies within ±row_scale/2: 254 levels of row_scale/254 cover it
             seen = ed.op1("DequantizeLinear", [xq, row_scale, zero_points], f"{n}/rowwise/DequantizeLinear",
                           axis=-1, block_size=k)
@@ -215,7 +215,7 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True,
                                     pair_shape], f"{n}/rowwise/Pair")
         y = ed.op1("MatMulIntegerToFloat", [xq, qw, one, scale, zero_point, *w_zero],
                    f"{n}/rowwise/MatMulIntegerToFloat", domain=MS_DOMAIN)
-        if residual:  # [batch, seq, 2, N]: row + residual / 254, in that order
+        if node.name in residual:  # [batch, seq, 2, N]: row + residual / 254, in that order
             y = ed.op1("ReduceSum", [ed.op1("Mul", [y, pair_weights], f"{n}/rowwise/PairWeights"), pair_axis],
                        f"{n}/rowwise/ReduceSum", keepdims=0)
         ed.op("Mul", [y, row_scale], f"{n}/rowwise/Mul", outputs=list(node.output))
