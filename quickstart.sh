@@ -4,11 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e ".[dev]"
-.venv/bin/python -m export models/chat-8x256 models/chat-8x256-int8 --variant int8 --overwrite
+.venv/bin/dialogpt-onnx export models/chat-8x256 models/chat-8x256-int8 --variant int8 --overwrite
 echo
 echo "== a scripted exchange (piped: one user turn per line in, one reply per line out) =="
 turns=$'Hi! Do you like music?\nWho is your favorite band?\nI like jazz more.'
-replies=$(.venv/bin/python -m runtime chat models/chat-8x256-int8 --max-new-tokens 40 <<<"$turns")
+replies=$(.venv/bin/dialogpt-onnx chat models/chat-8x256-int8 --max-new-tokens 40 <<<"$turns")
 paste -d '\n' <(sed 's/^/You: /' <<<"$turns") <(sed 's/^/Bot: /' <<<"$replies")
 echo
 echo "== from now on: source .venv/bin/activate (or call .venv/bin/dialogpt-onnx by its path), then =="

@@ -1,7 +1,7 @@
 """The benchmark suite: this runtime vs PyTorch, Optimum, CTranslate2 (and llama.cpp when installed),
 same prompts, same new tokens, same threads, engines interleaved per repeat.
 
-    python -m benchmarks [--models small,medium,large | --model DIR] [--engines a,b] [--quick] --out DIR
+    dialogpt-onnx bench [--models small,medium,large | --model DIR] [--engines a,b] [--quick] --out DIR
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runtime.cli import OneLineParser, nonnegative_int, positive_int
+from dialogpt_onnx.runtime.cli import OneLineParser, nonnegative_int, positive_int
 
 from .engines import Engine, all_engines, dir_size, greedy_agreement
 from .machine import machine_info
@@ -31,9 +31,9 @@ QUICK_ENGINES = "pytorch-fp32,ours-fp32,ours-int8,ours-int4,ctranslate2-int8,opt
 
 def dialogue_tokens(n_tokens: int, offset: int = 0) -> list[int]:
     """Real dialogue (Topical-Chat test turns, each followed by EOS), cut to n_tokens."""
-    from export.tokenizer import build_tokenizer
-    from runtime.text import EOS_TOKEN_ID, encode_dialogue
-    from training.corpora import tokenizer_files, topical_chat
+    from dialogpt_onnx.export.tokenizer import build_tokenizer
+    from dialogpt_onnx.runtime.text import EOS_TOKEN_ID, encode_dialogue
+    from dialogpt_onnx.training.corpora import tokenizer_files, topical_chat
 
     tok = build_tokenizer(tokenizer_files())
     ids: list[int] = []
@@ -107,9 +107,9 @@ def bench_model(label: str, src: Path, engines: list[Engine], work: Path, a: arg
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m benchmarks", description=__doc__, examples=(
-        "python -m benchmarks --quick --out /tmp/bench        # every engine's code path in a minute",
-        "python -m benchmarks --models small,medium --out benchmarks/results/today"))
+    p = OneLineParser(prog="dialogpt-onnx bench", description=__doc__, examples=(
+        "dialogpt-onnx bench --quick --out /tmp/bench        # every engine's code path in a minute",
+        "dialogpt-onnx bench --models small,medium --out benchmarks/results/today"))
     p.add_argument("--models", default="small", help="comma list of small, medium, large (random weights)")
     p.add_argument("--model", help="a real checkpoint dir instead of --models")
     p.add_argument("--engines", help="comma list (default: all installed): " + ", ".join(e.name for e in all_engines()))

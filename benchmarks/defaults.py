@@ -122,7 +122,7 @@ def plot(run: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.cli import OneLineParser
+    from dialogpt_onnx.runtime.cli import OneLineParser
 
     ap = OneLineParser(prog="python -m benchmarks.defaults", description=__doc__.split("\n\n")[0])
     ap.add_argument("model_dir", nargs="?", default=None, help="exported model (default: the bundled one, int8)")
@@ -130,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/defaults")
     a = ap.parse_args(argv)
-    import runtime
+    from dialogpt_onnx import runtime
 
     out = report_dir(ap, a.out)
     model_dir = Path(a.model_dir) if a.model_dir else None
     if model_dir is None:
-        from export import ExportOptions, export_model
+        from dialogpt_onnx.export import ExportOptions, export_model
 
         from .quality import BUNDLED
 

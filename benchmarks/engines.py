@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.text import EOS_TOKEN_ID
+from dialogpt_onnx.runtime.text import EOS_TOKEN_ID
 
 EOS = EOS_TOKEN_ID
 
@@ -102,7 +102,7 @@ class Ours(Engine):
         self.quantized = variant != "fp32"
 
     def prepare(self, src: Path, work: Path, threads: int) -> Path:
-        from export import ExportOptions, export_model
+        from dialogpt_onnx.export import ExportOptions, export_model
 
         out = work / self.name
         if not (out / "manifest.json").is_file():
@@ -111,8 +111,8 @@ class Ours(Engine):
         return out
 
     def load(self, artifact: Path, threads: int) -> None:
-        import runtime
-        from runtime.generate import generate_ids
+        from dialogpt_onnx import runtime
+        from dialogpt_onnx.runtime.generate import generate_ids
 
         self.model = runtime.load(artifact, threads=threads)
         self._gen = generate_ids
@@ -203,7 +203,7 @@ class Optimum(Fp32OrInt8):
         from optimum.onnxruntime import ORTQuantizer
         from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-        from export.quantize import quiet
+        from dialogpt_onnx.export.quantize import quiet
 
         q = ORTQuantizer.from_pretrained(fp32)
         qconfig = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)  # this CPU's config

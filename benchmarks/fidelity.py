@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from runtime.scoring import reply_logprobs
+from dialogpt_onnx.runtime.scoring import reply_logprobs
 
 
 def prefix_agreement(a: Sequence[int], b: Sequence[int]) -> float:

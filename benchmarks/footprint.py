@@ -171,7 +171,7 @@ def restore_vs_prefill(model_dir: Path, threads: int, runs: int, words: int = 40
     import tempfile
     import time
 
-    import runtime
+    from dialogpt_onnx import runtime
 
     model = runtime.load(model_dir, threads=threads)
     persona = " ".join(["I am a friendly robot who loves jazz, long walks and talking about books."] * (words // 14))
@@ -268,7 +268,7 @@ def plot(run: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.cli import OneLineParser, positive_int
+    from dialogpt_onnx.runtime.cli import OneLineParser, positive_int
 
     ap = OneLineParser(prog="python -m benchmarks.footprint", description=__doc__.split("\n\n")[0],
                        examples=("python -m benchmarks.footprint --out reports/footprint",

@@ -38,7 +38,7 @@ def memory() -> dict[str, float]:
 
 
 def ours(artifact: str, lever: str, threads: int) -> dict:
-    import runtime
+    from dialogpt_onnx import runtime
 
     t_import = time.perf_counter() - START
     if lever == "no-prepacking":
@@ -57,7 +57,7 @@ def ours(artifact: str, lever: str, threads: int) -> dict:
     ttft = time.perf_counter() - t
     chat = model.graph.new_cache()  # an app's chat: a cache of its own, kept
     chat.reset(1, reserve=len(PROMPT) + REPLY)
-    from runtime.generate import generate_ids
+    from dialogpt_onnx.runtime.generate import generate_ids
 
     opts = model.options(max_new_tokens=REPLY, min_new_tokens=REPLY)
     list(generate_ids(chat, [PROMPT], opts, model.eos, stop_at_eos=False, keep_cache=True))
@@ -76,7 +76,7 @@ def _session_lever() -> None:
 
     import onnxruntime as ort
 
-    from runtime import ort_session
+    from dialogpt_onnx.runtime import ort_session
 
     def patched(path: Path, threads: int | None, optimization: str = "all",
                 cache_key: str | None = None) -> ort.InferenceSession:

@@ -28,8 +28,8 @@ QUICK = {"contexts": 6, "max_new_tokens": 12}
 
 def held_out(model, n: int) -> tuple[list[list[int]], list[str]]:
     """(contexts, human replies), spread over Topical-Chat test_freq."""
-    from training.corpora import topical_chat
-    from training.evaluate import reply_pairs
+    from dialogpt_onnx.training.corpora import topical_chat
+    from dialogpt_onnx.training.evaluate import reply_pairs
 
     convs = topical_chat("test_freq")
     pairs = reply_pairs(model.tokenizer, convs, model.eos)
@@ -96,11 +96,11 @@ def plot(run: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.cli import OneLineParser
+    from dialogpt_onnx.runtime.cli import OneLineParser
 
     ap = OneLineParser(prog="python -m benchmarks.mmi", description=__doc__.split("\n\n")[0])
     ap.add_argument("model_dir", help="exported forward model")
-    ap.add_argument("--backward", required=True, help="exported backward model (python -m training --reverse)")
+    ap.add_argument("--backward", required=True, help="exported backward model (dialogpt-onnx train --reverse)")
     ap.add_argument("--candidates", default="4,8,16", help="N values for MMI, comma-separated")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --candidates {a.candidates!r}: give comma-separated integers >= 1, e.g. 4,8,16",
               file=sys.stderr)
         return 2
-    import runtime
-    from runtime.mmi import MMIOptions, MMIReranker
+    from dialogpt_onnx import runtime
+    from dialogpt_onnx.runtime.mmi import MMIOptions, MMIReranker
 
     try:
         model, backward = runtime.load(a.model_dir, threads=a.threads), runtime.load(a.backward, threads=a.threads)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from export.quantize import QuantConfig
-from runtime.cli import OneLineParser
+from dialogpt_onnx.export.quantize import QuantConfig
+from dialogpt_onnx.runtime.cli import OneLineParser
 
 from . import fidelity
 from .machine import machine_info
@@ -69,7 +69,7 @@ TARGETS = {"int8": {"token_agreement": 0.97, "ppl_increase": 0.01},
 
 
 def export_variants(checkpoint: str, names: list[str], out: Path, threads: int) -> dict[str, Path]:
-    from export import ExportOptions, export_model
+    from dialogpt_onnx.export import ExportOptions, export_model
 
     dirs = {}
     for name in tqdm(names, desc="export", unit="variant"):
@@ -83,8 +83,8 @@ def export_variants(checkpoint: str, names: list[str], out: Path, threads: int) 
 
 def held_out(tok, eos: int, p: dict) -> tuple[list[tuple[list[int], list[int]]], list[list[int]], list[list[str]]]:
     """(perplexity pairs, greedy contexts, chats' user turns) from Topical-Chat test_freq."""
-    from training.corpora import topical_chat
-    from training.evaluate import reply_pairs
+    from dialogpt_onnx.training.corpora import topical_chat
+    from dialogpt_onnx.training.evaluate import reply_pairs
 
     convs = topical_chat("test_freq")
     pairs = reply_pairs(tok, convs[: p["ppl_conversations"]], eos)
@@ -97,7 +97,7 @@ def held_out(tok, eos: int, p: dict) -> tuple[list[tuple[list[int], list[int]]],
 
 def speed(models: dict, prompt: list[int], tokens: int, repeats: int) -> dict[str, dict]:
     """Decode ms/token and first-token ms, variants interleaved within each repeat (first round warms up)."""
-    from runtime.generate import generate_ids
+    from dialogpt_onnx.runtime.generate import generate_ids
 
     runs: dict[str, dict[str, list[float]]] = {n: {"decode": [], "first": []} for n in models}
     for r in range(repeats + 1):
@@ -115,9 +115,9 @@ def speed(models: dict, prompt: list[int], tokens: int, repeats: int) -> dict[st
 
 def measure(checkpoint: str, names: list[str], out: Path, p: dict, threads: int) -> tuple[dict, int]:
     """(results per variant, number of perplexity replies)"""
-    import runtime
-    from export.checkpoint import load_checkpoint, torch_model
-    from training.evaluate import reply_perplexity as torch_perplexity
+    from dialogpt_onnx import runtime
+    from dialogpt_onnx.export.checkpoint import load_checkpoint, torch_model
+    from dialogpt_onnx.training.evaluate import reply_perplexity as torch_perplexity
 
     dirs = export_variants(checkpoint, names, out, threads)
     models = {n: runtime.load(d, threads=threads) for n, d in dirs.items()}

@@ -34,7 +34,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader
 from tqdm import tqdm
 
-from runtime.graph_io import CONTRIB_IO
+from dialogpt_onnx.runtime.graph_io import CONTRIB_IO
 
 from .machine import machine_info
 from .outdir import report_dir
@@ -71,8 +71,8 @@ class CalibrationDialogue(CalibrationDataReader):
 
 
 def calibration_windows(tok, eos: int, n: int = 48, length: int = 128) -> list[list[int]]:
-    from training.corpora import topical_chat
-    from training.evaluate import reply_pairs
+    from dialogpt_onnx.training.corpora import topical_chat
+    from dialogpt_onnx.training.evaluate import reply_pairs
 
     pairs = reply_pairs(tok, topical_chat("valid_rare")[:30], eos)
     return [(c + t)[-length:] for c, t in pairs[::6]][:n]
@@ -90,7 +90,7 @@ def _gptq(model: onnx.ModelProto, bits: int, block: int, acc: int, windows: list
 
 
 def apply_spec(model: onnx.ModelProto, spec: str, windows: list[list[int]]) -> onnx.ModelProto:
-    from export.quantize import _nbits, matmuls_named, quantize_tied_head, quiet, rowwise_int8
+    from dialogpt_onnx.export.quantize import _nbits, matmuls_named, quantize_tied_head, quiet, rowwise_int8
 
     with quiet():
         for part in spec.split("+"):
@@ -119,7 +119,7 @@ def write_variant(fp32_dir: Path, model: onnx.ModelProto, out: Path) -> Path:
     """A model dir: the fp32 dir's tokenizer and manifest, with this graph and its true size."""
     import shutil
 
-    from runtime.manifest import sha256
+    from dialogpt_onnx.runtime.manifest import sha256
 
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(fp32_dir / "tokenizer.json", out / "tokenizer.json")
@@ -133,9 +133,9 @@ def write_variant(fp32_dir: Path, model: onnx.ModelProto, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import runtime
-    from export import ExportOptions, export_model
-    from runtime.cli import OneLineParser
+    from dialogpt_onnx import runtime
+    from dialogpt_onnx.export import ExportOptions, export_model
+    from dialogpt_onnx.runtime.cli import OneLineParser
 
     from . import fidelity
     from .quality import BUNDLED, FULL, held_out, speed

@@ -30,8 +30,8 @@ def import_seconds() -> float:
 
 
 def profile(model_dir: str, threads: int, history: int, new_tokens: int, repeats: int) -> dict:
-    import runtime
-    from runtime.generate import generate_ids
+    from dialogpt_onnx import runtime
+    from dialogpt_onnx.runtime.generate import generate_ids
 
     t = time.perf_counter()
     model = runtime.load(model_dir, threads=threads)

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runtime.cli import OneLineParser, positive_int
-from runtime.scoring import log_softmax
+from dialogpt_onnx.runtime.cli import OneLineParser, positive_int
+from dialogpt_onnx.runtime.scoring import log_softmax
 
 from .__main__ import bench_model, spread
 from .engines import Engine, all_engines, dir_size
@@ -88,9 +88,9 @@ def start(engines: list[Engine], src: Path, work: Path, threads: int) -> tuple[d
 
 def measure(src: Path, engines: list[Engine], work: Path, p: dict, threads: int) -> tuple[dict, dict]:
     """(results by engine, failures by engine)"""
-    from export.tokenizer import build_tokenizer
-    from runtime.text import EOS_TOKEN_ID
-    from training.corpora import tokenizer_files
+    from dialogpt_onnx.export.tokenizer import build_tokenizer
+    from dialogpt_onnx.runtime.text import EOS_TOKEN_ID
+    from dialogpt_onnx.training.corpora import tokenizer_files
 
     tok = build_tokenizer(tokenizer_files())  # GPT-2's BPE: every engine's checkpoint uses it
     contexts, pairs = held_out(tok, EOS_TOKEN_ID, p)

@@ -3,7 +3,7 @@
     python -m benchmarks.serve [CHECKPOINT ...] [--clients 1,4,8,16] [--quick] [--out DIR]
 
 Each CHECKPOINT (default: DialoGPT-small with random weights, and the bundled model) is exported to int8
-and served by `python -m serve` in its own process (max batch = the most clients) with an API key and
+and served by `dialogpt-onnx serve` in its own process (max batch = the most clients) with an API key and
 per-chat cache isolation on, as it would face users. Per level, every client holds its own multi-turn
 chat (Topical-Chat test_freq turns; each request carries the whole conversation, as an OpenAI client
 does, so the prefix cache is exercised) and streams every reply; replies are forced to a fixed length
@@ -54,7 +54,7 @@ def percentile(xs: list[float], q: float) -> float:
 def user_turns(n_chats: int, turns: int, offset: int = 0) -> list[list[str]]:
     """Per chat, its user turns: one speaker's turns of a held-out Topical-Chat conversation; chats
     offset..offset+n-1, so that levels given disjoint offsets share no chat (no KV reuse across levels)."""
-    from training.corpora import topical_chat
+    from dialogpt_onnx.training.corpora import topical_chat
 
     convs = [c for c in topical_chat("test_freq") if len(c) >= 2 * turns]
     return [convs[(offset + i) % len(convs)][0::2][:turns] for i in range(n_chats)]
@@ -69,12 +69,12 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m serve` in its own process, on a free loopback port; stopped by SIGTERM."""
+    """`dialogpt-onnx serve` in its own process, on a free loopback port; stopped by SIGTERM."""
 
     def __init__(self, model_dir: Path, max_batch: int, threads: int, *flags: str) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         port = self.url.rsplit(":", 1)[1]
-        self.proc = subprocess.Popen([sys.executable, "-m", "serve", str(model_dir), "--port", port,
+        self.proc = subprocess.Popen([sys.executable, "-m", "dialogpt_onnx.serve", str(model_dir), "--port", port,
                                       "--max-batch", str(max_batch), "--max-queue", str(4 * max_batch),
                                       "--threads", str(threads), "--api-key", API_KEY, "--no-access-log", *flags],
                                      cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -288,7 +288,7 @@ def stored_chats(model_dir: Path, threads: int, n: int, probes: int) -> dict:
 
 
 def export_int8(checkpoint: Path, out: Path, threads: int) -> Path:
-    from export import ExportOptions, export_model
+    from dialogpt_onnx.export import ExportOptions, export_model
 
     if not (out / "manifest.json").is_file():
         export_model(str(checkpoint), out, ExportOptions(variant="int8", overwrite=True, progress=False, n_prompts=1,
@@ -301,7 +301,7 @@ def step_cost(model_dir: Path, threads: int, rows: tuple[int, ...], history: int
     """The graph's own cost of one decode step over k rows (the engine's shared call, no HTTP, no
     Python around it), ms: median (min-max) over repeats of the median step. Bounds what batching can
     give: tokens/s at k chats <= k / (cost(k) / cost(1)) x one chat's."""
-    import runtime
+    from dialogpt_onnx import runtime
 
     model = runtime.load(model_dir, threads=threads)
     runs: dict[int, list[float]] = {k: [] for k in rows}
@@ -420,7 +420,7 @@ def plot(run: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.cli import OneLineParser
+    from dialogpt_onnx.runtime.cli import OneLineParser
 
     from .quality import BUNDLED
     from .random_checkpoint import make_random_checkpoint
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = [(Path(c).name, Path(c)) for c in a.checkpoints] or [("small-random", None), ("bundled", BUNDLED)]
     for _, src in sources:
         if src is not None and not (src / "config.json").is_file():
-            print(f"error: {src} has no config.json: give a checkpoint dir (python -m export reads it)",
+            print(f"error: {src} has no config.json: give a checkpoint dir (dialogpt-onnx export reads it)",
                   file=sys.stderr)
             return 2
     run = {"quick": a.quick, "threads": a.threads, "params": p, "machine": machine_info(), "models": {},

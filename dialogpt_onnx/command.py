@@ -1,24 +1,29 @@
-"""dialogpt-onnx COMMAND [options]: export, chat, generate, serve, bench, train.
+"""dialogpt-onnx COMMAND [options]: export, chat, generate, serve, bench, train, evaluate.
 
-Each command is its package's own CLI (`python -m export`, `python -m runtime chat`, ...), loaded by name
-only when asked for, so that `dialogpt-onnx chat` never imports the exporter or the server.
+Each command's module is imported by name only when asked for, so that `dialogpt-onnx chat` never imports
+the exporter or the server; every command's outcome becomes its exit code through one runner
+(runtime.cli.run_command: 0, 2 a user error or a missing extra, 3 a bug, 128 + N a signal).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
-from runtime.cli import VERSION
+from .runtime.cli import VERSION, run_command
 
-# command -> (package whose __main__.main runs it, whether the command name is passed on, what it does)
+# command -> (module whose main(argv) runs it, whether the command name is passed on, what it does)
 COMMANDS = {
-    "export": ("export", False, "a DialoGPT / GPT-2 checkpoint to an optimized ONNX model dir"),
-    "chat": ("runtime", True, "chat with an exported model (a REPL, or one reply per stdin line when piped)"),
-    "generate": ("runtime", True, "print the reply to one text"),
-    "serve": ("serve", False, "the OpenAI-compatible server and chat page"),
-    "bench": ("benchmarks", False, "this runtime against PyTorch, Optimum, CTranslate2 and llama.cpp"),
-    "train": ("training", False, "DialoGPT's recipe on a CPU"),
+    "export": ("dialogpt_onnx.export.__main__", False, "a DialoGPT / GPT-2 checkpoint to an optimized ONNX model dir"),
+    "chat": ("dialogpt_onnx.runtime.__main__", True,
+             "chat with an exported model (a REPL, or one reply per stdin line when piped)"),
+    "generate": ("dialogpt_onnx.runtime.__main__", True, "print the reply to one text"),
+    "serve": ("dialogpt_onnx.serve.__main__", False, "the OpenAI-compatible server and chat page"),
+    "train": ("dialogpt_onnx.training.__main__", False, "DialoGPT's recipe on a CPU"),
+    "evaluate": ("dialogpt_onnx.training.evaluate", False, "held-out reply perplexity of checkpoints"),
+    "bench": ("benchmarks.__main__", False,
+              "this runtime against PyTorch, Optimum, CTranslate2 and llama.cpp (from a clone of the repository)"),
 }
 USAGE = "usage: dialogpt-onnx {" + ",".join(COMMANDS) + "} [options]   (dialogpt-onnx COMMAND --help for each)"
 
@@ -38,9 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] not in COMMANDS:
         print(f"error: unknown command {args[0]!r}: use one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    package, keep_name, _ = COMMANDS[args[0]]
-    cli = importlib.import_module(f"{package}.__main__")
-    return int(cli.main(args if keep_name else args[1:]) or 0)
+    module, keep_name, _ = COMMANDS[args[0]]
+    if module.startswith("benchmarks."):
+        _find_the_repository()
+    # a missing extra while the command's module loads is one line naming the pip install (run_command)
+    return run_command(lambda: importlib.import_module(module).main(args if keep_name else args[1:]))
+
+
+def _find_the_repository() -> None:
+    """The benchmark suite is not in the wheel: an install from a clone (pip install -e .) finds it beside
+    the package; an installed wheel has none, and the import's one-line error says so."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "benchmarks" / "__main__.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
 
 
 if __name__ == "__main__":

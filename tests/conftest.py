@@ -11,8 +11,8 @@ import pytest
 import torch
 from checkpoints import fp16_rounded, save_hf, save_original, tiny_model
 
-from export import ExportOptions, export_model
-from training.corpora import topical_chat
+from dialogpt_onnx.export import ExportOptions, export_model
+from dialogpt_onnx.training.corpora import topical_chat
 
 # Loads write this machine's weight cache (runtime.weight_cache): into a directory of the test run's own,
 # shared by the CLIs and servers the tests start, never the user's ~/.cache.
@@ -81,7 +81,7 @@ def exported(tmp_path_factory, hf_dir):
 @pytest.fixture(scope="session")
 def backward_dir(tmp_path_factory, hf_bin_dir):
     """Any model with the same tokenizer serves to test the mechanics (the real one is trained with
-    `python -m training --reverse`); exported with all-position logits, as a backward model should be."""
+    `dialogpt-onnx train --reverse`); exported with all-position logits, as a backward model should be."""
     out = tmp_path_factory.mktemp("backward") / "model"
     export_model(hf_bin_dir, out, ExportOptions(variant="fp32", all_logits=True, progress=False, n_prompts=1,
                                                 parity_tokens=4))

@@ -29,8 +29,8 @@ def live_server(model, app_options: dict | None = None, config_options: dict | N
     url). app_options go to create_app, config_options to uvicorn.Config, the rest to the Engine."""
     import uvicorn
 
-    from serve.engine import Engine
-    from serve.http import create_app
+    from dialogpt_onnx.serve.engine import Engine
+    from dialogpt_onnx.serve.http import create_app
 
     engine = Engine(model, **engine_options)
     port = free_port()

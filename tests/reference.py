@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-import runtime
-from runtime.text import EOS_TOKEN_ID, encode_dialogue
+from dialogpt_onnx import runtime
+from dialogpt_onnx.runtime.text import EOS_TOKEN_ID, encode_dialogue
 
 EOS = EOS_TOKEN_ID
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from export import ExportOptions, export_model
+from dialogpt_onnx.export import ExportOptions, export_model
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

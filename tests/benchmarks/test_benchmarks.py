@@ -100,9 +100,9 @@ def test_ours_bans_eos_like_every_engine(tmp_path):
     """The suite's own engine generates exactly n tokens with EOS banned, as the others: its replies are
     generate()'s with min_new_tokens = n (without the ban its agreement with the reference was wrong).
     The bundled model: trained replies end their turn, random weights' hardly ever do."""
-    import runtime
     from benchmarks.engines import EOS, Ours
     from benchmarks.quality import BUNDLED
+    from dialogpt_onnx import runtime
 
     ours = Ours("int8")
     d = ours.prepare(BUNDLED, tmp_path, threads=2)

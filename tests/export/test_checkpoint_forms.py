@@ -9,10 +9,10 @@ import pytest
 import torch
 from checkpoints import CONFIGS
 
-from export.checkpoint import canonical_name, load_checkpoint
-from export.config import config_from_dict
-from export.errors import ExportError
-from runtime.text import EOS_TOKEN_ID
+from dialogpt_onnx.export.checkpoint import canonical_name, load_checkpoint
+from dialogpt_onnx.export.config import config_from_dict
+from dialogpt_onnx.export.errors import ExportError
+from dialogpt_onnx.runtime.text import EOS_TOKEN_ID
 
 
 def _reference(model: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ FAST = ("--n-prompts", "1", "--parity-tokens", "4")
 
 def run_export(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "export", *map(str, args), "--quiet"], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "dialogpt_onnx.export", *map(str, args), "--quiet"], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -212,12 +212,12 @@ def test_symlink_out_dir_refused(workspace):
 # in the middle of an export (files written to the temporary dir, nothing published) on any machine.
 _PAUSED_EXPORT = (
     "import sys, time\n"
-    "import export.pipeline as pipeline\n"
+    "import dialogpt_onnx.export.pipeline as pipeline\n"
     "def paused(*args, **kwargs):\n"
     "    print('verifying', flush=True)\n"
     "    time.sleep(600)\n"
     "pipeline.check_parity = paused\n"
-    "from export.__main__ import main\n"
+    "from dialogpt_onnx.export.__main__ import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
@@ -374,8 +374,8 @@ def test_disk_full(small_disk, hf_dir, monkeypatch):
         return
     import errno
 
-    import export.pipeline as pipeline
-    from export import ExportError, ExportOptions, export_model
+    import dialogpt_onnx.export.pipeline as pipeline
+    from dialogpt_onnx.export import ExportError, ExportOptions, export_model
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -397,8 +397,8 @@ def test_overwrite_onto_a_mount_point(small_disk, hf_dir):
 
 def test_internal_errors_are_not_exit_1(tmp_path, hf_dir, monkeypatch, capsys):
     """Exit 1 means "parity failed" only: a bug exits 3 with its trace, and leaves nothing behind."""
-    import export.__main__ as export_cli
-    import export.pipeline as pipeline
+    import dialogpt_onnx.export.__main__ as export_cli
+    import dialogpt_onnx.export.pipeline as pipeline
 
     def broken(*a, **k):
         raise RuntimeError("simulated bug")
@@ -417,9 +417,9 @@ def test_a_signal_inside_the_weights_loader_is_an_interruption_not_a_bad_file(hf
     interrupted (128 + signal), not blame the user's file."""
     import safetensors.torch
 
-    from export import signals
-    from export.checkpoint import load_checkpoint
-    from export.errors import ExportError, Interrupted
+    from dialogpt_onnx.export import signals
+    from dialogpt_onnx.export.checkpoint import load_checkpoint
+    from dialogpt_onnx.export.errors import ExportError, Interrupted
 
     def swallowing_load_file(path):
         try:

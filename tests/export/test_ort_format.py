@@ -9,10 +9,10 @@ import sys
 import pytest
 from checkpoints import ROOT
 
-import runtime
-from export import ExportOptions, export_model
-from runtime.manifest import OPTIMIZATION_LEVELS
-from runtime.text import encode_dialogue
+from dialogpt_onnx import runtime
+from dialogpt_onnx.export import ExportOptions, export_model
+from dialogpt_onnx.runtime.manifest import OPTIMIZATION_LEVELS
+from dialogpt_onnx.runtime.text import encode_dialogue
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def test_an_export_without_ort_says_how_to_get_one(exported):
 
 
 def test_cli_format_ort(tmp_path, hf_dir):
-    proc = subprocess.run([sys.executable, "-m", "export", str(hf_dir), str(tmp_path / "m"), "--format", "ort",
-                           "--quiet", "--n-prompts", "1", "--parity-tokens", "4"], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "dialogpt_onnx.export", str(hf_dir), str(tmp_path / "m"), "--format",
+                           "ort", "--quiet", "--n-prompts", "1", "--parity-tokens", "4"], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m" / "model.ort").is_file() and "ort " in proc.stdout  # the stage's seconds

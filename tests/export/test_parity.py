@@ -12,9 +12,9 @@ import torch
 from checkpoints import TOKENIZER
 from reference import assert_greedy_parity, contexts_ids
 
-import runtime
-from export import ExportOptions, export_model
-from runtime.text import EOS_TOKEN_ID
+from dialogpt_onnx import runtime
+from dialogpt_onnx.export import ExportOptions, export_model
+from dialogpt_onnx.runtime.text import EOS_TOKEN_ID
 
 EOS = EOS_TOKEN_ID
 
@@ -33,7 +33,7 @@ def test_fp32_export_matches_transformers(request, tmp_path, form, reference, to
 def test_fp32_logits_every_step(exported, tiny, topical_contexts):
     """Prefill and every KV-cache decode step give transformers' logits within 1e-3."""
     model = runtime.load(exported("fp32"))
-    from runtime.generate import generate_ids
+    from dialogpt_onnx.runtime.generate import generate_ids
 
     for prompt in contexts_ids(model, topical_contexts[:2]):
         steps: list[np.ndarray] = []
@@ -149,7 +149,7 @@ def test_tokenizer_matches_transformers(exported, topical_contexts):
 
 
 def test_external_data_for_big_models(tmp_path, hf_dir, monkeypatch):
-    import export.onnx_ops as onnx_ops
+    import dialogpt_onnx.export.onnx_ops as onnx_ops
 
     monkeypatch.setattr(onnx_ops, "PROTOBUF_LIMIT", 1000)  # pretend the tiny model is over 2 GB
     out = tmp_path / "ext"

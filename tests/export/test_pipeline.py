@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-import runtime.manifest as manifest_module
-from export import ExportOptions, export_model
-from export import pipeline as pipeline_module
+import dialogpt_onnx.runtime.manifest as manifest_module
+from dialogpt_onnx.export import ExportOptions, export_model
+from dialogpt_onnx.export import pipeline as pipeline_module
 
 
 def test_export_builds_hashes_and_writes_once(tmp_path, hf_dir, monkeypatch):

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from reference import assert_greedy_parity
 
-import runtime
-from export import ExportOptions, export_model
+from dialogpt_onnx import runtime
+from dialogpt_onnx.export import ExportOptions, export_model
 
 
 @pytest.fixture(scope="module")

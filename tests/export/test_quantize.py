@@ -8,8 +8,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.onnx_ops import GraphEditor
-from export.quantize import QuantConfig, quantize, rowwise_int8
+from dialogpt_onnx.export.onnx_ops import GraphEditor
+from dialogpt_onnx.export.quantize import QuantConfig, quantize, rowwise_int8
 
 K, N = 96, 40
 
@@ -80,7 +80,7 @@ def test_precise_activations_export_passes_parity_and_says_so(tmp_path, hf_dir):
     from checkpoints import ROOT
 
     out = tmp_path / "precise"
-    proc = subprocess.run([sys.executable, "-m", "export", str(hf_dir), str(out), "--precise-activations",
+    proc = subprocess.run([sys.executable, "-m", "dialogpt_onnx.export", str(hf_dir), str(out), "--precise-activations",
                            "--n-prompts", "2", "--parity-tokens", "16", "--verify", "--quiet"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

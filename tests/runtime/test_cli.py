@@ -12,11 +12,11 @@ import pytest
 from checkpoints import ROOT
 from processes import one_line, wait_until_reading
 
-import runtime
+from dialogpt_onnx import runtime
 
 
 def run_runtime(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime", *map(str, args)], cwd=ROOT, input=stdin,
+    return subprocess.run([sys.executable, "-m", "dialogpt_onnx.runtime", *map(str, args)], cwd=ROOT, input=stdin,
                           capture_output=True, timeout=300)
 
 
@@ -25,8 +25,8 @@ def test_cli_generate_equals_the_api(exported):
     d = str(exported("int8"))
     model = runtime.load(d)
     for flags, opts in ((["--seed", "5"], runtime.chat_options(seed=5)), (["--greedy"], runtime.GREEDY)):
-        gen = subprocess.run([sys.executable, "-m", "runtime", "generate", d, "Hello", "--max-new-tokens", "8",
-                              *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        gen = subprocess.run([sys.executable, "-m", "dialogpt_onnx.runtime", "generate", d, "Hello", "--max-new-tokens",
+                              "8", *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert gen.returncode == 0, gen.stderr
         assert gen.stdout == model.generate("Hello", max_new_tokens=8, **opts).text + "\n"  # the chat defaults
     for flags, phrase in ((["--greedy", "--temperature", "0.7"], "--temperature samples, --greedy does not"),
@@ -67,7 +67,7 @@ def test_cli_generate_controls_equal_the_api(exported):
 
 
 def test_cli_generate_invalid_utf8_argument(exported):
-    proc = subprocess.run([sys.executable.encode(), b"-m", b"runtime", b"generate",
+    proc = subprocess.run([sys.executable.encode(), b"-m", b"dialogpt_onnx.runtime", b"generate",
                            str(exported("int8")).encode(), b"caf\xe9 \xff"],
                           cwd=ROOT, capture_output=True, timeout=120)
     one_line(type("P", (), {"returncode": proc.returncode, "stderr": proc.stderr.decode()}), 2,
@@ -119,7 +119,7 @@ class _Out:
 
 
 def test_piped_reply_line_breaks_become_spaces():
-    from runtime.__main__ import _reply
+    from dialogpt_onnx.runtime.__main__ import _reply
 
     def pieces():
         yield from ["one\ntwo", "\r\nthree\u2028four", "\x0bfive"]
@@ -133,7 +133,7 @@ def test_piped_reply_line_breaks_become_spaces():
 def test_ctrl_c_stops_the_reply_and_keeps_the_turn(exported):
     """The first Ctrl-C during a reply ends that reply (what was written becomes the bot's turn); the
     chat goes on."""
-    from runtime.__main__ import _reply
+    from dialogpt_onnx.runtime.__main__ import _reply
 
     model = runtime.load(exported("fp32"))
     chat = model.chat(max_new_tokens=40, min_new_tokens=40)
@@ -162,10 +162,10 @@ import os, pty, select, signal, sys, time
 # the Ctrl-C ends it, however fast the machine (unpaced, the tiny model's reply ended before a fixed sleep).
 CHILD = (
     "import sys, time\n"
-    "import runtime.text as text\n"
+    "import dialogpt_onnx.runtime.text as text\n"
     "push = text.StreamDecoder.push\n"
     "text.StreamDecoder.push = lambda self, token: (time.sleep(0.02), push(self, token))[1]\n"
-    "from runtime.__main__ import main\n"
+    "from dialogpt_onnx.runtime.__main__ import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 pid, fd = pty.fork()
@@ -224,7 +224,7 @@ def test_ctrl_c_interactive_session(exported, tmp_path):
 
 
 def test_ctrl_c_at_a_piped_chats_prompt_exits_130(exported):
-    proc = subprocess.Popen([sys.executable, "-m", "runtime", "chat", str(exported("int8"))], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "dialogpt_onnx.runtime", "chat", str(exported("int8"))], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdin.write("Hello\n")
     proc.stdin.flush()
@@ -237,10 +237,10 @@ def test_ctrl_c_at_a_piped_chats_prompt_exits_130(exported):
 
 def test_a_bug_is_exit_3_even_when_it_is_a_value_error(exported):
     """Only UsageError (and OS errors) are the user's: a ValueError from inside is a bug, shown with its trace."""
-    child = ("import sys\nfrom runtime.model import DialogModel\n"
+    child = ("import sys\nfrom dialogpt_onnx.runtime.model import DialogModel\n"
              "def broken(*args, **kwargs):\n    raise ValueError('simulated bug')\n"
              "DialogModel.generate = broken\n"
-             "from runtime.__main__ import main\nsys.exit(main(sys.argv[1:]))\n")
+             "from dialogpt_onnx.runtime.__main__ import main\nsys.exit(main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", child, "generate", str(exported("int8")), "Hello"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr
@@ -254,8 +254,8 @@ from processes import wait_until_reading  # keys typed before the prompt reads w
 os.environ["TERM"] = "xterm"  # a terminal's: readline binds the arrow keys by it
 pid, fd = pty.fork()
 if pid == 0:
-    os.execv(sys.executable, [sys.executable, "-m", "runtime", "chat", sys.argv[1], "--max-new-tokens", "4",
-                              "--verbose", "--seed", "1"])
+    os.execv(sys.executable, [sys.executable, "-m", "dialogpt_onnx.runtime", "chat", sys.argv[1], "--max-new-tokens",
+                              "4", "--verbose", "--seed", "1"])
 screen = b""
 def until(text, start=0, timeout=60):
     global screen

@@ -10,7 +10,7 @@ from checkpoints import TOKENIZER
 from reference import EOS, OpenAIPenalties, contexts_ids
 from transformers import GPT2TokenizerFast
 
-import runtime
+from dialogpt_onnx import runtime
 
 N = 24
 

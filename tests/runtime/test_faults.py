@@ -13,14 +13,14 @@ import pytest
 from checkpoints import ROOT, copy_writable
 from processes import one_line
 
-import runtime
-from runtime.errors import ModelDirError
-from runtime.manifest import sha256
+from dialogpt_onnx import runtime
+from dialogpt_onnx.runtime.errors import ModelDirError
+from dialogpt_onnx.runtime.manifest import sha256
 
 
 # -- model dirs -------------------------------------------------------------------------
 def run_runtime(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime", *map(str, args)], cwd=ROOT, input=stdin,
+    return subprocess.run([sys.executable, "-m", "dialogpt_onnx.runtime", *map(str, args)], cwd=ROOT, input=stdin,
                           capture_output=True, timeout=300)
 
 

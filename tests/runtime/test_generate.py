@@ -8,9 +8,9 @@ import sys
 import numpy as np
 from checkpoints import ROOT
 
-import runtime
-from runtime.generate import generate_ids
-from runtime.text import EOS_TOKEN_ID, encode_dialogue
+from dialogpt_onnx import runtime
+from dialogpt_onnx.runtime.generate import generate_ids
+from dialogpt_onnx.runtime.text import EOS_TOKEN_ID, encode_dialogue
 
 
 def test_ragged_batch_equals_each_prompt_alone(exported, topical_contexts):
@@ -85,7 +85,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split('.')[0] in ('torch', 'transformers', 'optimum'):
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-import runtime
+from dialogpt_onnx import runtime
 chat = runtime.load({str(exported('int8'))!r}).chat(max_new_tokens=8)
 print(repr(chat.send('Hello!')))
 print(repr(chat.send('How are you?')))
@@ -113,7 +113,7 @@ def test_kv_capacity_grows_without_changing_results(exported):
 def _rss_mb() -> float:
     """RSS after the allocator handed back what is free: what the process holds, not the heap's slack (the
     runtime trims at load, so a test in a long pytest process would otherwise count regrowth into it)."""
-    from runtime.memory import release_freed_memory
+    from dialogpt_onnx.runtime.memory import release_freed_memory
 
     release_freed_memory()
     with open("/proc/self/statm") as f:

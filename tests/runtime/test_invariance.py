@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from reference import contexts_ids
 
-import runtime
+from dialogpt_onnx import runtime
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_candidate_quantizations_export_and_stay_row_independent(tmp_path, hf_di
     pass parity (int4's fidelity on random weights says little: the report measures it on trained ones),
     and all keep a row's logits independent of its batch."""
     from benchmarks.quality import CANDIDATES
-    from export import ExportOptions, export_model
+    from dialogpt_onnx.export import ExportOptions, export_model
 
     variant, quant = CANDIDATES[name]
     res = export_model(hf_dir, tmp_path / name, ExportOptions(variant=variant, quant=quant, progress=False,

@@ -8,9 +8,9 @@ import pytest
 from checkpoints import ROOT
 from tokenizers import AddedToken
 
-import runtime
-from runtime.mmi import MMIOptions, MMIReranker, source_turns
-from runtime.text import encode_dialogue
+from dialogpt_onnx import runtime
+from dialogpt_onnx.runtime.mmi import MMIOptions, MMIReranker, source_turns
+from dialogpt_onnx.runtime.text import encode_dialogue
 
 
 def test_source_turns_newest_first():
@@ -87,7 +87,7 @@ def test_mmi_from_the_cli(exported, backward_dir):
     import sys
 
     root = ROOT
-    run = [sys.executable, "-m", "runtime", "generate", str(exported("int8")), "Do you like movies?",
+    run = [sys.executable, "-m", "dialogpt_onnx.runtime", "generate", str(exported("int8")), "Do you like movies?",
            "--max-new-tokens", "8", "--seed", "2"]
     ok = subprocess.run([*run, "--rerank", "mmi", "--backward", str(backward_dir), "--mmi-candidates", "4"],
                         capture_output=True, text=True, timeout=300, cwd=root)

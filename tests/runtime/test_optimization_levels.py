@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import runtime
-from runtime.manifest import OPTIMIZATION_LEVELS
-from runtime.text import encode_dialogue
+from dialogpt_onnx import runtime
+from dialogpt_onnx.runtime.manifest import OPTIMIZATION_LEVELS
+from dialogpt_onnx.runtime.text import encode_dialogue
 
 # logits drift by float summation order between fused and unfused kernels; quantized graphs may also move
 # an activation's int8 rounding step

@@ -17,8 +17,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from runtime.sampling import SamplingOptions, process
-from runtime.text import EOS_TOKEN_ID
+from dialogpt_onnx.runtime.sampling import SamplingOptions, process
+from dialogpt_onnx.runtime.text import EOS_TOKEN_ID
 
 EOS, VOCAB = EOS_TOKEN_ID, 50257
 
@@ -88,7 +88,7 @@ def test_processed_logits_match_transformers(opts):
     ({"logit_bias": [5, 1]}, "logit_bias"), ({"stop": ("",)}, "stop"), ({"stop": "x"}, "stop"),
     ({"top_logprobs": 21}, "top_logprobs"), ({"top_logprobs": -1}, "top_logprobs")])
 def test_new_options_refused_out_of_range(opts, arg):
-    from runtime.errors import UsageError
+    from dialogpt_onnx.runtime.errors import UsageError
 
     with pytest.raises(UsageError, match=arg) as e:
         SamplingOptions(**opts).validate()

@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-import runtime
+from dialogpt_onnx import runtime
 
 TURNS = ["Hi! Do you like music?", "Who is your favorite band?", "I like jazz more.", "Have you been to a concert?"]
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import runtime
-from export import ExportOptions, export_model
-from runtime.text import encode_dialogue
+from dialogpt_onnx import runtime
+from dialogpt_onnx.export import ExportOptions, export_model
+from dialogpt_onnx.runtime.text import encode_dialogue
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import runtime
+from dialogpt_onnx import runtime
 
 PROMPTS = [
     "Hello, how are you today?", "Do you like music?", "What did you eat for lunch?", "Tell me about dogs.",
@@ -106,7 +106,7 @@ def test_models_of_one_export_share_one_session(exported, tmp_path):
     import gc
     import shutil
 
-    from runtime import shared
+    from dialogpt_onnx.runtime import shared
 
     a, b = runtime.load(exported("int8"), threads=1), runtime.load(exported("int8"), threads=1)
     assert a.graph.ort_session is b.graph.ort_session and a.tokenizer is not b.tokenizer

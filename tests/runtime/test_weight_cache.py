@@ -14,7 +14,7 @@ from checkpoints import ROOT
 
 LOAD = """
 import json, sys
-import runtime
+from dialogpt_onnx import runtime
 model = runtime.load(sys.argv[1])
 s = model.score("Hello there, how are you?", "I am fine, thanks. And you?")
 print(json.dumps({"logprobs": s.token_logprobs, "file": model.graph.ort_session._model_path}))

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import contexts_ids
 
-import runtime
-from serve.engine import Engine, EngineClosed, EngineFull
+from dialogpt_onnx import runtime
+from dialogpt_onnx.serve.engine import Engine, EngineClosed, EngineFull
 
 OPTIONS = [{"max_new_tokens": 12}, {"max_new_tokens": 9, "do_sample": True, "top_k": 20, "seed": 4},
            {"max_new_tokens": 7, "do_sample": True, "top_p": 0.8, "temperature": 0.7, "seed": 1},
@@ -158,7 +158,7 @@ def test_finish_reason_and_logprobs_equal_generate(model, prompts):
 def test_a_request_that_fails_ends_alone(model, monkeypatch):
     """A failure while choosing one request's token (a bug in an option's handling) ends that request with
     its error; the engine and the other requests go on."""
-    import serve.engine as engine_module
+    import dialogpt_onnx.serve.engine as engine_module
 
     real = engine_module.choose
 
@@ -188,7 +188,7 @@ def test_sampling_survives_extreme_options(model):
 
 
 def test_prefix_cache_lookup_and_store():
-    from serve.prefix_cache import PrefixCache
+    from dialogpt_onnx.serve.prefix_cache import PrefixCache
 
     row = _kv_row
 
@@ -209,7 +209,7 @@ def test_prefix_cache_lookup_and_store():
 
 
 def _kv_row(tokens):
-    from runtime.contrib_graph import RowKV
+    from dialogpt_onnx.runtime.contrib_graph import RowKV
 
     return RowKV(tuple(tokens), (np.zeros((1, len(tokens), 2), np.float32),))  # 8 bytes a token
 
@@ -222,7 +222,7 @@ def test_prefix_cache_index_finds_what_a_scan_finds(chats, prompt, tenant):
     """The hashed index against a scan of every row: the same tenant only, never more than the real common
     prefix, the scan's best when under BLOCK, never more than BLOCK - 1 tokens short of it, and the same
     entries kept."""
-    from serve.prefix_cache import BLOCK, PrefixCache, common_prefix
+    from dialogpt_onnx.serve.prefix_cache import BLOCK, PrefixCache, common_prefix
 
     cache, kept = PrefixCache(budget_bytes=8 * 200), {}
     for owner, tokens in chats:
@@ -244,7 +244,7 @@ def test_prefix_cache_index_finds_what_a_scan_finds(chats, prompt, tenant):
 def test_prefix_cache_lookup_does_not_scan(monkeypatch):
     """4,000 stored chats of one tenant sharing their first 40 tokens: a lookup compares tokens with at most
     two rows (the index finds them), whatever the number stored."""
-    import serve.prefix_cache as pc
+    import dialogpt_onnx.serve.prefix_cache as pc
 
     cache = pc.PrefixCache(budget_bytes=2**30)
     opening = list(range(40))
@@ -337,7 +337,7 @@ def test_listeners_hear_every_token_and_a_broken_one_only_cancels_its_request(mo
 
 
 def test_prefill_groups_join_adjacent_rows_of_similar_length():
-    from serve.engine import _prefill_groups
+    from dialogpt_onnx.serve.engine import _prefill_groups
 
     chunks = {0: [1] * 30, 1: [1] * 28, 2: [1] * 31, 3: [1] * 5, 5: [1] * 6, 6: [1] * 6}
     # with 0-2, row 3 would pad to 31 (124 slots for 94 tokens): alone; row 4 is not joining: 5 starts anew

@@ -14,10 +14,10 @@ from checkpoints import ROOT
 from openai import OpenAI
 from processes import free_port, live_server
 
-import runtime
-from runtime.text import encode_dialogue
-from serve.engine import Engine
-from serve.http import create_app
+from dialogpt_onnx import runtime
+from dialogpt_onnx.runtime.text import encode_dialogue
+from dialogpt_onnx.serve.engine import Engine
+from dialogpt_onnx.serve.http import create_app
 
 MESSAGES = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Do you like movies?"},
             {"role": "assistant", "content": "Yes, I love them."}, {"role": "user", "content": "Which ones?"}]
@@ -233,7 +233,7 @@ def test_chat_page_is_served(server):
     assert "script-src 'sha256-" in csp and "unsafe" not in csp and "frame-ancestors 'none'" in csp
     assert r.headers["x-frame-options"] == "DENY"
     # the page's data is JSON in a data block: no value can close it or inject markup
-    from serve.http import _page_data
+    from dialogpt_onnx.serve.http import _page_data
 
     assert json.loads(_page_data('</script><b>"x"&')) == '</script><b>"x"&' and "<" not in _page_data("</script>")
 
@@ -360,7 +360,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits(exported, tmp_path):
 
     port = free_port()
     cache_file = tmp_path / "chats.npz"
-    proc = subprocess.Popen([sys.executable, "-m", "serve", str(exported("int8")), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "dialogpt_onnx.serve", str(exported("int8")), "--port", str(port),
                              "--prefix-cache-file", str(cache_file)],
                             cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -420,7 +420,7 @@ def test_a_persisted_prefix_cache_continues_chats_after_a_restart(exported, tmp_
     import stat
     import zipfile
 
-    from runtime.errors import UsageError
+    from dialogpt_onnx.runtime.errors import UsageError
 
     model = runtime.load(exported("fp32"))
     file = tmp_path / "chats.npz"
@@ -487,7 +487,7 @@ def test_openai_message_forms_and_fields_are_applied(server):
 
 
 def test_the_model_is_named_by_its_base_name_never_its_path(exported):
-    from serve.http import public_name
+    from dialogpt_onnx.serve.http import public_name
 
     assert public_name(exported("int8")) == exported("int8").name and "/" not in public_name(exported("int8"))
     assert public_name(exported("int8"), "my-bot") == "my-bot"
@@ -501,7 +501,7 @@ def test_serve_cli_refuses_a_bad_port_or_host_in_one_line(exported, tmp_path):
     from processes import one_line
 
     def serve(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "serve", str(exported("int8")), *args], cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "dialogpt_onnx.serve", str(exported("int8")), *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
 
     one_line(serve("--port", "70000"), 2, "--port: must be a TCP port, 1 to 65535, got 70000")
@@ -551,7 +551,7 @@ def test_a_client_cannot_guess_anothers_chat_through_the_cache(exported):
 def test_api_keys_guard_the_api_and_separate_tenants(exported, tmp_path):
     from starlette.testclient import TestClient
 
-    from serve.auth import ApiKeys, read_keys
+    from dialogpt_onnx.serve.auth import ApiKeys, read_keys
 
     a, b = "a" * 24, "b" * 24
     model = runtime.load(exported("int8"))
@@ -616,7 +616,7 @@ def test_only_allowed_host_headers_are_served(exported):
     """DNS rebinding: a page whose name now points at 127.0.0.1 sends its own name as Host; it gets 400."""
     from starlette.testclient import TestClient
 
-    from serve.http import host_allow_list
+    from dialogpt_onnx.serve.http import host_allow_list
 
     assert host_allow_list("127.0.0.1", []) == ["127.0.0.1", "::1", "localhost"]
     assert host_allow_list("0.0.0.0", ["chat.example.org"]) == ["127.0.0.1", "::1", "chat.example.org", "localhost"]

@@ -15,9 +15,9 @@ import pytest
 from checkpoints import ROOT
 from processes import free_port, live_server
 
-import runtime
-from serve.auth import ApiKeys
-from serve.connections import timed_protocol
+from dialogpt_onnx import runtime
+from dialogpt_onnx.serve.auth import ApiKeys
+from dialogpt_onnx.serve.connections import timed_protocol
 
 KEY = "k" * 20
 
@@ -121,8 +121,8 @@ def test_metrics_behind_the_key_count_what_happened(model):
 
 def _start(model_dir, *flags):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serve", str(model_dir), "--port", str(port), *flags], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "dialogpt_onnx.serve", str(model_dir), "--port", str(port), *flags],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

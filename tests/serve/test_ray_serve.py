@@ -15,8 +15,8 @@ from checkpoints import ROOT
 from openai import OpenAI
 from processes import free_port
 
-import runtime
-from runtime.text import encode_dialogue
+from dialogpt_onnx import runtime
+from dialogpt_onnx.runtime.text import encode_dialogue
 
 QUESTIONS = ["Do you like movies?", "Who is your favorite band?", "I like jazz more.", "What about football?",
              "Have you read any good books?", "Where do you live?"]
@@ -27,7 +27,7 @@ def test_two_ray_serve_replicas_answer_like_the_model_alone(exported):
     model = runtime.load(model_dir)
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "serve", str(model_dir), "--ray", "--replicas", "2",
+    proc = subprocess.Popen([sys.executable, "-m", "dialogpt_onnx.serve", str(model_dir), "--ray", "--replicas", "2",
                              "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -71,7 +71,7 @@ def test_two_ray_serve_replicas_answer_like_the_model_alone(exported):
 
 def test_ray_options_without_ray_are_refused(exported):
     def serve(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "serve", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "dialogpt_onnx.serve", *args], capture_output=True, text=True,
                               cwd=ROOT, timeout=120)
 
     r = serve(str(exported("int8")), "--replicas", "2")

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-import runtime
-from serve.engine import Engine
-from serve.http import create_app
+from dialogpt_onnx import runtime
+from dialogpt_onnx.serve.engine import Engine
+from dialogpt_onnx.serve.http import create_app
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
                     lambda children: st.lists(children, max_size=4)

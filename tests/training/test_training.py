@@ -1,4 +1,4 @@
-"""python -m training: data formats, DialoGPT windows and masking, resume == uninterrupted, fine-tuning,
+"""dialogpt-onnx train: data formats, DialoGPT windows and masking, resume == uninterrupted, fine-tuning,
 export of the result, and every bad input as one line."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import pytest
 import torch
 from checkpoints import ROOT
 
-import runtime
-from export import ExportOptions, export_model
-from export.tokenizer import build_tokenizer
-from runtime.text import EOS_TOKEN_ID, encode_turn
-from training.corpora import DataError, data_licenses, read_dialogues, tokenizer_files
-from training.trainer import Settings, Trainer
-from training.windows import IGNORE, Batches, dialogue_windows, labels_for
+from dialogpt_onnx import runtime
+from dialogpt_onnx.export import ExportOptions, export_model
+from dialogpt_onnx.export.tokenizer import build_tokenizer
+from dialogpt_onnx.runtime.text import EOS_TOKEN_ID, encode_turn
+from dialogpt_onnx.training.corpora import DataError, data_licenses, read_dialogues, tokenizer_files
+from dialogpt_onnx.training.trainer import Settings, Trainer
+from dialogpt_onnx.training.windows import IGNORE, Batches, dialogue_windows, labels_for
 
 DIALOGUES = [
     ["Hi! Do you like music?", "I love jazz, especially Miles Davis.", "Which album should I start with?",
@@ -158,7 +158,7 @@ def test_fine_tune_from_an_original_form_checkpoint(tmp_path, files, original_di
 
 
 def run_training(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training", *map(str, args), "--quiet"], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "dialogpt_onnx.training", *map(str, args), "--quiet"], cwd=cwd,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
 
 
@@ -205,14 +205,15 @@ def test_resume_with_other_settings_is_refused(tmp_path, files):
 def test_evaluate_cli_reports_the_trainers_perplexity(tmp_path, files):
     out = tmp_path / "run"
     p = Trainer(_settings(files["jsonl"], max_steps=4, eval_every=4), out, threads=1, progress=False).run()
-    proc = subprocess.run([sys.executable, "-m", "training.evaluate", str(out), "--data", str(files["jsonl"]),
-                           "--conversations", "3"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "dialogpt_onnx.training.evaluate", str(out), "--data",
+                           str(files["jsonl"]), "--conversations", "3"], capture_output=True, text=True, timeout=300,
+                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-1500:]
     ppl = float(proc.stdout.split("reply perplexity ")[1].split()[0])
     # the trainer's figure on the same 3 conversations, from its fp32 weights (the checkpoint is fp16)
     assert abs(ppl / p.eval_ppl - 1) < 0.01, (ppl, p.eval_ppl)
-    bad = subprocess.run([sys.executable, "-m", "training.evaluate", str(tmp_path / "nope")], capture_output=True,
-                         text=True, timeout=300, cwd=ROOT)
+    bad = subprocess.run([sys.executable, "-m", "dialogpt_onnx.training.evaluate", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
 
 
@@ -245,14 +246,14 @@ def test_reverse_trains_on_dialogues_read_backwards(tmp_path, files, tok):
 def test_short_runs_warm_up_within_the_run_and_finished_runs_extend(tmp_path, files):
     """The default warm-up (200) on a 4-step run is clamped to a quarter of it; a finished run resumed with a
     larger --max-steps trains on from where it stopped; re-running a finished one trains nothing and says so."""
-    from training.trainer import _lr
+    from dialogpt_onnx.training.trainer import _lr
 
     s = _settings(files["jsonl"], warmup=200, max_steps=4)
     assert [round(_lr(s, i, 4) / s.lr, 3) for i in range(4)] == [1.0, 1.0, 0.775, 0.325]  # no 200-step ramp
     out = tmp_path / "run"
     first = Trainer(s, out, threads=1, progress=False).run()
     assert first.finished and first.step == 4
-    again = subprocess.run([sys.executable, "-m", "training", "--data", str(files["jsonl"]), "--eval",
+    again = subprocess.run([sys.executable, "-m", "dialogpt_onnx.training", "--data", str(files["jsonl"]), "--eval",
                             str(files["jsonl"]), "--layers", "2", "--width", "32", "--heads", "2", "--length", "64",
                             "--batch", "2", "--lr", "3e-3", "--warmup", "200", "--max-steps", "4", "--eval-every", "0",
                             "--eval-conversations", "3", "--seed", "1", "--out", str(out), "--quiet"],

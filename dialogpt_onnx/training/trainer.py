@@ -1,6 +1,6 @@
 """DialoGPT's recipe on a CPU: causal LM over EOS-joined turns, from scratch or from a checkpoint.
 
-OUT_DIR holds, at every checkpoint and at the end, a checkpoint `python -m export` takes as is
+OUT_DIR holds, at every checkpoint and at the end, a checkpoint `dialogpt-onnx export` takes as is
 (config.json, model.safetensors in fp16, vocab.json + merges.txt and the tokenizer's license) and
 `train_state/` (fp32 weights, optimizer, step, RNG, settings) from which the same command resumes:
 a resumed run takes exactly the batches and random draws an uninterrupted run would.
@@ -18,10 +18,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from runtime.checks import integer
-from runtime.manifest import ModelShape
-from runtime.sampling import CHAT_DEFAULTS
-from runtime.text import EOS_TOKEN_ID, encode_turn
+from dialogpt_onnx.runtime.checks import integer
+from dialogpt_onnx.runtime.manifest import ModelShape
+from dialogpt_onnx.runtime.sampling import CHAT_DEFAULTS
+from dialogpt_onnx.runtime.text import EOS_TOKEN_ID, encode_turn
 
 from .corpora import (
     DIALOGPT_TOKENIZER,
@@ -106,8 +106,8 @@ def _build_model(s: Settings):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if s.init:
-        from export.checkpoint import load_checkpoint, torch_model
-        from export.errors import ExportError
+        from dialogpt_onnx.export.checkpoint import load_checkpoint, torch_model
+        from dialogpt_onnx.export.errors import ExportError
 
         try:
             ckpt = load_checkpoint(s.init, DIALOGPT_TOKENIZER)
@@ -174,7 +174,7 @@ class Trainer:
     def __init__(self, settings: Settings, out: Path, threads: int | None = None, progress: bool = True) -> None:
         import torch
 
-        from export.tokenizer import build_tokenizer
+        from dialogpt_onnx.export.tokenizer import build_tokenizer
 
         settings.check()
         _check_out(out)

@@ -1,7 +1,7 @@
-"""CLI: python -m runtime chat MODEL_DIR [options] | python -m runtime generate MODEL_DIR "text" [options]
+"""CLI: dialogpt-onnx chat MODEL_DIR [options] | dialogpt-onnx generate MODEL_DIR "text" [options]
 
 Exit codes: 0 done, 2 a user error (one line on stderr), 3 an internal error (a bug: trace shown),
-130 interrupted by Ctrl-C. The HTTP server is `python -m serve` (the serving package).
+130 interrupted by Ctrl-C. The HTTP server is `dialogpt-onnx serve` (the serving package).
 
 Chat, piped (stdin not a terminal): exactly one output line per input line. An empty input line gives
 an empty output line; a line the model cannot take (invalid UTF-8, longer than the context) gives an
@@ -103,12 +103,16 @@ def _gen_kwargs(a: argparse.Namespace) -> dict:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = OneLineParser(prog="python -m runtime", description="DialoGPT chat and generation on onnxruntime",
-                      examples=("python -m runtime chat models/chat-8x256-int8",
-                                "python -m runtime generate models/chat-8x256-int8 \"Hello there\" --greedy",
-                                "echo Hello | python -m runtime chat models/chat-8x256-int8 --seed 1"))
+    p = OneLineParser(prog="dialogpt-onnx", description="DialoGPT chat and generation on onnxruntime",
+                      examples=("dialogpt-onnx chat models/chat-8x256-int8",
+                                "dialogpt-onnx generate models/chat-8x256-int8 \"Hello there\" --greedy",
+                                "echo Hello | dialogpt-onnx chat models/chat-8x256-int8 --seed 1"))
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
-    chat = sub.add_parser("chat", help="interactive chat (or one user turn per stdin line when piped)")
+    chat = sub.add_parser("chat", help="interactive chat (or one user turn per stdin line when piped)", examples=(
+        "dialogpt-onnx chat models/chat-8x256-int8                     # a REPL: /help lists its commands",
+        "dialogpt-onnx chat models/chat-8x256-int8 --seed 1 <<< \"Hi! Do you like music?\"",
+        "printf 'Hi!\\nWhat do you do for fun?\\n' | dialogpt-onnx chat models/chat-8x256-int8   # a reply per line",
+        "dialogpt-onnx chat models/chat-8x256-int8 --restore chat.npz  # go on with a chat saved by /save"))
     _options(chat)
     chat.add_argument("--verbose", action="store_true", help="after each reply, its tokens and tokens/s on stderr")
     chat.add_argument("--restore", metavar="FILE", help="go on with a chat saved by /save (or ChatSession.save): "
@@ -116,7 +120,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     chat.add_argument("--max-history-tokens", type=positive_int, default=None,
                       help="tokens of history kept (older turns + the new one), oldest turns dropped first "
                            "(default 128)")
-    gen = sub.add_parser("generate", help="print the reply to one text")
+    gen = sub.add_parser("generate", help="print the reply to one text", examples=(
+        "dialogpt-onnx generate models/chat-8x256-int8 \"Does money buy happiness?\" --greedy --max-new-tokens 24",
+        "dialogpt-onnx generate models/chat-8x256-int8 \"Hello there\" --num-return-sequences 3 --seed 7",
+        "dialogpt-onnx generate models/chat-8x256-int8 \"Hello there\" --stop \"?\" --top-logprobs 2"))
     _options(gen)
     gen.add_argument("text")
     gen.add_argument("--num-return-sequences", type=positive_int, default=1,
@@ -284,7 +291,8 @@ def _repl(session, interactive: bool, verbose: bool = False) -> None:
             print(f"({n} tokens in {seconds:.2f} s: {n / seconds:.1f} tokens/s)", file=err, flush=True)
 
 
-SERVE_MOVED = "error: the server is its own command now: python -m serve MODEL_DIR [options] (needs the serve extra)"
+SERVE_MOVED = ("error: the server is its own command: dialogpt-onnx serve MODEL_DIR [options] "
+               "(needs pip install 'dialogpt-onnx[serve]')")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,7 +315,7 @@ def _run(a: argparse.Namespace) -> None:
         raise UsageError("--backward is used by --rerank mmi: add --rerank mmi, or drop --backward")
     if a.rerank and not a.backward:
         raise UsageError("--rerank mmi needs a backward model: add --backward BACKWARD_DIR (an export of "
-                         "`python -m training --reverse`)")
+                         "`dialogpt-onnx train --reverse`)")
     model = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify)
     replier: DialogModel | MMIReranker = model
     if a.rerank:

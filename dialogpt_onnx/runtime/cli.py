@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
-from .errors import UsageError
+from .errors import CommandFailure, Signalled, UsageError
 
 
 def _version() -> str:
@@ -89,15 +90,42 @@ def token_bias(text: str) -> tuple[int, float]:
     return int(tok), finite_float(bias)
 
 
-def run_command(command: Callable[[], None]) -> int:
-    """Run a CLI command and turn its outcome into the exit code: 0 done, 2 a user error (one line on
-    stderr), 130 Ctrl-C, 3 a bug (its trace shown). Only UsageError and OS errors (a path, a permission) are
-    the user's: any other exception, ValueError included, is a bug."""
+# the optional extra that brings each third-party package a command may import (pyproject.toml's extras)
+EXTRAS = {"torch": "export", "transformers": "export", "optimum": "export", "onnx": "export", "onnx_ir": "export",
+          "safetensors": "export", "tqdm": "export", "starlette": "serve", "uvicorn": "serve",
+          "prometheus_client": "serve", "ray": "ray", "chitchat_dataset": "train", "matplotlib": "bench",
+          "ctranslate2": "bench", "sacrebleu": "bench", "llama_cpp": "llama", "gguf": "llama"}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The one-line fix for an import that failed because an optional extra is not installed, else None."""
+    top = (error.name or "").split(".")[0]
+    if top == "benchmarks":
+        return ("the benchmark suite is a tool of the repository, not of the installed package: run it from a "
+                "clone (pip install -e '.[bench]', then dialogpt-onnx bench)")
+    extra = EXTRAS.get(top)
+    return f"this command needs {top}: pip install 'dialogpt-onnx[{extra}]'" if extra else None
+
+
+def run_command(command: Callable[[], int | None], *, on_interrupt: str = "") -> int:
+    """Run a CLI command and turn its outcome into the exit code, the same for every command: 0 done (or
+    the code it returned), 2 a user error or a missing extra (one line on stderr), a CommandFailure's own
+    code (one line), 128 + N ended by signal N (130 Ctrl-C; `on_interrupt` says what was kept), 3 a bug
+    (its trace shown). Only UsageError and OS errors (a path, a permission) are the user's: any other
+    exception, ValueError included, is a bug."""
     try:
-        command()
-        return 0
+        return int(command() or 0)
+    except CommandFailure as e:
+        print(f"{e.label}: {e}", file=sys.stderr)
+        return e.exit_code
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        fix = missing_extra(e)
+        if fix is None:
+            return _bug()
+        print(f"error: {fix}", file=sys.stderr)
         return 2
     except OSError as e:
         if isinstance(e, BrokenPipeError):  # the reader went away (e.g. `| head -1`): nothing left to say
@@ -106,10 +134,16 @@ def run_command(command: Callable[[], None]) -> int:
         print(f"error: {e.strerror or e} ({e.filename or 'I/O'}): check the path and its permissions",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Signalled) as e:
+        signum = e.signum if isinstance(e, Signalled) else int(signal.SIGINT)
+        print(f"interrupted by {signal.Signals(signum).name}: {on_interrupt}" if on_interrupt else "",
+              file=sys.stderr)
+        return 128 + signum
     except Exception:  # a bug, not a user error
-        traceback.print_exc()
-        print("internal error (a bug in dialogpt-onnx): please report it with the trace above", file=sys.stderr)
-        return 3
+        return _bug()
+
+
+def _bug() -> int:
+    traceback.print_exc()
+    print("internal error (a bug in dialogpt-onnx): please report it with the trace above", file=sys.stderr)
+    return 3

@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.checks import integer, is_number, number
-from runtime.manifest import ModelShape
-from runtime.text import EOS_TOKEN_ID as DEFAULT_EOS
+from dialogpt_onnx.runtime.checks import integer, is_number, number
+from dialogpt_onnx.runtime.manifest import ModelShape
+from dialogpt_onnx.runtime.text import EOS_TOKEN_ID as DEFAULT_EOS
 
 from .errors import ExportError
 

@@ -28,8 +28,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from runtime import ContextOverflow, DialogModel, UsageError
-from runtime.text import StopText
+from dialogpt_onnx.runtime import ContextOverflow, DialogModel, UsageError
+from dialogpt_onnx.runtime.text import StopText
 
 from .access_log import AccessLog
 from .auth import ApiKeys, Unauthorized
@@ -38,7 +38,7 @@ from .metrics import CountResponses, Metrics
 from .openai_api import BadRequest, ChatRequest, dialogue_ids, param_of, token_logprob_entries
 from .prefix_cache import ReplyTokens
 
-CHAT_PAGE = files("serve").joinpath("static/chat.html").read_text(encoding="utf-8")
+CHAT_PAGE = files(__package__ or "dialogpt_onnx.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
 
 # A whole 1,024-token history is ~5 KB of text; 1 MiB leaves room for any client's JSON around it.
@@ -406,7 +406,7 @@ def public_name(model_dir: str | Path, model_name: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Deadlines:
-    """How long a client may take (seconds), each a flag of `python -m serve`: to send a request's headers
+    """How long a client may take (seconds), each a flag of `dialogpt-onnx serve`: to send a request's headers
     (from connecting or from its previous response), to send its body (408 past it), to send its next
     request on an idle keep-alive connection; and how long in-flight replies may run after SIGTERM / SIGINT
     before they are cancelled and the process exits."""
@@ -427,7 +427,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
     cancels them; a second signal cancels them at once), then the process ends by that signal."""
     import uvicorn
 
-    from runtime import load
+    from dialogpt_onnx.runtime import load
 
     from .connections import timed_protocol
 

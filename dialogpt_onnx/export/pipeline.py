@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from runtime.checks import integer, optional_integer
-from runtime.graph_io import PORTABLE_IO, contrib_io
-from runtime.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, file_table, write_manifest
-from runtime.text import encode_dialogue
+from dialogpt_onnx.runtime.checks import integer, optional_integer
+from dialogpt_onnx.runtime.graph_io import PORTABLE_IO, contrib_io
+from dialogpt_onnx.runtime.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, file_table, write_manifest
+from dialogpt_onnx.runtime.text import encode_dialogue
 
 from .checkpoint import Checkpoint, load_checkpoint, torch_model
 from .errors import ExportError, ParityError
@@ -254,10 +254,10 @@ def write_ort_format(model_dir: Path, manifest: Manifest, prompts: list[list[int
 
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-    from runtime.generate import generate_ids
-    from runtime.graph import open_graph
-    from runtime.manifest import ORT_MODEL_FILE, ORT_OPERATORS_FILE
-    from runtime.sampling import SamplingOptions
+    from dialogpt_onnx.runtime.generate import generate_ids
+    from dialogpt_onnx.runtime.graph import open_graph
+    from dialogpt_onnx.runtime.manifest import ORT_MODEL_FILE, ORT_OPERATORS_FILE
+    from dialogpt_onnx.runtime.sampling import SamplingOptions
 
     with tempfile.TemporaryDirectory(dir=model_dir) as work:
         logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)

@@ -1,4 +1,4 @@
-"""CLI: python -m serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--model-name NAME] [--max-batch 8]
+"""CLI: dialogpt-onnx serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--model-name NAME] [--max-batch 8]
                         [--max-queue 64] [--prefix-cache-mb 256] [--threads N] [--ray [--replicas N] [--ray-address A]]
 
 Exit codes: 0 stopped, 2 a user error (one line on stderr), 3 an internal error (a bug: trace shown);
@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from runtime.cli import OneLineParser, finite_float, positive_int, run_command
-from runtime.errors import UsageError
+from dialogpt_onnx.runtime.cli import OneLineParser, finite_float, positive_int, run_command
+from dialogpt_onnx.runtime.errors import UsageError
 
 
 def positive_float(text: str) -> float:
@@ -32,10 +32,10 @@ def port_number(text: str) -> int:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = OneLineParser(prog="python -m serve", examples=(
-        "python -m serve models/chat-8x256-int8                      # http://127.0.0.1:8000/",
-        "python -m serve MODEL_DIR --host 0.0.0.0 --allowed-host chat.example.org --api-key-file keys.txt",
-        "python -m serve MODEL_DIR --ray --replicas 2"),
+    p = OneLineParser(prog="dialogpt-onnx serve", examples=(
+        "dialogpt-onnx serve models/chat-8x256-int8                      # http://127.0.0.1:8000/",
+        "dialogpt-onnx serve MODEL_DIR --host 0.0.0.0 --allowed-host chat.example.org --api-key-file keys.txt",
+        "dialogpt-onnx serve MODEL_DIR --ray --replicas 2"),
                       description="OpenAI-compatible HTTP server and chat page for an "
                                                           "exported model (needs the serve extra)")
     p.add_argument("model_dir")
@@ -89,7 +89,7 @@ def run(a: argparse.Namespace) -> None:
     if a.prefix_cache_file is not None and (a.ray or a.prefix_cache_mb == 0):
         raise UsageError("--prefix-cache-file keeps one process's prefix cache: drop it, or drop --ray / "
                          "--prefix-cache-mb 0", "prefix_cache_file")
-    from runtime.manifest import read_manifest
+    from dialogpt_onnx.runtime.manifest import read_manifest
 
     from .auth import ENV_VAR, read_keys
 

@@ -28,16 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from runtime import DialogModel, Generation
-from runtime.checks import integer, number
-from runtime.errors import UsageError
-from runtime.generate import plain_greedy
-from runtime.graph import RowCache
-from runtime.results import TokenLogprob
-from runtime.sampling import SamplingOptions, choose, process
-from runtime.saved_chat import model_identity
-from runtime.scoring import token_logprobs
-from runtime.text import StopText
+from dialogpt_onnx.runtime import DialogModel, Generation
+from dialogpt_onnx.runtime.checks import integer, number
+from dialogpt_onnx.runtime.errors import UsageError
+from dialogpt_onnx.runtime.generate import plain_greedy
+from dialogpt_onnx.runtime.graph import RowCache
+from dialogpt_onnx.runtime.results import TokenLogprob
+from dialogpt_onnx.runtime.sampling import SamplingOptions, choose, process
+from dialogpt_onnx.runtime.saved_chat import model_identity
+from dialogpt_onnx.runtime.scoring import token_logprobs
+from dialogpt_onnx.runtime.text import StopText
 
 from .prefix_cache import PrefixCache, ReplyTokens
 

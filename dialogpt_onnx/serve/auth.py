@@ -9,7 +9,7 @@ import hmac
 from collections.abc import Iterable
 from pathlib import Path
 
-from runtime.errors import UsageError
+from dialogpt_onnx.runtime.errors import UsageError
 
 ENV_VAR = "DIALOGPT_API_KEY"
 

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from runtime.manifest import MANIFEST
+from dialogpt_onnx.runtime.manifest import MANIFEST
 
 from .errors import ExportError
 from .signals import deferred_signals

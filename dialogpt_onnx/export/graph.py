@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from runtime.graph_io import CONTRIB_IO
+from dialogpt_onnx.runtime.graph_io import CONTRIB_IO
 
 from .checkpoint import Checkpoint
 from .config import ERF_GELUS, ModelConfig

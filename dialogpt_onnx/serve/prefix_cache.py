@@ -12,7 +12,7 @@ first BLOCK positions, every BLOCK-th one after and its end; a lookup hashes the
 each of its positions, so its cost depends on the prompt's length only (a scan took 15 ms per request at
 4,000 stored chats). The reuse found is the longest one, or at most BLOCK - 1 tokens short of it.
 
-The cache may outlive the process (`python -m serve --prefix-cache-file F`, off by default): save() writes
+The cache may outlive the process (`dialogpt-onnx serve --prefix-cache-file F`, off by default): save() writes
 every row with its tenant (a hash, never a key or salt), least recently used first, tied to the model's
 identity and a checksum; restore() reads them back, so chats continue without prefilling their history
 after a restart. The file holds conversations: it is written readable by its owner only.
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contrib_graph import RowKV
-from runtime.errors import UsageError
-from runtime.saved_chat import digest, is_archive_of, numbered, read_archive, write_archive
+from dialogpt_onnx.runtime.contrib_graph import RowKV
+from dialogpt_onnx.runtime.errors import UsageError
+from dialogpt_onnx.runtime.saved_chat import digest, is_archive_of, numbered, read_archive, write_archive
 
 # Past their first BLOCK tokens rows are indexed every BLOCK tokens: a reuse may stop up to BLOCK - 1 tokens
 # short of the longest (~1 ms of prefill); smaller blocks cost index memory for every row.

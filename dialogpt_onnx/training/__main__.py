@@ -1,10 +1,10 @@
-"""CLI: python -m training --data PATH [--data PATH ...] [--init CKPT_DIR] --out DIR
+"""CLI: dialogpt-onnx train --data PATH [--data PATH ...] [--init CKPT_DIR] --out DIR
                           [--max-steps N] [--minutes M] [--eval PATH] ...
 
 Trains (or fine-tunes, with --init) a DialoGPT-format model: causal LM over dialogues whose turns each
 end with <|endoftext|>. Run the same command again to resume from OUT's last checkpoint. OUT is a
-checkpoint `python -m export OUT MODEL_DIR` takes as is. Exit codes: 0 done (or stopped by --minutes,
-resumable), 2 a user error (one line), 130 interrupted (the last checkpoint is kept).
+checkpoint `dialogpt-onnx export OUT MODEL_DIR` takes as is. Exit codes: 0 done (or stopped by --minutes,
+resumable), 2 a user error (one line), 3 a bug (trace shown), 130 interrupted (the last checkpoint is kept).
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from runtime.cli import OneLineParser, finite_float, nonnegative_int, positive_int
-
-from .corpora import DataError
+from dialogpt_onnx.runtime.cli import OneLineParser, finite_float, nonnegative_int, positive_int, run_command
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = OneLineParser(prog="python -m training", description=__doc__, examples=(
-        "python -m training --data chitchat --out runs/chat --minutes 90",
-        "python -m training --data my.jsonl --init models/chat-8x256 --max-steps 200 --out runs/tuned",
-        "python -m training --data chitchat --out runs/chat --minutes 90   # again: resumes where it stopped"))
+    p = OneLineParser(prog="dialogpt-onnx train", description=__doc__, examples=(
+        "dialogpt-onnx train --data chitchat --out runs/chat --minutes 90",
+        "dialogpt-onnx train --data my.jsonl --init models/chat-8x256 --max-steps 200 --out runs/tuned",
+        "dialogpt-onnx train --data chitchat --out runs/chat --minutes 90   # again: resumes where it stopped"))
     p.add_argument("--data", action="append", required=True,
                    help="Topical-Chat .json, .jsonl ({\"turns\": [...]} per line), .tsv (turns split by ' EOS '), "
                         "or 'chitchat' (the chitchat-dataset package); repeatable")
@@ -59,6 +57,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
+    return run_command(lambda: _train(a), on_interrupt="the last checkpoint in --out is kept; run the same "
+                                                       "command to resume")
+
+
+def _train(a: argparse.Namespace) -> None:
     from .trainer import Settings, Trainer
 
     settings = Settings(
@@ -66,22 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         length=a.length, batch=a.batch, accum=a.accum, lr=a.lr or (5e-5 if a.init else 1e-3), warmup=a.warmup,
         max_steps=a.max_steps, seed=a.seed, mask_first_turn=a.mask_first_turn, reverse=a.reverse, dtype=a.dtype,
         eval_every=a.eval_every, eval_conversations=a.eval_conversations)
-    try:
-        trainer = Trainer(settings, Path(a.out), threads=a.threads, progress=not a.quiet)
-        p = trainer.run(minutes=a.minutes, save_every_minutes=a.save_every_minutes)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last checkpoint in --out is kept; run the same command to resume", file=sys.stderr)
-        return 130
+    trainer = Trainer(settings, Path(a.out), threads=a.threads, progress=not a.quiet)
+    p = trainer.run(minutes=a.minutes, save_every_minutes=a.save_every_minutes)
     state = "finished" if p.finished else "stopped (run the same command to resume)"
     if p.ran == 0 and p.finished:
         state = "already finished (give a larger --max-steps to train further)"
     ppl = f", held-out reply perplexity {p.eval_ppl:.1f}" if p.eval_ppl is not None else ""
     loss = f": train loss {p.train_loss:.3f}{ppl}" if p.train_loss == p.train_loss else ""  # nan: no step yet
     print(f"{state} at step {p.step}/{p.max_steps}{loss}; checkpoint in {a.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Maximum mutual information reranking, the DialoGPT paper's answer to bland replies.
 
 The forward model samples N candidate replies (one batch); a backward model, trained on dialogues read
-last turn first (`python -m training --reverse`), scores how well each candidate predicts the source:
+last turn first (`dialogpt-onnx train --reverse`), scores how well each candidate predicts the source:
 log p(source | candidate). Generic replies ("I don't know") fit any source, so they score low. The
 source is the most recent `source_turns` turns of the history, read newest first, as the backward
 model was trained. score = backward + forward_weight * forward, each a per-token mean (or a sum).
@@ -88,7 +88,7 @@ class MMIReranker:
     @classmethod
     def load(cls, forward_dir: str | Path, backward_dir: str | Path, options: MMIOptions | None = None,
              threads: int | None = None, max_length: int | None = None, verify: bool = True) -> MMIReranker:
-        """Open both exported model dirs (the backward one from `python -m training --reverse`)."""
+        """Open both exported model dirs (the backward one from `dialogpt-onnx train --reverse`)."""
         forward = load(forward_dir, threads=threads, max_length=max_length, verify=verify)
         return cls(forward, load(backward_dir, threads=threads, verify=verify), options)
 

@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from runtime.errors import UsageError
+from dialogpt_onnx.runtime.errors import UsageError
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DIALOGPT_CONFIGS = DATA_DIR / "dialogpt-configs"  # {small,medium,large}/config.json, as the original repo

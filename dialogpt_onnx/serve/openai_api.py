@@ -8,10 +8,10 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime import DialogModel
-from runtime.checks import is_integer, is_number
-from runtime.results import TokenLogprob
-from runtime.sampling import chat_options
+from dialogpt_onnx.runtime import DialogModel
+from dialogpt_onnx.runtime.checks import is_integer, is_number
+from dialogpt_onnx.runtime.results import TokenLogprob
+from dialogpt_onnx.runtime.sampling import chat_options
 
 from .prefix_cache import ReplyTokens
 

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from runtime.checks import is_number, number
-from runtime.generate import generate_ids
-from runtime.graph import open_graph
-from runtime.manifest import Manifest
-from runtime.sampling import SamplingOptions
+from dialogpt_onnx.runtime.checks import is_number, number
+from dialogpt_onnx.runtime.generate import generate_ids
+from dialogpt_onnx.runtime.graph import open_graph
+from dialogpt_onnx.runtime.manifest import Manifest
+from dialogpt_onnx.runtime.sampling import SamplingOptions
 
 if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel

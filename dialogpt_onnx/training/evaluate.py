@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from runtime.text import encode_turn
+from dialogpt_onnx.runtime.text import encode_turn
 
 
 def reply_pairs(tok, convs: list[list[str]], eos: int, context_tokens: int = 128) -> list[tuple[list[int], list[int]]]:
@@ -66,44 +66,38 @@ def reply_perplexity(model, pairs: list[tuple[list[int], list[int]]], batch: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m training.evaluate CKPT [CKPT ...] [--data FILE] [--conversations N] [--context-tokens T]"""
-    import argparse
-    import sys
+    """dialogpt-onnx evaluate CKPT [CKPT ...] [--data FILE] [--conversations N] [--context-tokens T]"""
+    from dialogpt_onnx.runtime.cli import OneLineParser, nonnegative_int, positive_int, run_command
 
-    from export.checkpoint import load_checkpoint, torch_model
-    from export.errors import ExportError
-    from export.tokenizer import build_tokenizer
-    from runtime.cli import OneLineParser, nonnegative_int, positive_int
+    from .corpora import TOPICAL_CHAT
 
-    from .corpora import DIALOGPT_TOKENIZER, TOPICAL_CHAT, DataError, read_dialogues
-
-    p = OneLineParser(prog="python -m training.evaluate", description="Reply perplexity on held-out dialogue "
+    p = OneLineParser(prog="dialogpt-onnx evaluate", description="Reply perplexity on held-out dialogue "
                       "(context: the last T tokens of the earlier turns; target: the next turn + EOS).",
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+                      examples=("dialogpt-onnx evaluate models/chat-8x256 --conversations 50",))
     p.add_argument("checkpoints", nargs="+", help="checkpoint dirs (any form the exporter reads)")
     p.add_argument("--data", default=str(TOPICAL_CHAT / "test_freq.json"),
                    help="held-out dialogues (default: the shipped Topical-Chat test_freq)")
     p.add_argument("--conversations", type=nonnegative_int, default=0, help="first N only (default: all)")
     p.add_argument("--context-tokens", type=positive_int, default=128)
     a = p.parse_args(argv)
-    try:
-        convs = read_dialogues(a.data)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    convs = convs[: a.conversations] if a.conversations else convs
-    for path in a.checkpoints:
-        try:
-            ckpt = load_checkpoint(path, DIALOGPT_TOKENIZER)
-        except ExportError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    return run_command(lambda: _evaluate(a.checkpoints, a.data, a.conversations, a.context_tokens))
+
+
+def _evaluate(checkpoints: list[str], data: str, conversations: int, context_tokens: int) -> None:
+    from dialogpt_onnx.export.checkpoint import load_checkpoint, torch_model
+    from dialogpt_onnx.export.tokenizer import build_tokenizer
+
+    from .corpora import DIALOGPT_TOKENIZER, read_dialogues
+
+    convs = read_dialogues(data)
+    convs = convs[:conversations] if conversations else convs
+    for path in checkpoints:
+        ckpt = load_checkpoint(path, DIALOGPT_TOKENIZER)
         tok = build_tokenizer(ckpt.tokenizer_files)
-        pairs = reply_pairs(tok, convs, ckpt.config.eos_token_id, a.context_tokens)
+        pairs = reply_pairs(tok, convs, ckpt.config.eos_token_id, context_tokens)
         total, count = reply_nll(torch_model(ckpt), pairs, progress=True)
         print(f"{path}: reply perplexity {math.exp(total / count):.2f} over {len(pairs)} replies "
-              f"({count} tokens) of {len(convs)} conversations in {a.data}")
-    return 0
+              f"({count} tokens) of {len(convs)} conversations in {data}")
 
 
 if __name__ == "__main__":

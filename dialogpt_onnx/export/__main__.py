@@ -1,4 +1,4 @@
-"""CLI: python -m export SOURCE OUT_DIR --variant fp32|int8|int4 [--verify] [--overwrite] ...
+"""CLI: dialogpt-onnx export SOURCE OUT_DIR --variant fp32|int8|int4 [--verify] [--overwrite] ...
 
 Exit codes: 0 written, 1 parity below the --verify thresholds (nothing written), 2 a user error (one
 line on stderr, nothing written), 3 an internal error (a bug: trace shown, nothing written), 128 + N
@@ -8,25 +8,20 @@ ended by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129; nothing written, tempora
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import traceback
 
-from runtime.cli import OneLineParser, finite_float, positive_int
+from dialogpt_onnx.runtime.cli import OneLineParser, finite_float, positive_int, run_command
 
-from .errors import ExportError, Interrupted, ParityError
 from .parity import Thresholds
 from .pipeline import VARIANTS, ExportOptions, export_model
 from .signals import interruptible
 
-INTERNAL_ERROR = 3  # exit 1 is "parity failed" only
-
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = OneLineParser(prog="python -m export", description=__doc__, examples=(
-        "python -m export models/chat-8x256 out/chat-int8 --variant int8",
-        "python -m export microsoft/DialoGPT-medium out/medium-int4 --variant int4   # online: a hub id",
-        "python -m export out/ckpt out/ckpt-int8 --overwrite                  # replace a previous export"))
+    p = OneLineParser(prog="dialogpt-onnx export", description=__doc__, examples=(
+        "dialogpt-onnx export models/chat-8x256 out/chat-int8 --variant int8",
+        "dialogpt-onnx export microsoft/DialoGPT-medium out/medium-int4 --variant int4   # online: a hub id",
+        "dialogpt-onnx export out/ckpt out/ckpt-int8 --overwrite                  # replace a previous export"))
     p.add_argument("source", help="checkpoint dir (HF or original DialoGPT form) or a hub id when online")
     p.add_argument("out_dir", help="model dir to write (model.onnx, tokenizer.json, manifest.json)")
     p.add_argument("--variant", default="int8", help=f"one of {', '.join(VARIANTS)} (default int8)")
@@ -65,30 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         thresholds=Thresholds(a.max_logit_diff, a.min_top1, a.min_greedy), threads=a.threads,
         progress=not a.quiet, ort_format=a.format == "ort", precise_activations=a.precise_activations,
     )
-    try:
-        with interruptible():
-            res = export_model(a.source, a.out_dir, opts)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ParityError as e:
-        print(f"parity failed: {e}", file=sys.stderr)
-        return 1
-    except (Interrupted, KeyboardInterrupt) as e:
-        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        print(f"interrupted by {signal.Signals(signum).name}: nothing written", file=sys.stderr)
-        return 128 + signum
-    except Exception:  # a bug, not a user error: keep exit 1 for "parity failed" only
-        traceback.print_exc()
-        print("internal error (a bug in dialogpt-onnx; nothing written): please report it with the trace above",
-              file=sys.stderr)
-        return INTERNAL_ERROR
+    return run_command(lambda: _export(a, opts), on_interrupt="nothing written")
+
+
+def _export(a: argparse.Namespace, opts: ExportOptions) -> None:
+    with interruptible():
+        res = export_model(a.source, a.out_dir, opts)
     status = "passed" if not res.failures else "BELOW THRESHOLDS: " + "; ".join(res.failures)
     print(f"wrote {res.out_dir} ({res.bytes_on_disk / 1e6:.1f} MB, {a.variant})")
     print(f"parity vs transformers fp32 on {res.parity.prompts} prompts x {res.parity.new_tokens} tokens: "
           f"{res.parity.summary()} [{status}]")
     print("export seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))
-    return 0
 
 
 if __name__ == "__main__":

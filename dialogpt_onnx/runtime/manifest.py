@@ -116,7 +116,7 @@ def read_manifest(model_dir: Path, verify: bool = True) -> Manifest:
     with its recorded size, and (verify=True) its sha256 intact. Hashing costs ~1 s per GB."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise ModelDirError(f"model dir {model_dir} does not exist: export one with `python -m export SOURCE DIR`")
+        raise ModelDirError(f"model dir {model_dir} does not exist: export one with `dialogpt-onnx export SOURCE DIR`")
     path = model_dir / MANIFEST
     if not path.is_file():
         raise ModelDirError(f"{model_dir} has no {MANIFEST}: it is not an exported model dir; re-export it")

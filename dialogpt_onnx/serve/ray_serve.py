@@ -1,7 +1,7 @@
 """Scale-out on Ray Serve (`pip install .[ray]`): N replicas of the engine and its HTTP API behind Ray's
 HTTP proxy, on one machine or a cluster.
 
-    python -m serve MODEL_DIR --ray --replicas 2 [--ray-address auto] [--host ...] [--port ...]
+    dialogpt-onnx serve MODEL_DIR --ray --replicas 2 [--ray-address auto] [--host ...] [--port ...]
 
 Each replica is one process holding one model and one batching engine (create_app: the same routes,
 errors and session cache as the single-process server). Ray routes each request to a replica; a chat's
@@ -16,7 +16,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from runtime.errors import UsageError
+from dialogpt_onnx.runtime.errors import UsageError
 
 APP_NAME = "dialogpt"
 
@@ -38,7 +38,7 @@ class ReplicaSettings:
 
 def build_replica_app(settings: ReplicaSettings):
     """The ASGI app of one replica: its own model and engine, closed when Ray stops the replica."""
-    from runtime import load
+    from dialogpt_onnx.runtime import load
 
     from .auth import ApiKeys
     from .engine import Engine
