@@ -31,9 +31,9 @@ QUICK_ENGINES = "pytorch-fp32,ours-fp32,ours-int8,ours-int4,ctranslate2-int8,opt
 
 def dialogue_tokens(n_tokens: int, offset: int = 0) -> list[int]:
     """Real dialogue (Topical-Chat test turns, each followed by EOS), cut to n_tokens."""
+    from dialogpt_onnx.corpora import tokenizer_files, topical_chat
     from dialogpt_onnx.export.tokenizer import build_tokenizer
     from dialogpt_onnx.runtime.text import EOS_TOKEN_ID, encode_dialogue
-    from dialogpt_onnx.training.corpora import tokenizer_files, topical_chat
 
     tok = build_tokenizer(tokenizer_files())
     ids: list[int] = []

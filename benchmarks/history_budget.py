@@ -21,10 +21,10 @@ def measure(ckpt_dir: str, conversations: int, budgets: list[int], min_turn: int
     import torch
     from tqdm import tqdm
 
+    from dialogpt_onnx.corpora import DIALOGPT_TOKENIZER, topical_chat
     from dialogpt_onnx.export.checkpoint import load_checkpoint, torch_model
     from dialogpt_onnx.export.tokenizer import build_tokenizer
     from dialogpt_onnx.runtime.text import encode_turn
-    from dialogpt_onnx.training.corpora import DIALOGPT_TOKENIZER, topical_chat
 
     ck = load_checkpoint(ckpt_dir, DIALOGPT_TOKENIZER)
     model, tok, eos = torch_model(ck), build_tokenizer(ck.tokenizer_files), ck.config.eos_token_id

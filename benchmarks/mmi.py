@@ -28,7 +28,7 @@ QUICK = {"contexts": 6, "max_new_tokens": 12}
 
 def held_out(model, n: int) -> tuple[list[list[int]], list[str]]:
     """(contexts, human replies), spread over Topical-Chat test_freq."""
-    from dialogpt_onnx.training.corpora import topical_chat
+    from dialogpt_onnx.corpora import topical_chat
     from dialogpt_onnx.training.evaluate import reply_pairs
 
     convs = topical_chat("test_freq")

@@ -83,7 +83,7 @@ def export_variants(checkpoint: str, names: list[str], out: Path, threads: int) 
 
 def held_out(tok, eos: int, p: dict) -> tuple[list[tuple[list[int], list[int]]], list[list[int]], list[list[str]]]:
     """(perplexity pairs, greedy contexts, chats' user turns) from Topical-Chat test_freq."""
-    from dialogpt_onnx.training.corpora import topical_chat
+    from dialogpt_onnx.corpora import topical_chat
     from dialogpt_onnx.training.evaluate import reply_pairs
 
     convs = topical_chat("test_freq")

@@ -71,7 +71,7 @@ class CalibrationDialogue(CalibrationDataReader):
 
 
 def calibration_windows(tok, eos: int, n: int = 48, length: int = 128) -> list[list[int]]:
-    from dialogpt_onnx.training.corpora import topical_chat
+    from dialogpt_onnx.corpora import topical_chat
     from dialogpt_onnx.training.evaluate import reply_pairs
 
     pairs = reply_pairs(tok, topical_chat("valid_rare")[:30], eos)

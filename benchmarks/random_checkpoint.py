@@ -24,7 +24,7 @@ def make_random_checkpoint(size: str, out: Path, seed: int = 0) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from dialogpt_onnx.training.corpora import dialogpt_config, tokenizer_files
+    from dialogpt_onnx.corpora import dialogpt_config, tokenizer_files
 
     base, overrides = SIZES[size]
     raw = {**dialogpt_config(base), **overrides}

@@ -88,9 +88,9 @@ def start(engines: list[Engine], src: Path, work: Path, threads: int) -> tuple[d
 
 def measure(src: Path, engines: list[Engine], work: Path, p: dict, threads: int) -> tuple[dict, dict]:
     """(results by engine, failures by engine)"""
+    from dialogpt_onnx.corpora import tokenizer_files
     from dialogpt_onnx.export.tokenizer import build_tokenizer
     from dialogpt_onnx.runtime.text import EOS_TOKEN_ID
-    from dialogpt_onnx.training.corpora import tokenizer_files
 
     tok = build_tokenizer(tokenizer_files())  # GPT-2's BPE: every engine's checkpoint uses it
     contexts, pairs = held_out(tok, EOS_TOKEN_ID, p)

@@ -54,7 +54,7 @@ def percentile(xs: list[float], q: float) -> float:
 def user_turns(n_chats: int, turns: int, offset: int = 0) -> list[list[str]]:
     """Per chat, its user turns: one speaker's turns of a held-out Topical-Chat conversation; chats
     offset..offset+n-1, so that levels given disjoint offsets share no chat (no KV reuse across levels)."""
-    from dialogpt_onnx.training.corpora import topical_chat
+    from dialogpt_onnx.corpora import topical_chat
 
     convs = [c for c in topical_chat("test_freq") if len(c) >= 2 * turns]
     return [convs[(offset + i) % len(convs)][0::2][:turns] for i in range(n_chats)]

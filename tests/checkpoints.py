@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from dialogpt_onnx.training.corpora import DIALOGPT_CONFIGS as CONFIGS
-from dialogpt_onnx.training.corpora import DIALOGPT_TOKENIZER as TOKENIZER
-from dialogpt_onnx.training.corpora import TOPICAL_CHAT, dialogpt_config
+from dialogpt_onnx.corpora import DIALOGPT_CONFIGS as CONFIGS
+from dialogpt_onnx.corpora import DIALOGPT_TOKENIZER as TOKENIZER
+from dialogpt_onnx.corpora import TOPICAL_CHAT, dialogpt_config
 
 __all__ = ["CONFIGS", "ROOT", "TOKENIZER", "TOPICAL_CHAT"]
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from checkpoints import fp16_rounded, save_hf, save_original, tiny_model
 
+from dialogpt_onnx.corpora import topical_chat
 from dialogpt_onnx.export import ExportOptions, export_model
-from dialogpt_onnx.training.corpora import topical_chat
 
 # Loads write this machine's weight cache (runtime.weight_cache): into a directory of the test run's own,
 # shared by the CLIs and servers the tests start, never the user's ~/.cache.

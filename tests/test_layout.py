@@ -14,8 +14,9 @@ from checkpoints import ROOT
 PACKAGES = ("dialogpt_onnx", "benchmarks")
 # what each room may import from the others (docs/layout.md says the same); the one command loads the
 # others' CLIs by name, at run time only, and the package's own names are the runtime's
-RT, SV, EX, TR = (f"dialogpt_onnx.{r}" for r in ("runtime", "serve", "export", "training"))
-ALLOWED = {RT: set(), SV: {RT}, EX: {RT}, TR: {RT, EX}, "benchmarks": {RT, SV, EX, TR}, "dialogpt_onnx": {RT}}
+RT, SV, EX, CO, TR = (f"dialogpt_onnx.{r}" for r in ("runtime", "serve", "export", "corpora", "training"))
+ALLOWED = {RT: set(), SV: {RT}, EX: {RT}, CO: {RT}, TR: {RT, EX, CO}, "benchmarks": {RT, SV, EX, CO, TR},
+           "dialogpt_onnx": {RT}}
 
 
 def _room(module: str) -> str:

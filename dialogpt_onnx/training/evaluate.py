@@ -67,9 +67,8 @@ def reply_perplexity(model, pairs: list[tuple[list[int], list[int]]], batch: int
 
 def main(argv: list[str] | None = None) -> int:
     """dialogpt-onnx evaluate CKPT [CKPT ...] [--data FILE] [--conversations N] [--context-tokens T]"""
+    from dialogpt_onnx.corpora import TOPICAL_CHAT
     from dialogpt_onnx.runtime.cli import OneLineParser, nonnegative_int, positive_int, run_command
-
-    from .corpora import TOPICAL_CHAT
 
     p = OneLineParser(prog="dialogpt-onnx evaluate", description="Reply perplexity on held-out dialogue "
                       "(context: the last T tokens of the earlier turns; target: the next turn + EOS).",
@@ -84,10 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(checkpoints: list[str], data: str, conversations: int, context_tokens: int) -> None:
+    from dialogpt_onnx.corpora import DIALOGPT_TOKENIZER, read_dialogues
     from dialogpt_onnx.export.checkpoint import load_checkpoint, torch_model
     from dialogpt_onnx.export.tokenizer import build_tokenizer
-
-    from .corpora import DIALOGPT_TOKENIZER, read_dialogues
 
     convs = read_dialogues(data)
     convs = convs[:conversations] if conversations else convs

@@ -18,12 +18,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dialogpt_onnx.runtime.checks import integer
-from dialogpt_onnx.runtime.manifest import ModelShape
-from dialogpt_onnx.runtime.sampling import CHAT_DEFAULTS
-from dialogpt_onnx.runtime.text import EOS_TOKEN_ID, encode_turn
-
-from .corpora import (
+from dialogpt_onnx.corpora import (
     DIALOGPT_TOKENIZER,
     DataError,
     data_licenses,
@@ -32,6 +27,11 @@ from .corpora import (
     tokenizer_files,
     topical_chat,
 )
+from dialogpt_onnx.runtime.checks import integer
+from dialogpt_onnx.runtime.manifest import ModelShape
+from dialogpt_onnx.runtime.sampling import CHAT_DEFAULTS
+from dialogpt_onnx.runtime.text import EOS_TOKEN_ID, encode_turn
+
 from .evaluate import labelled_nll, reply_pairs, reply_perplexity
 from .report import CURVE_FILE, plot_curve
 from .windows import Batches, dialogue_windows

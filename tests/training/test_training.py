@@ -15,10 +15,10 @@ import torch
 from checkpoints import ROOT
 
 from dialogpt_onnx import runtime
+from dialogpt_onnx.corpora import DataError, data_licenses, read_dialogues, tokenizer_files
 from dialogpt_onnx.export import ExportOptions, export_model
 from dialogpt_onnx.export.tokenizer import build_tokenizer
 from dialogpt_onnx.runtime.text import EOS_TOKEN_ID, encode_turn
-from dialogpt_onnx.training.corpora import DataError, data_licenses, read_dialogues, tokenizer_files
 from dialogpt_onnx.training.trainer import Settings, Trainer
 from dialogpt_onnx.training.windows import IGNORE, Batches, dialogue_windows, labels_for
 
