@@ -56,7 +56,7 @@ def test_every_cli_help_shows_examples_named_as_typed(command):
 
 
 @pytest.mark.parametrize(("command", "blocked", "extra"), [
-    ("export", "torch", "export"), ("train", "torch", "export"), ("serve", "uvicorn", "serve"),
+    ("export", "torch", "export"), ("train", "torch", "train"), ("serve", "uvicorn", "serve"),
     ("bench", "tqdm", "export")])
 def test_a_missing_extra_is_one_line_naming_the_install(exported, tmp_path, command, blocked, extra):
     """Without an extra installed, a command says in one line which `pip install` brings it (exit 2)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dialogpt_onnx.runtime.cli import OneLineParser, finite_float, positive_int, run_command
+from dialogpt_onnx.runtime.cli import OneLineParser, finite_float, positive_int, require_extra, run_command
 
 from .parity import Thresholds
 from .pipeline import VARIANTS, ExportOptions, export_model
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(a: argparse.Namespace, opts: ExportOptions) -> None:
+    require_extra("export", "torch", "transformers", "onnx", "safetensors")
     with interruptible():
         res = export_model(a.source, a.out_dir, opts)
     status = "passed" if not res.failures else "BELOW THRESHOLDS: " + "; ".join(res.failures)

@@ -107,6 +107,20 @@ def missing_extra(error: ModuleNotFoundError) -> str | None:
     return f"this command needs {top}: pip install 'dialogpt-onnx[{extra}]'" if extra else None
 
 
+def require_extra(extra: str, *modules: str) -> None:
+    """Before a command starts work: a UsageError naming `pip install 'dialogpt-onnx[extra]'` when one of the
+    extra's packages is not installed (rather than failing halfway, after its progress bar started)."""
+    import importlib.util
+
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise UsageError(f"this command needs {name}: pip install 'dialogpt-onnx[{extra}]'")
+
+
 def run_command(command: Callable[[], int | None], *, on_interrupt: str = "") -> int:
     """Run a CLI command and turn its outcome into the exit code, the same for every command: 0 done (or
     the code it returned), 2 a user error or a missing extra (one line on stderr), a CommandFailure's own

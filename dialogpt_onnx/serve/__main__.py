@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from dialogpt_onnx.runtime.cli import OneLineParser, finite_float, positive_int, run_command
+from dialogpt_onnx.runtime.cli import OneLineParser, finite_float, positive_int, require_extra, run_command
 from dialogpt_onnx.runtime.errors import UsageError
 
 
@@ -96,12 +96,9 @@ def run(a: argparse.Namespace) -> None:
     keys = read_keys(a.api_key, a.api_key_file, os.environ.get(ENV_VAR))
 
     read_manifest(Path(a.model_dir), verify=False)  # a wrong dir: one line, before any server or cluster
-    try:
-        import uvicorn  # noqa: F401
+    require_extra("serve", "starlette", "uvicorn", "prometheus_client")
+    from .http import Deadlines, serve
 
-        from .http import Deadlines, serve
-    except ImportError:
-        raise UsageError("serving needs the serve extra: pip install 'dialogpt-onnx[serve]'") from None
     if a.host in ("0.0.0.0", "::") and not a.allowed_host:
         print("warning: bound to every interface with no --allowed-host: any Host header is served; name the "
               "server's public names with --allowed-host (or put it behind a proxy that does)", file=sys.stderr)
@@ -117,10 +114,7 @@ def run(a: argparse.Namespace) -> None:
               deadlines=Deadlines(a.header_timeout, a.body_timeout, a.idle_timeout, a.shutdown_timeout),
               access_log=not a.no_access_log, prefix_cache_file=a.prefix_cache_file)
         return
-    try:
-        import ray.serve  # noqa: F401
-    except ImportError:
-        raise UsageError("--ray needs the ray extra: pip install 'dialogpt-onnx[ray]'") from None
+    require_extra("ray", "ray")
     from .http import host_allow_list
     from .ray_serve import ReplicaSettings, serve_on_ray
 

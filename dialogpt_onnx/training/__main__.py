@@ -13,7 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from dialogpt_onnx.runtime.cli import OneLineParser, finite_float, nonnegative_int, positive_int, run_command
+from dialogpt_onnx.runtime.cli import (
+    OneLineParser,
+    finite_float,
+    nonnegative_int,
+    positive_int,
+    require_extra,
+    run_command,
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -62,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(a: argparse.Namespace) -> None:
+    require_extra("train", "torch", "transformers", "safetensors", *(["chitchat_dataset"] if "chitchat" in a.data else []))
     from .trainer import Settings, Trainer
 
     settings = Settings(

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(checkpoints: list[str], data: str, conversations: int, context_tokens: int) -> None:
+    from dialogpt_onnx.runtime.cli import require_extra
+
+    require_extra("train", "torch", "transformers")
     from dialogpt_onnx.corpora import DIALOGPT_TOKENIZER, read_dialogues
     from dialogpt_onnx.export.checkpoint import load_checkpoint, torch_model
     from dialogpt_onnx.export.tokenizer import build_tokenizer
