@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(a: argparse.Namespace) -> None:
-    require_extra("train", "torch", "transformers", "safetensors", *(["chitchat_dataset"] if "chitchat" in a.data else []))
+    chitchat = ["chitchat_dataset"] if "chitchat" in a.data else []
+    require_extra("train", "torch", "transformers", "safetensors", *chitchat)
     from .trainer import Settings, Trainer
 
     settings = Settings(
