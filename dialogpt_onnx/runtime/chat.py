@@ -217,7 +217,7 @@ class ChatSession:
         try:
             stops = [StopText(self._model.tokenizer, opts.stop) for _ in range(n)]
             cands = sample_with_logprobs(fork, [prompt] * n, sampling, self._model.eos, keep_cache=True,
-                                         history=[history] * n, stops=stops)
+                                         history=[history] * n, stops=stops, choices=range(n))
         finally:
             fork.release()
         best = self._reranker.rerank(history, [Generation(s.text(), c.ids, c.logprob)

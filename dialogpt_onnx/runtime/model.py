@@ -69,6 +69,10 @@ class DialogModel:
             opts = SamplingOptions(**normalized(kw))
         except TypeError as e:
             raise UsageError(f"unknown generation option: {e}") from None
+        return self.checked(opts)
+
+    def checked(self, opts: SamplingOptions) -> SamplingOptions:
+        """Typed options, checked for range and against this model's vocabulary."""
         opts.validate()
         vocab = self.manifest.shape.vocab_size
         if any(t >= vocab for t in opts.logit_bias):
@@ -147,7 +151,10 @@ class DialogModel:
         self.check_fits(max(map(len, prompts)), opts)
         rows = [p for p in prompts for _ in range(n)]
         stops = self.stop_texts(opts, len(rows))
-        done = sample_with_logprobs(self.graph.new_cache(), rows, opts, self.eos, stops=stops)
+        # choice i of each prompt's n samples with seed + i: the same replies as n=1 calls with those seeds,
+        # whatever the other prompts of the batch (runtime.generate.row_seed)
+        done = sample_with_logprobs(self.graph.new_cache(), rows, opts, self.eos, stops=stops,
+                                    choices=[i for _ in prompts for i in range(n)])
         out = [Generation(self.decode(r.ids) if stops is None else stops[i].text(), r.ids, r.logprob,
                           finish_reason=r.finish_reason, token_logprobs=r.token_logprobs)
                for i, r in enumerate(done)]

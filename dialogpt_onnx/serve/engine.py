@@ -31,12 +31,11 @@ import numpy as np
 from dialogpt_onnx.runtime import DialogModel, Generation
 from dialogpt_onnx.runtime.checks import integer, number
 from dialogpt_onnx.runtime.errors import UsageError
-from dialogpt_onnx.runtime.generate import plain_greedy
+from dialogpt_onnx.runtime.generate import FinishReason, RowStep
 from dialogpt_onnx.runtime.graph import RowCache
 from dialogpt_onnx.runtime.results import TokenLogprob
-from dialogpt_onnx.runtime.sampling import SamplingOptions, choose, process
+from dialogpt_onnx.runtime.sampling import SamplingOptions
 from dialogpt_onnx.runtime.saved_chat import model_identity
-from dialogpt_onnx.runtime.scoring import token_logprobs
 from dialogpt_onnx.runtime.text import StopText
 
 from .prefix_cache import PrefixCache, ReplyTokens
@@ -57,12 +56,13 @@ class Request:
     prompt: list[int]
     opts: SamplingOptions
     tenant: str | None = None  # whose prefix-cache rows it may reuse and add to (None: none, unless opted in)
+    choice: int = 0  # which of a request's n choices: it samples with seed + choice (runtime.generate.row_seed)
     out: queue.Queue = field(default_factory=queue.Queue)  # token ids, then _DONE
     cancelled: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     # with opts.top_logprobs: one per token, appended before the token is put out (read it after the token)
     logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length", set before _DONE
+    finish_reason: FinishReason | None = None  # set before _DONE
     # time.monotonic() of the submit, the first and the last token; tokens put out (metrics read them once over)
     submitted_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
@@ -132,12 +132,9 @@ class Request:
 class _Row:
     req: Request
     pending: list[int]  # prompt tokens not yet fed
-    rng: np.random.Generator
-    history: list[int]
+    step: RowStep  # the runtime's per-row token step: random generator, history, stop text, log-probabilities
     cached: list[int]  # the tokens row's KV holds, in order
-    stop: StopText | None = None  # with stop strings: the reply's text, to see them come
-    generated: int = 0
-    last: int | None = None  # token to feed at the next step
+    last: int = -1  # token to feed at the next step
 
 
 class Engine:
@@ -176,13 +173,19 @@ class Engine:
         self._thread.start()
 
     # -- any thread --------------------------------------------------------------------------------
-    def submit(self, prompt: str | list[int], tenant: str | None = None, **options: Any) -> Request:
+    def submit(self, prompt: str | list[int], tenant: str | None = None, choice: int = 0,
+               sampling: SamplingOptions | None = None, **options: Any) -> Request:
         """Queue one reply; its tokens come from `request.tokens()`. Arguments are checked here. `tenant`
-        names whose cached chats the request may reuse (see PrefixCache): an API key's, a client's salt."""
-        opts = self.model.options(**options)
+        names whose cached chats the request may reuse (see PrefixCache): an API key's, a client's salt.
+        `choice` i of a request's n samples with seed + i. `sampling`: options already typed and checked
+        (a server's request), instead of keyword options."""
+        if sampling is not None and options:
+            raise UsageError(f"give the options as sampling= or as keywords, not both: {sorted(options)}")
+        opts = self.model.options(**options) if sampling is None else self.model.checked(sampling)
+        integer("choice", choice, 0)
         ids = self.model.prompt_ids(prompt)
         self.model.check_fits(len(ids), opts)
-        req = Request(ids, opts, tenant)
+        req = Request(ids, opts, tenant, choice)
         if opts.max_new_tokens == 0:
             req.emit(_DONE)
             return req
@@ -275,8 +278,9 @@ class Engine:
             cache.free_row(b)
         else:  # the same chat's earlier turn: its KV is reused, only the new tokens are prefilled
             cache.load_row(b, saved, n)
-        return _Row(req, req.prompt[n:], np.random.default_rng(req.opts.seed), list(req.prompt),
-                    list(req.prompt[:n]), StopText(self.model.tokenizer, req.opts.stop) if req.opts.stop else None)
+        stop = StopText(self.model.tokenizer, req.opts.stop) if req.opts.stop else None
+        return _Row(req, req.prompt[n:], RowStep(req.opts, self.model.eos, req.prompt, stop, req.choice),
+                    list(req.prompt[:n]))
 
     def _step(self, cache: RowCache, rows: list[_Row | None]) -> None:
         """One step: joining rows prefill (at most `prefill_chunk` prompt tokens in all; adjacent rows
@@ -323,28 +327,19 @@ class Engine:
     def _emit(self, cache: RowCache, rows: list[_Row | None], b: int, logits: np.ndarray) -> None:
         """Row b's next token from its logits; a finished reply frees the row and keeps its KV."""
         r = rows[b]
-        o = r.req.opts
+        assert r is not None
         try:
-            if plain_greedy(o):
-                t = int(np.argmax(logits))
-            else:
-                t = choose(process(logits, r.history, r.generated, o, self.model.eos), o, r.rng)
-                r.history.append(t)
-            if o.top_logprobs is not None:
-                r.req.logprobs.append(token_logprobs(logits, t, o.top_logprobs))
-            stopped = t == self.model.eos
-            if r.stop is not None and not stopped:
-                r.stop.push(t)
-                stopped = r.stop.matched is not None
+            t = r.step.next(logits)
+            if r.step.token_logprobs is not None:
+                r.req.logprobs.append(r.step.token_logprobs[-1])
         except Exception as e:  # noqa: BLE001 - one request's options (a bug in their handling) end that request only
             r.req.error = e
             r.req.emit(_DONE)
             rows[b] = None
             return
-        r.generated += 1
         r.req.emit(t)
-        if stopped or r.generated >= o.max_new_tokens:
-            r.req.finish_reason = "stop" if stopped else "length"
+        if r.step.finish_reason is not None:
+            r.req.finish_reason = r.step.finish_reason
             tenant = self.cache_namespace(r.req.tenant)
             if self.prefix_cache.budget and tenant is not None:
                 self.prefix_cache.store(tenant, cache.save_row(b, r.cached))

@@ -76,6 +76,28 @@ def test_seeded_sampling_is_reproducible(exported):
     assert c.ids != a.ids
 
 
+def test_a_seed_gives_one_reply_on_every_path(exported):
+    """Choice i of n samples with seed + i, and a sampled reply does not depend on the other prompts of its
+    batch: generate's n choices, a batch, a stream, a chat turn and the server's engine agree."""
+    from dialogpt_onnx.serve.engine import Engine
+
+    model = runtime.load(exported("fp32"))
+    kw = dict(do_sample=True, top_k=50, max_new_tokens=12)
+    solo = [model.generate("Hello there", seed=7 + i, **kw).ids for i in range(3)]
+    assert len(set(map(tuple, solo))) > 1  # the seeds differ in what they give
+    assert [g.ids for g in model.generate("Hello there", num_return_sequences=3, seed=7, **kw)] == solo
+    batch = model.generate(["What do you do for fun?", "Hello there"], seed=7, **kw)
+    assert batch[1].ids == solo[0]  # the other prompt of its batch changes nothing
+    assert "".join(model.stream("Hello there", seed=7, **kw)) == model.decode(solo[0])
+    assert model.chat(seed=7, no_repeat_ngram_size=0, **kw).send("Hello there") == model.decode(solo[0])
+    engine = Engine(model, max_batch=4)
+    try:
+        reqs = [engine.submit("Hello there", choice=i, seed=7, **kw) for i in range(3)]
+        assert [list(r.tokens()) for r in reqs] == solo
+    finally:
+        engine.close()
+
+
 def test_runtime_works_without_torch_transformers_optimum(exported):
     """Embedded apps ship without torch: importing it must not be needed for a chat."""
     code = f"""

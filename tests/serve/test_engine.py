@@ -158,16 +158,16 @@ def test_finish_reason_and_logprobs_equal_generate(model, prompts):
 def test_a_request_that_fails_ends_alone(model, monkeypatch):
     """A failure while choosing one request's token (a bug in an option's handling) ends that request with
     its error; the engine and the other requests go on."""
-    import dialogpt_onnx.serve.engine as engine_module
+    import dialogpt_onnx.runtime.generate as step_module  # the one token step the engine calls
 
-    real = engine_module.choose
+    real = step_module.choose
 
     def flaky(processed, opts, rng):
         if opts.seed == 13:
             raise ValueError("probabilities contain NaN")
         return real(processed, opts, rng)
 
-    monkeypatch.setattr(engine_module, "choose", flaky)
+    monkeypatch.setattr(step_module, "choose", flaky)
     engine = Engine(model, max_batch=2)
     try:
         bad = engine.submit("Hello", do_sample=True, seed=13, max_new_tokens=4)
