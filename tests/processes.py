@@ -26,15 +26,17 @@ WAITING_FOR_INPUT = {"0", "7", "23", "270", "271"} | {"63", "72", "73"}
 def live_server(model, app_options: dict | None = None, config_options: dict | None = None,
                 **engine_options) -> Iterator[tuple]:
     """serve.http's app over its own engine, on a free loopback port (uvicorn in a thread): (engine, base
-    url). app_options go to create_app, config_options to uvicorn.Config, the rest to the Engine."""
+    url). app_options are ServeConfig settings for create_app, config_options go to uvicorn.Config, the
+    rest to the Engine."""
     import uvicorn
 
+    from dialogpt_onnx.serve.config import ServeConfig
     from dialogpt_onnx.serve.engine import Engine
     from dialogpt_onnx.serve.http import create_app
 
     engine = Engine(model, **engine_options)
     port = free_port()
-    app = create_app(engine, "tiny", **(app_options or {}))
+    app = create_app(engine, "tiny", ServeConfig(access_log=False, **(app_options or {})))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
                                         **(config_options or {})))
     t = threading.Thread(target=srv.run, daemon=True)

@@ -133,3 +133,25 @@ class StopText:
                     if text.endswith(s[:k])), default=0)
         self.held = text[len(text) - keep:]
         return text[: len(text) - keep]
+
+
+def _gpt2_byte_table() -> dict[str, int]:
+    """GPT-2's byte-level BPE spells each byte as one printable character: that table, reversed (the
+    tokenizers library applies it inside its decoder but does not expose it)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTES = _gpt2_byte_table()
+
+
+def token_bytes(tok: Tokenizer, token: int) -> bytes:
+    """The bytes a token spells (part of a character, for some): OpenAI's logprobs `bytes`, the CLI's text."""
+    return bytes(_BYTES[c] for c in (tok.id_to_token(token) or ""))

@@ -38,6 +38,7 @@ from dialogpt_onnx.runtime.sampling import SamplingOptions
 from dialogpt_onnx.runtime.saved_chat import model_identity
 from dialogpt_onnx.runtime.text import StopText
 
+from .config import DEFAULTS, ServeConfig
 from .prefix_cache import PrefixCache, ReplyTokens
 
 _DONE = -1  # end of a request's token stream
@@ -138,11 +139,13 @@ class _Row:
 
 
 class Engine:
-    def __init__(self, model: DialogModel, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256,
-                 prefix_cache_mb: float = 256, share_prefix_cache: bool = False,
-                 prefix_cache_file: str | Path | None = None) -> None:
-        """`prefix_cache_file`: restore the prefix cache from this file (if it exists) and save it there at
-        close(), so that chats continue across restarts without prefilling their history (off by default)."""
+    def __init__(self, model: DialogModel, max_batch: int = DEFAULTS.max_batch, max_queue: int = DEFAULTS.max_queue,
+                 prefill_chunk: int = DEFAULTS.prefill_chunk, prefix_cache_mb: float = DEFAULTS.prefix_cache_mb,
+                 share_prefix_cache: bool = DEFAULTS.share_prefix_cache,
+                 prefix_cache_file: str | Path | None = DEFAULTS.prefix_cache_file) -> None:
+        """The defaults are ServeConfig's (serve.config). `prefix_cache_file`: restore the prefix cache from
+        this file (if it exists) and save it there at close(), so that chats continue across restarts
+        without prefilling their history (off by default)."""
         for name, v in (("max_batch", max_batch), ("max_queue", max_queue), ("prefill_chunk", prefill_chunk)):
             integer(name, v, 1)
         number("prefix_cache_mb", prefix_cache_mb, "a number >= 0 (0 turns the cache off)",
@@ -171,6 +174,13 @@ class Engine:
         self.rows_computed = 0  # rows summed over those calls: busy rows only, never the idle ones
         self._thread = threading.Thread(target=self._loop, name="dialogpt-engine", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def from_config(cls, model: DialogModel, config: ServeConfig) -> Engine:
+        """The engine a server's config asks for."""
+        return cls(model, max_batch=config.max_batch, max_queue=config.max_queue, prefill_chunk=config.prefill_chunk,
+                   prefix_cache_mb=config.prefix_cache_mb, share_prefix_cache=config.share_prefix_cache,
+                   prefix_cache_file=config.prefix_cache_file)
 
     # -- any thread --------------------------------------------------------------------------------
     def submit(self, prompt: str | list[int], tenant: str | None = None, choice: int = 0,

@@ -1,6 +1,7 @@
-"""OpenAI's chat-completions request, typed: one parser turns a JSON body into a ChatRequest or a
-BadRequest naming the field. Ranges of the generation options are the runtime's (SamplingOptions checks
-them at submit); errors come back under OpenAI's field names (`param_of`)."""
+"""OpenAI's chat-completions request, typed at the edge: one parser turns a JSON body into a ChatRequest
+(its generation options a checked SamplingOptions) or a BadRequest naming the field. Ranges of the
+generation options are the runtime's (SamplingOptions checks them); errors come back under OpenAI's field
+names (`param_of`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 
 from dialogpt_onnx.runtime import DialogModel
 from dialogpt_onnx.runtime.checks import is_integer, is_number
+from dialogpt_onnx.runtime.errors import UsageError
 from dialogpt_onnx.runtime.results import TokenLogprob
-from dialogpt_onnx.runtime.sampling import chat_options
+from dialogpt_onnx.runtime.sampling import SamplingOptions, chat_options
+from dialogpt_onnx.runtime.text import token_bytes
 
 from .prefix_cache import ReplyTokens
 
@@ -47,8 +50,8 @@ MAX_CHOICES = 8  # n: each choice is a row of the engine's batch
 @dataclass(frozen=True)
 class ChatRequest:
     turns: list[tuple[str, str]]  # (role, content), system and developer messages left out
-    options: dict[str, Any] = field(default_factory=dict)  # the runtime's generation options
-    n: int = 1  # choices: each its own row, seeded seed + i when a seed is given
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)  # the runtime's, checked
+    n: int = 1  # choices: each its own row; choice i samples with seed + i
     logprobs: bool = False
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage
@@ -56,9 +59,10 @@ class ChatRequest:
     cache_salt: str | None = None
 
     @classmethod
-    def parse(cls, body: object, max_turns: int | None = None) -> ChatRequest:
+    def parse(cls, body: object, model: DialogModel, max_turns: int | None = None) -> ChatRequest:
         """The one validator of a request body: raises BadRequest naming the field. max_turns: more messages
-        than this are refused before any is read (the model's context: each turn takes a token at least)."""
+        than this are refused before any is read (the model's context: each turn takes a token at least).
+        The generation options are checked by the runtime against `model` (its vocabulary)."""
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         for name, value in body.items():
@@ -81,8 +85,12 @@ class ChatRequest:
         options, n = _options(body), _choices(body)
         if n > 1 and not options.get("do_sample"):
             raise BadRequest("n > 1 needs sampling (temperature > 0): greedy replies are all the same", "n")
-        return cls(_turns(body, max_turns), options, n, options.get("top_logprobs") is not None, stream,
-                   bool(so.get("include_usage")), salt)
+        turns = _turns(body, max_turns)
+        try:
+            sampling = model.options(**options)
+        except UsageError as e:  # the runtime's checks: options out of range, under OpenAI's field names
+            raise BadRequest(str(e), param_of(e.arg)) from None
+        return cls(turns, sampling, n, sampling.top_logprobs is not None, stream, bool(so.get("include_usage")), salt)
 
 
 def _content(m: dict[str, Any], i: int) -> str:
@@ -189,27 +197,10 @@ def _choices(body: dict[str, Any]) -> int:
     return int(n)
 
 
-def _gpt2_byte_table() -> dict[str, int]:
-    """GPT-2's byte-level BPE spells each byte as one printable character: that table, reversed (the
-    tokenizers library applies it inside its decoder but does not expose it)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-_BYTES = _gpt2_byte_table()
-
-
 def token_logprob_entries(model: DialogModel, lp: TokenLogprob) -> dict[str, Any]:
     """One token of OpenAI's `logprobs.content`: its text, bytes and log-probability, and the top ones'."""
     def entry(token: int, logprob: float) -> dict[str, Any]:
-        raw = bytes(_BYTES[c] for c in (model.tokenizer.id_to_token(token) or ""))
+        raw = token_bytes(model.tokenizer, token)
         return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
 
     return {**entry(lp.token, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}

@@ -13,86 +13,72 @@ from __future__ import annotations
 
 import signal
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from dialogpt_onnx.runtime.errors import UsageError
+
+from .config import ServeConfig
+from .process import public_name, url
 
 APP_NAME = "dialogpt"
 
 
-@dataclass(frozen=True)
-class ReplicaSettings:
-    model_dir: str
-    max_batch: int = 8
-    max_queue: int = 64
-    prefix_cache_mb: float = 256
-    threads: int | None = None  # onnxruntime threads per replica (default: its share of the CPUs)
-    model_name: str | None = None  # what clients see (default: the directory's base name)
-    share_prefix_cache: bool = False  # requests without a cache_salt share cached chats (one trusted client)
-    api_keys: tuple[str, ...] = ()  # required on the API when given
-    max_body_bytes: int = 1 << 20  # request bodies past it: 413
-    body_timeout: float = 30.0  # seconds to send a body: 408 past it
-    allowed_hosts: tuple[str, ...] | None = None  # Host headers served (None: any; see serve.http.host_allow_list)
-
-
-def build_replica_app(settings: ReplicaSettings):
-    """The ASGI app of one replica: its own model and engine, closed when Ray stops the replica."""
+def build_replica_app(model_dir: str, config: ServeConfig) -> Any:
+    """The ASGI app of one replica: its own model and engine, closed when Ray stops the replica. Ray's proxy
+    holds the connections (its own header and idle deadlines); a replica applies the rest of config."""
     from dialogpt_onnx.runtime import load
 
-    from .auth import ApiKeys
     from .engine import Engine
-    from .http import create_app, public_name
+    from .http import create_app
+    from .process import public_name, with_host_policy
 
-    model = load(settings.model_dir, threads=settings.threads)
-    engine = Engine(model, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                    prefix_cache_mb=settings.prefix_cache_mb, share_prefix_cache=settings.share_prefix_cache)
-    hosts = list(settings.allowed_hosts) if settings.allowed_hosts is not None else None
-    return create_app(engine, model_name=public_name(settings.model_dir, settings.model_name), close_engine=True,
-                      api_keys=ApiKeys(settings.api_keys), max_body_bytes=settings.max_body_bytes,
-                      allowed_hosts=hosts, body_timeout=settings.body_timeout)
+    model = load(model_dir, threads=config.threads)
+    engine = Engine.from_config(model, config)
+    app = create_app(engine, public_name(model_dir, config.model_name), config, close_engine=True)
+    return with_host_policy(app, config)
 
 
-def application(settings: ReplicaSettings, replicas: int, cpus_per_replica: float):
+def application(model_dir: str, config: ServeConfig, cpus_per_replica: float) -> Any:
     """The Ray Serve application (for `serve.run`, or a `serve run` config's import path builder)."""
     from ray import serve
 
-    def build():  # runs in each replica's process
-        return build_replica_app(settings)
+    def build() -> Any:  # runs in each replica's process
+        return build_replica_app(model_dir, config)
 
     # Ray's own queues are bounded too: the engine answers 429 past max_queue, Ray 503 past its bound.
     deployment = serve.deployment(
-        serve.ingress(build)(), name="DialogServer", num_replicas=replicas,
+        serve.ingress(build)(), name="DialogServer", num_replicas=config.replicas or 1,
         ray_actor_options={"num_cpus": cpus_per_replica},
-        max_ongoing_requests=settings.max_batch + settings.max_queue, max_queued_requests=settings.max_queue)
+        max_ongoing_requests=config.max_batch + config.max_queue, max_queued_requests=config.max_queue)
     return deployment.bind()
 
 
-def serve_on_ray(settings: ReplicaSettings, replicas: int, host: str = "127.0.0.1", port: int = 8000,
-                 address: str | None = None) -> None:
-    """Start (or join, with address) a Ray cluster, run the replicas, block until SIGINT / SIGTERM."""
+def serve_on_ray(model_dir: str, config: ServeConfig) -> None:
+    """Start (or join, with config.ray_address) a Ray cluster, run the replicas, block until SIGINT / SIGTERM."""
     import ray
     from ray import serve
 
-    settings = ReplicaSettings(**{**asdict(settings), "model_dir": str(Path(settings.model_dir).resolve())})
-    ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level="warning")
+    model_dir = str(Path(model_dir).resolve())
+    replicas = config.replicas or 1
+    ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=True, logging_level="warning")
     per_replica = max(float(ray.cluster_resources().get("CPU", 1)) / replicas, 0.1)
-    if settings.threads is None:
-        settings = ReplicaSettings(**{**asdict(settings), "threads": max(int(per_replica), 1)})
+    if config.threads is None:
+        config = replace(config, threads=max(int(per_replica), 1))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(http_options={"host": config.host, "port": config.port})
         try:
-            serve.run(application(settings, replicas, per_replica), name=APP_NAME, route_prefix="/")
+            serve.run(application(model_dir, config, per_replica), name=APP_NAME, route_prefix="/")
         except RuntimeError as e:  # a replica failed to start: its own log (above) says why
             raise UsageError(f"Ray Serve could not start the replicas ({str(e).splitlines()[0]}): see the "
                              "replica log above") from None
-        print(f"serving {settings.model_dir} on http://{host}:{port} with {replicas} Ray Serve replicas "
-              "(Ctrl-C stops)", flush=True)
+        print(f"serving {public_name(model_dir, config.model_name)} on {url(config.host, config.port)} with "
+              f"{replicas} Ray Serve replicas (Ctrl-C stops)", flush=True)
         stop.wait()
     finally:
         serve.shutdown()
         ray.shutdown()
-

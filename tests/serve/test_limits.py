@@ -16,7 +16,6 @@ from checkpoints import ROOT
 from processes import free_port, live_server
 
 from dialogpt_onnx import runtime
-from dialogpt_onnx.serve.auth import ApiKeys
 from dialogpt_onnx.serve.connections import timed_protocol
 
 KEY = "k" * 20
@@ -25,7 +24,7 @@ KEY = "k" * 20
 @contextmanager
 def timed_server(model, header=1.0, body=1.0, idle=1, api_keys=None):
     """The app with short deadlines: (engine, port)."""
-    with live_server(model, app_options={"body_timeout": body, "api_keys": ApiKeys(api_keys or [])},
+    with live_server(model, app_options={"body_timeout": body, "api_keys": tuple(api_keys or ())},
                      config_options={"http": timed_protocol(header), "timeout_keep_alive": idle},
                      max_batch=2, max_queue=2) as (engine, url):
         yield engine, int(url.rsplit(":", 1)[1])
