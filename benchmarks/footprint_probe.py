@@ -76,7 +76,7 @@ def _session_lever() -> None:
 
     import onnxruntime as ort
 
-    from dialogpt_onnx.runtime import ort_session
+    from dialogpt_onnx.runtime import ort_graph as ort_session
 
     def patched(path: Path, threads: int | None, optimization: str = "all",
                 cache_key: str | None = None) -> ort.InferenceSession:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -106,7 +106,7 @@ def check_parity(ref: GPT2LMHeadModel, model_dir: Path, manifest: Manifest, prom
             gen = ref.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                do_sample=False, pad_token_id=manifest.shape.eos_token_id,
                                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                               stopping_criteria=[stepped])
+                               stopping_criteria=stepped)
         torch_ids = gen[0, len(prompt):].tolist()
         d = np.abs(onnx_logits - tf)
         diffs.append(float(d.max()))
@@ -121,15 +121,15 @@ def check_parity(ref: GPT2LMHeadModel, model_dir: Path, manifest: Manifest, prom
 
 
 
-def _counting_tokens(bar: tqdm) -> object:
+def _counting_tokens(bar: tqdm) -> Any:
     """A transformers stopping criterion that never stops generate() and moves the bar once per token
     (transformers is imported only when parity runs)."""
     import torch
-    from transformers import StoppingCriteria
+    from transformers import StoppingCriteria, StoppingCriteriaList
 
     class Counting(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.BoolTensor:
             bar.update()
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
-    return Counting()
+    return StoppingCriteriaList([Counting()])

@@ -17,7 +17,17 @@ from pathlib import Path
 
 from dialogpt_onnx.runtime.checks import integer, optional_integer
 from dialogpt_onnx.runtime.graph_io import PORTABLE_IO, contrib_io
-from dialogpt_onnx.runtime.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, file_table, write_manifest
+from dialogpt_onnx.runtime.manifest import (
+    GRAPHS,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    VARIANTS,
+    GraphKind,
+    Manifest,
+    Variant,
+    file_table,
+    write_manifest,
+)
 from dialogpt_onnx.runtime.text import encode_dialogue
 
 from .checkpoint import Checkpoint, load_checkpoint, torch_model
@@ -30,14 +40,11 @@ from .prompts import load_prompts
 from .quantize import QuantConfig, fit_to_model, quantize
 from .tokenizer import build_tokenizer, write_tokenizer
 
-VARIANTS = ("fp32", "int8", "int4")
-GRAPHS = ("contrib", "portable")
-
 
 @dataclass
 class ExportOptions:
-    variant: str = "int8"
-    graph: str = "contrib"  # "contrib": built from weights with onnxruntime contrib ops; "portable": standard ops
+    variant: Variant = "int8"
+    graph: GraphKind = "contrib"  # "contrib": built from weights with onnxruntime contrib ops; "portable": standard ops
     all_logits: bool = False  # logits for every position (scoring, perplexity) instead of the last only
     verify: bool = False  # fail (exit 1, no output) below the parity thresholds
     overwrite: bool = False

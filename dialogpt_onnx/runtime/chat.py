@@ -30,8 +30,8 @@ from tokenizers import Tokenizer
 from .checks import fits_context, optional_integer
 from .errors import UsageError
 from .generate import generate_ids, sample_with_logprobs
-from .graph import Graph, RowKV
 from .manifest import Manifest
+from .protocols import Graph, RowKV
 from .results import Generation
 from .sampling import SamplingOptions
 from .text import StopText

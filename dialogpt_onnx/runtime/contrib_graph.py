@@ -8,32 +8,19 @@ The cache is one preallocated buffer per layer and K/V ([batch, heads, capacity,
 both past and present, so GroupQueryAttention appends in place: no per-step copies. Each row keeps its
 own length, so rows of a batch may hold different numbers of tokens (ragged batches: position ids
 follow each row's real tokens, never padding). Capacity grows by doubling, up to the context.
-The row operations (free, move, save, load) are what a batching engine needs (runtime.graph.RowCache).
+The row operations (free, move, save, load) are what a batching engine needs (runtime.protocols.RowCache).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
 from .checks import fits_context
-from .ort_session import OrtGraph
+from .ort_graph import OrtGraph
+from .protocols import RowKV
 
 MIN_CAPACITY = 64
-
-
-@dataclass(frozen=True)
-class RowKV:
-    """A copy of one row's cached tokens and their KV, [n_head, len(tokens), head_dim] per layer and K/V."""
-
-    tokens: tuple[int, ...]
-    kv: tuple[np.ndarray, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.kv)
 
 
 class ContribGraph(OrtGraph):

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
-from .graph import Cache
-from .results import TokenLogprob
+from .protocols import Cache
+from .results import FinishReason, TokenLogprob
 from .sampling import SamplingOptions, choose, process
 from .scoring import token_logprob, token_logprobs
 from .text import StopText
-
-FinishReason = Literal["stop", "length"]  # "stop": EOS or a stop string; "length": max_new_tokens reached
 
 
 def plain_greedy(opts: SamplingOptions) -> bool:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .checks import is_integer
 from .errors import ModelDirError
@@ -15,12 +15,19 @@ from .graph_io import GraphIO
 FORMAT_VERSION = 1
 # onnxruntime's graph optimization levels (ORT_DISABLE_ALL ... ORT_ENABLE_ALL) by the names the manifest uses;
 # every exported graph is correct at each (tested), "all" is the fastest and what parity is checked at
-OPTIMIZATION_LEVELS = ("off", "basic", "extended", "all")
+Optimization = Literal["off", "basic", "extended", "all"]
+OPTIMIZATION_LEVELS: tuple[Optimization, ...] = get_args(Optimization)
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 ORT_MODEL_FILE = "model.ort"  # with `--format ort`: the same graph in onnxruntime's own format (mobile, minimal builds)
 ORT_OPERATORS_FILE = "required_operators.config"  # the operators a reduced onnxruntime build must include
-MODEL_FORMATS = ("onnx", "ort")
+ModelFormat = Literal["onnx", "ort"]
+MODEL_FORMATS: tuple[ModelFormat, ...] = get_args(ModelFormat)
+# what an export may be: its weights' precision, and its ops (onnxruntime's contrib ops, or standard ONNX)
+Variant = Literal["fp32", "int8", "int4"]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
+GraphKind = Literal["contrib", "portable"]
+GRAPHS: tuple[GraphKind, ...] = get_args(GraphKind)
 TOKENIZER_FILE = "tokenizer.json"
 
 

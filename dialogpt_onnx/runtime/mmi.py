@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from .chat import ChatSession
 from .checks import integer, number
@@ -25,7 +25,7 @@ from .sampling import SamplingOptions
 class MMIOptions:
     candidates: int = 8
     forward_weight: float = 0.0  # λ: 0 ranks by the backward model alone, as the paper's reranker
-    reduce: str = "mean"  # "mean" (per token: no bias to short sources/replies) | "sum"
+    reduce: Literal["mean", "sum"] = "mean"  # "mean" (per token: no bias to short sources/replies) | "sum"
     source_turns: int = 1  # history turns, newest first, that the backward model scores
 
     def validate(self) -> None:

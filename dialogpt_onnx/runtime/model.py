@@ -16,11 +16,21 @@ import numpy as np
 
 from .chat import ChatSession, Reranker
 from .checks import fits_context, integer, is_integer, optional_integer
+from .contrib_graph import ContribGraph
 from .errors import UsageError
 from .generate import generate_ids, sample_with_logprobs
 from .graph import open_graph
-from .manifest import MODEL_FORMATS, OPTIMIZATION_LEVELS, TOKENIZER_FILE, Manifest, read_manifest
+from .manifest import (
+    MODEL_FORMATS,
+    OPTIMIZATION_LEVELS,
+    TOKENIZER_FILE,
+    Manifest,
+    ModelFormat,
+    Optimization,
+    read_manifest,
+)
 from .memory import release_freed_memory
+from .protocols import RowCache
 from .results import Generation, Score
 from .sampling import GREEDY, SamplingOptions, chat_options, normalized
 from .scoring import batch_reply_logprobs
@@ -29,7 +39,7 @@ from .text import StopText, encode_dialogue, encode_turn, encode_turns, load_tok
 
 class DialogModel:
     def __init__(self, model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-                 verify: bool = True, optimization: str | None = None, model_format: str = "onnx",
+                 verify: bool = True, optimization: Optimization | None = None, model_format: ModelFormat = "onnx",
                  weight_cache: bool = True) -> None:
         optional_integer("threads", threads, 1, "all cores")
         optional_integer("max_length", max_length, 1, "the model's context")
@@ -128,6 +138,13 @@ class DialogModel:
         if all(map(is_integer, inputs)):  # numpy ints count too
             return [self._prompt(inputs)], True
         return [self._prompt(x) for x in inputs], False
+
+    def new_row_cache(self) -> RowCache:
+        """A cache with row operations (free, move, save, load), for a batching engine: the contrib graph's."""
+        if not isinstance(self.graph, ContribGraph):
+            raise UsageError("batching needs the contrib graph (ragged rows in one KV buffer); export without "
+                             "--graph portable")
+        return self.graph.new_cache()
 
     def check_fits(self, n_prompt: int, opts: SamplingOptions) -> None:
         fits_context(n_prompt, opts.max_new_tokens, self.max_length)
@@ -235,7 +252,7 @@ def _describe(x: object) -> str:
 
 
 def load(model_dir: str | Path, threads: int | None = None, max_length: int | None = None,
-         verify: bool = True, optimization: str | None = None, model_format: str = "onnx",
+         verify: bool = True, optimization: Optimization | None = None, model_format: ModelFormat = "onnx",
          weight_cache: bool = True) -> DialogModel:
     """Open an exported model dir. Checks the manifest and every file's size; verify=True (the default)
     also checks every file's sha256 (~1 s per GB: pass verify=False for a dir you trust and load often).

@@ -1,7 +1,7 @@
 """The portable (standard-ops) graph and its cache: optimum's I/O, past and present concatenated each step.
 
 Slower by design (a copy of the whole cache per step): it exists for engines without onnxruntime's
-contrib ops and as the benchmark's baseline. Same protocols as the contrib graph (runtime.graph.Graph /
+contrib ops and as the benchmark's baseline. Same protocols as the contrib graph (runtime.protocols.Graph /
 Cache): the graph is shared and read-only, each generation or chat owns a PortableCache.
 """
 
@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from .checks import fits_context
-from .manifest import Manifest
-from .ort_session import OrtGraph
+from .manifest import Manifest, ModelFormat, Optimization
+from .ort_graph import OrtGraph
 
 
 class PortableGraph(OrtGraph):
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
-                 max_length: int | None = None, optimization: str | None = None, model_format: str = "onnx",
-                 weight_cache: bool = False) -> None:
+                 max_length: int | None = None, optimization: Optimization | None = None,
+                 model_format: ModelFormat = "onnx", weight_cache: bool = False) -> None:
         super().__init__(model_dir, manifest, threads=threads, max_length=max_length, optimization=optimization,
                          model_format=model_format, weight_cache=weight_cache)
         self.out_names = [self.logits_name] + [manifest.io.kv_name("present", k, i)

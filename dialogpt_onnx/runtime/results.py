@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+# "stop": the model ended its turn (EOS) or a stop string came; "length": max_new_tokens was reached
+FinishReason = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,7 @@ class Generation:
     ids: list[int]
     logprob: float | None = None  # log p(ids | prompt) under the model's raw logits
     candidates: list[Any] | None = None  # MMI: every candidate (runtime.mmi.Candidate), best first
-    # "stop": the model ended its turn (EOS) or a stop string came; "length": max_new_tokens was reached
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     token_logprobs: list[TokenLogprob] | None = None  # with top_logprobs set: one per token in ids
 
 

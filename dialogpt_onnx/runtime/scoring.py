@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import UsageError
-from .graph import Cache
+from .protocols import Cache
 from .results import TokenLogprob
 
 
@@ -57,7 +57,7 @@ def batch_reply_logprobs(cache: Cache, pairs: list[tuple[list[int], list[int]]])
 def reply_logprobs(cache: Cache, context: list[int], reply: list[int]) -> np.ndarray:
     """log p(reply[i] | context + reply[:i]) for every i, as float64 [len(reply)].
 
-    `cache` is any runtime.graph.Cache (from `model.graph.new_cache()`); it is reset first."""
+    `cache` is any runtime.protocols.Cache (from `model.graph.new_cache()`); it is reset first."""
     if cache.m.all_logits:
         return batch_reply_logprobs(cache, [(context, reply)])[0]
     if not context or not reply:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dialogpt_onnx.runtime import DialogModel
+from dialogpt_onnx.runtime.results import FinishReason
 from dialogpt_onnx.runtime.text import StopText
 
 from .engine import Engine, EngineClosed, Request
@@ -44,7 +45,7 @@ class Choice:
     text: list[str] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     count: int = 0  # tokens received, EOS included
-    finish_reason: str = "length"
+    finish_reason: FinishReason = "length"
 
     def __post_init__(self) -> None:
         self.stop = StopText(self.model.tokenizer, self.req.opts.stop)

@@ -16,6 +16,8 @@ def timed_protocol(header_timeout: float) -> type[H11Protocol]:
     """An h11 protocol class (uvicorn.Config(http=...)) that closes connections whose headers are late."""
 
     class TimedH11Protocol(H11Protocol):
+        _header_deadline: asyncio.TimerHandle | None = None
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()

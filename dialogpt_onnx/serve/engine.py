@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 
 from dialogpt_onnx.runtime import DialogModel, Generation
+from dialogpt_onnx.runtime.archive import model_identity
 from dialogpt_onnx.runtime.checks import integer, number
 from dialogpt_onnx.runtime.errors import UsageError
 from dialogpt_onnx.runtime.generate import FinishReason, RowStep
-from dialogpt_onnx.runtime.graph import RowCache
+from dialogpt_onnx.runtime.protocols import RowCache
 from dialogpt_onnx.runtime.results import TokenLogprob
 from dialogpt_onnx.runtime.sampling import SamplingOptions
-from dialogpt_onnx.runtime.saved_chat import model_identity
 from dialogpt_onnx.runtime.text import StopText
 
 from .config import DEFAULTS, ServeConfig
@@ -69,7 +69,7 @@ class Request:
     first_token_at: float | None = None
     last_token_at: float | None = None
     emitted: int = 0
-    _listener: Callable[[], None] | None = None
+    _listener: Callable[[], object] | None = None
 
     # -- the engine's side ---------------------------------------------------------------------
     def emit(self, token: int) -> None:
@@ -87,7 +87,7 @@ class Request:
                 self.cancel()
 
     # -- the caller's side ---------------------------------------------------------------------
-    def listen(self, callback: Callable[[], None]) -> None:
+    def listen(self, callback: Callable[[], object]) -> None:
         """Call `callback()` (from the engine's thread, so it must be quick and thread-safe) whenever a
         token arrives; then read them with poll(). An event loop passes `loop.call_soon_threadsafe(...)`
         instead of parking a thread per token in next_token()."""
@@ -242,7 +242,7 @@ class Engine:
 
     # -- the worker thread -------------------------------------------------------------------------
     def _loop(self) -> None:
-        cache = self.model.graph.new_cache()
+        cache = self.model.new_row_cache()
         cache.reset(self.max_batch)
         rows: list[_Row | None] = [None] * self.max_batch
         try:
@@ -317,14 +317,17 @@ class Engine:
             logits = cache.prefill([chunks[b] for b in run], start=run[0])
             self._count(len(run))
             for i, b in enumerate(run):
-                if not rows[b].pending:  # its prompt is in: the reply's first token
+                row = rows[b]
+                if row is not None and not row.pending:  # its prompt is in: the reply's first token
                     self._emit(cache, rows, b, logits[i])
         if replying:  # rows in between that are still joining are fed nothing: their KV stays as it is
             hi = replying[-1] + 1
             feed: list[list[int]] = [[] for _ in range(hi)]
             for b in replying:
-                feed[b] = [rows[b].last]
-                rows[b].cached.append(rows[b].last)
+                row = rows[b]
+                assert row is not None
+                feed[b] = [row.last]
+                row.cached.append(row.last)
             logits = cache.prefill(feed)
             self._count(hi)
             for b in replying:

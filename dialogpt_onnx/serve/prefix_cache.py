@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dialogpt_onnx.runtime.contrib_graph import RowKV
+from dialogpt_onnx.runtime.archive import digest, is_archive_of, numbered, read_archive, write_archive
 from dialogpt_onnx.runtime.errors import UsageError
-from dialogpt_onnx.runtime.saved_chat import digest, is_archive_of, numbered, read_archive, write_archive
+from dialogpt_onnx.runtime.protocols import RowKV
 
 # Past their first BLOCK tokens rows are indexed every BLOCK tokens: a reuse may stop up to BLOCK - 1 tokens
 # short of the longest (~1 ms of prefill); smaller blocks cost index memory for every row.
@@ -131,7 +131,7 @@ class PrefixCache:
 
     def save(self, path: str | Path, model: str, replies: ReplyTokens) -> None:
         """Write every row, and the reply ids by text that lead back to them, to `path` for the model whose
-        identity is `model` (see runtime.saved_chat)."""
+        identity is `model` (see runtime.archive)."""
         rows = list(self._rows.items())  # least recently used first: restore() keeps that order
         tokens = np.array([t for (_, toks) in self._rows for t in toks], dtype=np.int32)
         lengths = np.array([len(toks) for (_, toks) in self._rows], dtype=np.int32)

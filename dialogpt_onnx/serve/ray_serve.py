@@ -11,6 +11,7 @@ reply). On a cluster, MODEL_DIR must exist at the same path on every node.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from dataclasses import replace
@@ -48,7 +49,7 @@ def application(model_dir: str, config: ServeConfig, cpus_per_replica: float) ->
         return build_replica_app(model_dir, config)
 
     # Ray's own queues are bounded too: the engine answers 429 past max_queue, Ray 503 past its bound.
-    deployment = serve.deployment(
+    deployment: Any = serve.deployment(
         serve.ingress(build)(), name="DialogServer", num_replicas=config.replicas or 1,
         ray_actor_options={"num_cpus": cpus_per_replica},
         max_ongoing_requests=config.max_batch + config.max_queue, max_queued_requests=config.max_queue)
@@ -62,7 +63,7 @@ def serve_on_ray(model_dir: str, config: ServeConfig) -> None:
 
     model_dir = str(Path(model_dir).resolve())
     replicas = config.replicas or 1
-    ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=True, logging_level="warning")
+    ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
     per_replica = max(float(ray.cluster_resources().get("CPU", 1)) / replicas, 0.1)
     if config.threads is None:
         config = replace(config, threads=max(int(per_replica), 1))

@@ -164,7 +164,7 @@ def _check_out(out: Path) -> None:
         raise DataError(f"{out} exists and is not a training output of this project: choose another --out")
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)
@@ -198,7 +198,7 @@ class Trainer:
         self.model = _build_model(settings)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         self.p = Progress(max_steps=self.total)
-        self._epoch, self._order = -1, []
+        self._epoch, self._order = -1, list[Any]()
         self._resume()
 
     # -- state ------------------------------------------------------------------------------------

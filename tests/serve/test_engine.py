@@ -209,7 +209,7 @@ def test_prefix_cache_lookup_and_store():
 
 
 def _kv_row(tokens):
-    from dialogpt_onnx.runtime.contrib_graph import RowKV
+    from dialogpt_onnx.runtime.protocols import RowKV
 
     return RowKV(tuple(tokens), (np.zeros((1, len(tokens), 2), np.float32),))  # 8 bytes a token
 

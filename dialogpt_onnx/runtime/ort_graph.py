@@ -9,7 +9,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from .errors import ModelDirError
-from .manifest import MODEL_FILE, OPTIMIZATION_LEVELS, ORT_MODEL_FILE, Manifest
+from .manifest import MODEL_FILE, OPTIMIZATION_LEVELS, ORT_MODEL_FILE, Manifest, ModelFormat, Optimization
 from .memory import release_freed_memory
 from .shared import shared
 from .weight_cache import cache_root, cached_graph, entry_dir, publish, saving_options
@@ -76,8 +76,8 @@ class OrtGraph:
     threads (onnxruntime's `run` is thread-safe)."""
 
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
-                 max_length: int | None = None, optimization: str | None = None, model_format: str = "onnx",
-                 weight_cache: bool = False) -> None:
+                 max_length: int | None = None, optimization: Optimization | None = None,
+                 model_format: ModelFormat = "onnx", weight_cache: bool = False) -> None:
         self.m = manifest
         self.optimization = optimization or manifest.optimization
         self.model_format = model_format
