@@ -76,6 +76,7 @@ def test_a_missing_extra_is_one_line_naming_the_install(exported, tmp_path, comm
     assert proc.stderr.strip() == f"error: this command needs {blocked}: pip install 'dialogpt-onnx[{extra}]'"
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_one_top_level_name(exported, tmp_path):
     """`pip install .` puts dialogpt_onnx (and its console script) into site-packages, nothing else; the
     installed package chats from outside the repository, and `bench` says it is the repository's tool."""

@@ -23,6 +23,8 @@ import pytest
 
 from dialogpt_onnx.export import ExportOptions, export_model
 
+pytestmark = pytest.mark.slow  # pytest -m "not slow" leaves it out of the quick loop
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\s*$")

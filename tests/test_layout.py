@@ -100,3 +100,20 @@ def test_runtime_serve_names_the_new_command_without_importing_the_server():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "2 []", (proc.stdout, proc.stderr)
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "dialogpt-onnx serve MODEL_DIR" in proc.stderr
+
+
+def test_no_god_files_or_functions():
+    """No product file over 450 lines, no product function over 80, no test file over 500: a file that
+    grows past them holds two jobs."""
+    big = []
+    for path in sorted((ROOT / "dialogpt_onnx").rglob("*.py")):
+        src = path.read_text(encoding="utf-8")
+        if src.count("\n") > 450:
+            big.append(f"{path.relative_to(ROOT)}: {src.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None \
+                    and node.end_lineno - node.lineno + 1 > 80:
+                big.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}")
+    big += [f"{p.relative_to(ROOT)}: {n} lines" for p in sorted((ROOT / "tests").rglob("*.py"))
+            if (n := p.read_text(encoding="utf-8").count("\n")) > 500]
+    assert not big, big

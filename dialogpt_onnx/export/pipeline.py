@@ -72,17 +72,17 @@ class ExportResult:
 
 
 def default_quant(variant: str, precise_activations: bool = False) -> QuantConfig | None:
-    """Measured defaults (docs/quantization.md, "Export choices"; benchmarks.quality and benchmarks.quant_ablation on
-    the bundled model). int8: row-wise activations (every token quantized on its own: a reply does not
-    depend on its batch or on how its history was cached) with 7-bit per-column weights (no u8×s8
-    saturation on AVX2). MatMulNBits 8-bit block 32 agrees more with fp32 (greedy token agreement 0.945
-    vs 0.911) but changed 1 of 20 chats' replies between cached and recomputed history. int4: block-32
-    4-bit layers (agreement 0.836 vs 0.766 at block 128, decode no slower on AVX-512 VNNI) with the tied
-    head / embedding at 8 bits (at 4 bits it lost half the greedy tokens of trained models) and the QKV
-    projections at 8 bits (mean KL divergence from fp32 0.000160 vs 0.000250 all-4-bit, below llama.cpp
-    Q4_K_M's 0.000227; decode +8% and +11 MB on DialoGPT-small, AVX2: docs/quantization.md)."""
+    """Measured defaults (docs/quantization.md, "Export choices"; benchmarks.quality and
+    benchmarks.studies.quant_ablation on the bundled model). int8: row-wise activations (every token quantized
+    on its own: a reply does not depend on its batch or on how its history was cached) with 7-bit per-column
+    weights (no u8×s8 saturation on AVX2). MatMulNBits 8-bit block 32 agrees more with fp32 (greedy token
+    agreement 0.945 vs 0.911) but changed 1 of 20 chats' replies between cached and recomputed history. int4:
+    block-32 4-bit layers (agreement 0.836 vs 0.766 at block 128, decode no slower on AVX-512 VNNI) with the
+    tied head / embedding at 8 bits (at 4 bits it lost half the greedy tokens of trained models) and the QKV
+    projections at 8 bits (mean KL divergence from fp32 0.000160 vs 0.000250 all-4-bit, below llama.cpp Q4_K_M's
+    0.000227; decode +8% and +11 MB on DialoGPT-small, AVX2: docs/quantization.md)."""
     if variant == "int8":
-        # precise_activations: measured per layer kind (benchmarks.quant_ablation), the residual rows pay off in
+        # precise_activations: measured per layer kind (benchmarks.studies.quant_ablation), the residual rows pay off in
         # the MLP's two MatMuls and the head; in the attention's they changed nothing
         return QuantConfig("int8", layer_method="rowwise", reduce_range=True, head_bits=8, head_block_size=128,
                            residual_layers=("mlp/",) if precise_activations else (),

@@ -39,9 +39,10 @@ from .text import StopText
 if TYPE_CHECKING:
     from .saved_chat import SavedChat
 
-# Tokens of history (older turns + the new user turn) kept by default. Measured with benchmarks.history_budget on
-# the bundled 8 x 256 model (Topical-Chat test replies): NLL within 1% of the best from 32 to 128 tokens, 1.7-3% worse
-# at 256 and beyond (docs/decoding.md). Re-measure with real DialoGPT weights.
+# Tokens of history (older turns + the new user turn) kept by default. Measured with
+# benchmarks.studies.history_budget on the bundled 8 x 256 model (Topical-Chat test replies): NLL within 1% of the
+# best from 32 to 128 tokens, 1.7-3% worse at 256 and beyond (docs/decoding.md). Re-measure with real DialoGPT
+# weights.
 DEFAULT_HISTORY_TOKENS = 128
 
 

@@ -81,7 +81,7 @@ class SamplingOptions:
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound
 
 # What a chat reply uses when the caller names no decoding option: DialogModel.chat, the CLI's chat and
-# generate, the server with the fields omitted (and so its page). Chosen with `python -m benchmarks.defaults`
+# generate, the server with the fields omitted (and so its page). Chosen with `python -m benchmarks.studies.defaults`
 # on the bundled model (benchmarks/results/defaults/report.md): the rule and the figures are there.
 CHAT_DEFAULTS: dict[str, Any] = {"do_sample": True, "top_k": 50, "no_repeat_ngram_size": 3}
 # Plain greedy decoding (the DialoGPT model card's chat loop; what parity with transformers is checked on).

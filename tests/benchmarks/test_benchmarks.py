@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import onnx
+import pytest
 from checkpoints import ROOT
 
+pytestmark = pytest.mark.slow  # pytest -m "not slow" leaves it out of the quick loop
 
 def test_quick_run_writes_results_report_and_plots(tmp_path):
     out = tmp_path / "bench"
@@ -62,7 +64,7 @@ def test_quant_ablation_builds_each_spec_and_reports(tmp_path, hf_dir):
     out = tmp_path / "ablation"
     # each from the fp32 graph, not from the one before; the last one mixes precisions by layer
     specs = "nbits:4:32:4:gptq,head:8:32:4+rowwise7,nbits:8:32:4@mlp/proj+nbits:4:32:4"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.quant_ablation", str(hf_dir), "--specs", specs,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.quant_ablation", str(hf_dir), "--specs", specs,
                            "--contexts", "4", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,8 +7,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from checkpoints import ROOT
 
+pytestmark = pytest.mark.slow  # pytest -m "not slow" leaves it out of the quick loop
 
 def test_footprint_quick_run(tmp_path):
     out = tmp_path / "footprint"

@@ -1,9 +1,11 @@
-"""python -m benchmarks.mmi: the MMI benchmark's quick run writes its results, report and plot."""
+"""python -m benchmarks.studies.mmi: the MMI benchmark's quick run writes its results, report and plot."""
 
 from __future__ import annotations
 
+import pytest
 from checkpoints import ROOT
 
+pytestmark = pytest.mark.slow  # pytest -m "not slow" leaves it out of the quick loop
 
 def test_mmi_benchmark_quick(exported, backward_dir, tmp_path):
     import json
@@ -11,7 +13,7 @@ def test_mmi_benchmark_quick(exported, backward_dir, tmp_path):
     import sys
 
     out = tmp_path / "mmi"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.mmi", str(exported("int8")), "--backward",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.mmi", str(exported("int8")), "--backward",
                            str(backward_dir), "--quick", "--candidates", "2,4", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-1500:]
@@ -20,7 +22,7 @@ def test_mmi_benchmark_quick(exported, backward_dir, tmp_path):
     for r in run["systems"].values():
         assert 0 < r["distinct_2"] <= 1 and r["bleu_2"] >= 0 and r["ms_per_reply"]["median"] > 0
     assert "BLEU-2" in (out / "report.md").read_text() and (out / "mmi.png").read_bytes()[:4] == b"\x89PNG"
-    bad = subprocess.run([sys.executable, "-m", "benchmarks.mmi", str(exported("int8")), "--backward",
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.studies.mmi", str(exported("int8")), "--backward",
                           str(backward_dir), "--candidates", "0"], capture_output=True, text=True, timeout=120,
                          cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --candidates")

@@ -8,10 +8,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from checkpoints import ROOT
 
 from benchmarks.scoreboard import compare
 
+pytestmark = pytest.mark.slow  # pytest -m "not slow" leaves it out of the quick loop
 
 def test_kl_divergence_top1_and_nll_per_token():
     rng = np.random.default_rng(0)

@@ -20,6 +20,8 @@ import torch
 from checkpoints import ROOT, copy_writable, save_hf, tiny_model
 from processes import one_line
 
+pytestmark = pytest.mark.slow  # pytest -m "not slow" leaves it out of the quick loop
+
 FAST = ("--n-prompts", "1", "--parity-tokens", "4")
 
 

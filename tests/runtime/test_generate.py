@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from checkpoints import ROOT
 
 from dialogpt_onnx import runtime
@@ -142,6 +143,7 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * 4096 / 1e6
 
 
+@pytest.mark.slow
 def test_memory_flat_over_1000_turn_chat(exported):
     model = runtime.load(exported("int8"))
     chat = model.chat(max_history_tokens=256, max_new_tokens=8)

@@ -10,6 +10,7 @@ from serving import chat_replies
 
 from dialogpt_onnx import runtime
 
+pytestmark = pytest.mark.slow  # pytest -m "not slow" leaves it out of the quick loop
 
 def test_chat_page_is_served(server):
     _, url = server

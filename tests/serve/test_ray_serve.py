@@ -11,12 +11,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from checkpoints import ROOT
 from openai import OpenAI
 from processes import free_port
 
 from dialogpt_onnx import runtime
 from dialogpt_onnx.runtime.text import encode_dialogue
+
+pytestmark = pytest.mark.slow  # pytest -m "not slow" leaves it out of the quick loop
 
 QUESTIONS = ["Do you like movies?", "Who is your favorite band?", "I like jazz more.", "What about football?",
              "Have you read any good books?", "Where do you live?"]

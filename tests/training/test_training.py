@@ -22,6 +22,8 @@ from dialogpt_onnx.runtime.text import EOS_TOKEN_ID, encode_turn
 from dialogpt_onnx.training.trainer import Settings, Trainer
 from dialogpt_onnx.training.windows import IGNORE, Batches, dialogue_windows, labels_for
 
+pytestmark = pytest.mark.slow  # pytest -m "not slow" leaves it out of the quick loop
+
 DIALOGUES = [
     ["Hi! Do you like music?", "I love jazz, especially Miles Davis.", "Which album should I start with?",
      "Kind of Blue, without a doubt."],

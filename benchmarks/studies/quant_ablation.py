@@ -1,6 +1,6 @@
 """Which part of a quantization costs greedy agreement? One part at a time, on a trained model.
 
-    python -m benchmarks.quant_ablation [CHECKPOINT] [--specs A,B,...] [--contexts 200] [--out DIR]
+    python -m benchmarks.studies.quant_ablation [CHECKPOINT] [--specs A,B,...] [--contexts 200] [--out DIR]
 
 CHECKPOINT (default: the bundled model) is exported once in fp32; each spec then quantizes parts of that
 graph and is measured against it: greedy agreement over 32 new tokens (EOS banned) on held-out
@@ -36,10 +36,10 @@ from tqdm import tqdm
 
 from dialogpt_onnx.runtime.graph_io import CONTRIB_IO
 
-from .machine import machine_info
-from .outdir import report_dir
+from ..machine import machine_info
+from ..outdir import report_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SPECS = ("head:8:128:4", "head:8:32:4", "rowwise7", "rowwise8", "nbits:8:32:4", "nbits:8:32:0",
                  "head:8:128:4+rowwise7", "head:8:32:4+nbits:8:32:4", "head:8:32:4+nbits:8:16:4",
                  "head:8:32:4+nbits:4:32:4", "head:8:32:4+nbits:4:32:0", "head:8:32:4+nbits:4:32:4:hqq",
@@ -137,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     from dialogpt_onnx.export import ExportOptions, export_model
     from dialogpt_onnx.runtime.cli import OneLineParser
 
-    from . import fidelity
-    from .quality import BUNDLED, FULL, held_out, speed
-    from .scoreboard import compare
+    from .. import fidelity
+    from ..quality import BUNDLED, FULL, held_out, speed
+    from ..scoreboard import compare
 
-    ap = OneLineParser(prog="python -m benchmarks.quant_ablation", description=__doc__.split("\n\n")[0])
+    ap = OneLineParser(prog="python -m benchmarks.studies.quant_ablation", description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", nargs="?", default=str(BUNDLED))
     ap.add_argument("--specs", default=",".join(DEFAULT_SPECS))
     ap.add_argument("--contexts", type=int, default=200)

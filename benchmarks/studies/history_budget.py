@@ -2,7 +2,7 @@
 conversation when the history is cut to the most recent whole turns that fit a token budget (the
 last user turn is always kept; every reply is scored at every budget).
 
-    python -m benchmarks.history_budget CHECKPOINT_DIR [--conversations 20] [--budgets 32,64,128,256,512,960]
+    python -m benchmarks.studies.history_budget CHECKPOINT_DIR [--conversations 20] [--budgets 32,64,128,256,512,960]
 
 Prints mean negative log-likelihood per token of the true reply (lower is better) per budget; the
 chat runtime's default budget is the smallest one within 1% of the best.

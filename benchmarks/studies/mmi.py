@@ -1,6 +1,6 @@
 """What MMI reranking buys: reply diversity, length and overlap with the human reply, and its latency.
 
-    python -m benchmarks.mmi MODEL_DIR --backward BACKWARD_DIR [--candidates 4,8,16] [--quick] [--out DIR]
+    python -m benchmarks.studies.mmi MODEL_DIR --backward BACKWARD_DIR [--candidates 4,8,16] [--quick] [--out DIR]
 
 Held-out Topical-Chat (test_freq) contexts (the last 128 tokens of the earlier turns) are answered by
 greedy decoding, top-k sampling (k 50) and MMI reranking of N top-k candidates per N; each system's
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .fidelity import distinct
-from .machine import machine_info
-from .outdir import report_dir, write_results
+from ..fidelity import distinct
+from ..machine import machine_info
+from ..outdir import report_dir, write_results
 
 FULL = {"contexts": 200, "max_new_tokens": 40}
 QUICK = {"contexts": 6, "max_new_tokens": 12}
@@ -98,7 +98,7 @@ def plot(run: dict, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from dialogpt_onnx.runtime.cli import OneLineParser
 
-    ap = OneLineParser(prog="python -m benchmarks.mmi", description=__doc__.split("\n\n")[0])
+    ap = OneLineParser(prog="python -m benchmarks.studies.mmi", description=__doc__.split("\n\n")[0])
     ap.add_argument("model_dir", help="exported forward model")
     ap.add_argument("--backward", required=True, help="exported backward model (dialogpt-onnx train --reverse)")
     ap.add_argument("--candidates", default="4,8,16", help="N values for MMI, comma-separated")

@@ -1,6 +1,6 @@
 """How the chat defaults were chosen: decoding settings compared on held-out dialogue.
 
-    python -m benchmarks.defaults [MODEL_DIR] [--quick] [--out DIR]
+    python -m benchmarks.studies.defaults [MODEL_DIR] [--quick] [--out DIR]
 
 MODEL_DIR (default: the bundled model, exported to int8 under --out) answers held-out Topical-Chat
 (test_freq) contexts (the last 128 tokens of the earlier turns) with each candidate setting, sampled ones
@@ -20,9 +20,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .machine import machine_info
+from ..machine import machine_info
+from ..outdir import report_dir, write_results
 from .mmi import held_out, metrics, run_system
-from .outdir import report_dir, write_results
 
 FULL = {"contexts": 200, "max_new_tokens": 64}
 QUICK = {"contexts": 8, "max_new_tokens": 16}
@@ -124,7 +124,7 @@ def plot(run: dict, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from dialogpt_onnx.runtime.cli import OneLineParser
 
-    ap = OneLineParser(prog="python -m benchmarks.defaults", description=__doc__.split("\n\n")[0])
+    ap = OneLineParser(prog="python -m benchmarks.studies.defaults", description=__doc__.split("\n\n")[0])
     ap.add_argument("model_dir", nargs="?", default=None, help="exported model (default: the bundled one, int8)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if model_dir is None:
         from dialogpt_onnx.export import ExportOptions, export_model
 
-        from .quality import BUNDLED
+        from ..quality import BUNDLED
 
         model_dir = out / "work" / "bundled-int8"
         if not (model_dir / "manifest.json").is_file():

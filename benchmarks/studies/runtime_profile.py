@@ -1,7 +1,7 @@
 """Profile this runtime on one exported model: import time, load time, first-token latency, decode
 ms/token, Python overhead outside onnxruntime per token, peak RSS, and what the chat KV cache saves.
 
-    python -m benchmarks.runtime_profile MODEL_DIR [--threads 2] [--history 64] [--new-tokens 64]
+    python -m benchmarks.studies.runtime_profile MODEL_DIR [--threads 2] [--history 64] [--new-tokens 64]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def spread(xs: list[float]) -> dict[str, float]:
 def import_seconds() -> float:
     code = "import time; t = time.perf_counter(); import runtime; print(time.perf_counter() - t)"
     runs = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                 cwd=Path(__file__).resolve().parents[1]).stdout) for _ in range(3)]
+                                 cwd=Path(__file__).resolve().parents[2]).stdout) for _ in range(3)]
     return statistics.median(runs)
 
 
