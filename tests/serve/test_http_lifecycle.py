@@ -243,3 +243,27 @@ def test_serve_cli_refuses_a_bad_port_or_host_in_one_line(exported, tmp_path):
     one_line(serve("--prefix-cache-file", str(notes), "--port", str(free_port())), 2,
              "is not a prefix cache this project saved")
     assert notes.read_text() == "mine"
+
+
+def test_serve_on_ipv6_loopback_answers_the_url_it_prints(exported):
+    """`--host ::1`: the banner's URL (`http://[::1]:PORT/`) is served, Host header and all (it was 400)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as s:
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "dialogpt_onnx.serve", str(exported("int8")), "--host", "::1",
+                             "--port", str(port), "--no-access-log"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        banner = proc.stdout.readline()
+        url = f"http://[::1]:{port}"
+        assert f"on {url}:" in banner, (banner, proc.stderr.read() if proc.poll() is not None else "")
+        r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                            "max_tokens": 2}, timeout=60)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant", r.text
+        assert httpx.get(f"{url}/", headers={"Host": "rebound.example"}, timeout=30).status_code == 400
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
