@@ -80,7 +80,7 @@ class ChatRequest:
         if not isinstance(so, dict) or not isinstance(so.get("include_usage", False), bool):
             raise BadRequest("stream_options must be an object like {\"include_usage\": true}", "stream_options")
         salt = body.get("cache_salt")
-        if salt is not None and (not isinstance(salt, str) or not 0 < len(salt) <= 256):
+        if salt is not None and (not isinstance(salt, str) or not 0 < len(salt) <= 256 or not _utf8(salt)):
             raise BadRequest("cache_salt must be a string of 1 to 256 characters (one per user or chat)", "cache_salt")
         options, n = _options(body), _choices(body)
         if n > 1 and not options.get("do_sample"):
@@ -91,6 +91,15 @@ class ChatRequest:
         except UsageError as e:  # the runtime's checks: options out of range, under OpenAI's field names
             raise BadRequest(str(e), param_of(e.arg)) from None
         return cls(turns, sampling, n, sampling.top_logprobs is not None, stream, bool(so.get("include_usage")), salt)
+
+
+def _utf8(text: str) -> bool:
+    """Whether a string is text (JSON's "\\ud800" decodes to a lone surrogate, which no encoder takes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _content(m: dict[str, Any], i: int) -> str:
@@ -174,7 +183,8 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
 
 def _logit_bias(bias: object) -> dict[int, Any]:
     """OpenAI's logit_bias: token ids as JSON object keys (strings) -> bias; the runtime checks the values."""
-    if not isinstance(bias, dict) or not all(isinstance(k, str) and k.isdigit() and len(k) < 10 for k in bias):
+    if not isinstance(bias, dict) or not all(isinstance(k, str) and k.isascii() and k.isdigit() and len(k) < 10
+                                             for k in bias):  # isascii: "²" is a digit to str.isdigit, not to int()
         raise BadRequest("logit_bias must map token ids (as strings, e.g. \"50256\") to numbers in [-100, 100]",
                          "logit_bias")
     return {int(k): v for k, v in bias.items()}

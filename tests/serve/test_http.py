@@ -128,6 +128,9 @@ def test_assistant_turn_without_content(server):
     (b'{"messages": [{"role": "user", "content": "hi"}], "seed": ' + b"9" * 5001 + b"}", None),
     (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1' + b"0" * 400 + b"}", "temperature"),
     (b"[" * 100_000 + b"]" * 100_000, None),
+    # int() refuses what str.isdigit accepts; a lone surrogate cannot be hashed (both were 500)
+    ('{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"\u00b2": 1}}'.encode(), "logit_bias"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "cache_salt": "\\ud800"}', "cache_salt"),
 ])
 def test_bad_requests_get_openai_errors(server, body, param):
     _, url = server
