@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import fields
 from typing import TYPE_CHECKING, TextIO, cast
 
 from .cli import OneLineParser, finite_float, nonnegative_int, positive_int, run_command, token_bias
@@ -27,6 +28,7 @@ from .errors import UsageError
 from .sampling import CHAT_DEFAULTS, chat_options
 
 if TYPE_CHECKING:  # imported when a command runs: --help answers without loading onnxruntime
+    from .chat import ChatSession
     from .model import DialogModel
     from .results import Generation
 
@@ -175,7 +177,7 @@ HELP = """Commands:
   /reset              forget the conversation
   /history            the turns the model still sees (the history budget keeps the latest)
   /set NAME VALUE     a generation option for the next replies, e.g. /set temperature 0.8, /set do_sample
-                      true, /set stop ?  (/set alone lists what is set; /set NAME default removes one)
+                      true, /set stop ?  (/set alone lists every option; /set NAME default resets one)
   /save FILE          save the chat (turns, options, KV cache): chat --restore FILE goes on with it
   /quit               leave (also Ctrl-D, or Ctrl-C at the prompt)
 Ctrl-C during a reply stops it (what was said is kept)."""
@@ -194,7 +196,32 @@ def _value(text: str) -> object:
     return text
 
 
-def _command(text: str, session, overrides: dict, out: TextIO) -> bool:
+def _set(session: ChatSession, text: str, out: TextIO) -> None:
+    """/set alone: every option's value, marking those set; /set NAME VALUE and /set NAME default: change
+    one for the next replies (kept by /save), and say what changed."""
+    key, _, raw = text.partition(" ")
+    now, start = session.options, session.initial_options
+    if not key:
+        for f in fields(now):
+            value, default = getattr(now, f.name), getattr(start, f.name)
+            print(f"  {f.name} = {value!r}" + ("" if value == default else f"   (set; the default is {default!r})"),
+                  file=out)
+        return
+    if key not in {f.name for f in fields(now)}:
+        print(f"error: unknown option {key!r}: /set lists them", file=sys.stderr, flush=True)
+        return
+    value = getattr(start, key) if raw.strip() == "default" else _value(raw.strip())
+    try:
+        session.set_options(**{key: value})
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return
+    was = getattr(now, key)
+    note = " (the default)" if value == getattr(start, key) else ""
+    print(f"  {key} = {getattr(session.options, key)!r}{note}" + ("" if was != value else " (unchanged)"), file=out)
+
+
+def _command(text: str, session: ChatSession, out: TextIO) -> bool:
     """An interactive /command; False for /quit."""
     name, _, rest = text.partition(" ")
     if name in ("/quit", "/exit"):
@@ -211,22 +238,7 @@ def _command(text: str, session, overrides: dict, out: TextIO) -> bool:
         if not turns:
             print("(no history yet)", file=out)
     elif name == "/set":
-        key, _, raw = rest.strip().partition(" ")
-        if not key:
-            print("  " + (", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "(nothing set: the defaults)"),
-                  file=out)
-        elif raw.strip() == "default":
-            overrides.pop(key, None)
-        else:
-            trial = {**overrides, key: _value(raw.strip())}
-            try:
-                session.check_options(**trial)
-            except UsageError as e:
-                print(f"error: {e}", file=sys.stderr, flush=True)
-            else:
-                overrides.clear()
-                overrides.update(trial)
-                print(f"  {key} = {trial[key]!r}", file=out)
+        _set(session, rest.strip(), out)
     elif name == "/save":
         try:
             if not rest.strip():
@@ -245,7 +257,6 @@ def _command(text: str, session, overrides: dict, out: TextIO) -> bool:
 def _repl(session, interactive: bool, verbose: bool = False) -> None:
     out, err = sys.stdout, sys.stderr
     piped = not interactive
-    overrides: dict = {}
     if interactive:
         try:
             import readline  # noqa: F401 - input() gets line editing and history (arrow keys)
@@ -264,11 +275,11 @@ def _repl(session, interactive: bool, verbose: bool = False) -> None:
                 out.flush()
             continue
         if interactive and text.startswith("/"):
-            if not _command(text, session, overrides, out):
+            if not _command(text, session, out):
                 break
             continue
         try:
-            pieces = session.stream(text, **overrides)
+            pieces = session.stream(text)
         except UsageError as e:  # this line only: say why and go on with the chat
             if piped:
                 out.write("\n")
@@ -335,14 +346,22 @@ def _run(a: argparse.Namespace) -> None:
     if a.restore:
         session = replier.chat(max_history_tokens=a.max_history_tokens, restore=a.restore, greedy=a.greedy,
                                **_given_options(a))
+        defaults = model.options(**chat_options())
+        changed = [f"{f.name}={getattr(session.options, f.name)!r}" for f in fields(defaults)
+                   if getattr(session.options, f.name) != getattr(defaults, f.name)]
+        print(f"(restored {len(session.turns)} turns from {a.restore}; options: "
+              f"{', '.join(changed) or 'the chat defaults'})", file=sys.stderr, flush=True)
     else:
         session = replier.chat(max_history_tokens=a.max_history_tokens, **_gen_kwargs(a))
     _repl(session, interactive=sys.stdin.isatty(), verbose=a.verbose)
 
 
 def _generation_json(model: DialogModel, g: Generation) -> dict:
-    tokens = [{"id": t.token, "text": model.tokenizer.decode([t.token]), "logprob": t.logprob,
-               "top": [{"id": i, "logprob": lp} for i, lp in t.top]} for t in g.token_logprobs or []]
+    def text(i: int) -> str:  # a token's own text (a piece of a character shows as U+FFFD)
+        return model.tokenizer.decode([i])
+
+    tokens = [{"id": t.token, "text": text(t.token), "logprob": t.logprob,
+               "top": [{"id": i, "text": text(i), "logprob": lp} for i, lp in t.top]} for t in g.token_logprobs or []]
     return {"text": g.text, "finish_reason": g.finish_reason, "logprob": g.logprob, "tokens": tokens}
 
 

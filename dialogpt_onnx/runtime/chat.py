@@ -87,6 +87,7 @@ class ChatSession:
         budget = DEFAULT_HISTORY_TOKENS if budget is None else budget
         self._model = model
         self._opts = opts
+        self.initial_options = opts  # what `set_options(NAME=...)` goes back to (a REPL's `/set NAME default`)
         self._reranker = reranker  # MMI: each reply is the best of N sampled candidates, given whole
         self._limit = model.max_length
         self._budget = budget
@@ -173,6 +174,16 @@ class ChatSession:
             gen = self._turn(new, opts)
             self._active = weakref.ref(gen)
         return gen
+
+    @property
+    def options(self) -> SamplingOptions:
+        """The options of this chat's replies (a turn's own keyword options go over them for that turn)."""
+        return self._opts
+
+    def set_options(self, **options: Any) -> SamplingOptions:
+        """Change this chat's options for its next replies (checked; kept by save())."""
+        self._opts = self.check_options(**options)
+        return self._opts
 
     def check_options(self, **options: Any) -> SamplingOptions:
         """This chat's options with `options` over them, checked (a REPL's /set asks before it keeps one)."""

@@ -271,7 +271,9 @@ seen = [until(b">>> You: ")]
 for line, want in [(b"/help", b"/set NAME VALUE"), (b"/history", b"(no history yet)"),
                    (b"/set temperature 0.8", b"temperature = 0.8"), (b"/set top_p 5", b"top_p must be"),
                    (b"/bogus", b"unknown command /bogus"), (b"Hello there", b"tokens/s)"),
-                   (b"\x1b[A", b"tokens/s)"), (b"/history", b"You: Hello there"), (b"/set", b"temperature=0.8"),
+                   (b"\x1b[A", b"tokens/s)"), (b"/history", b"You: Hello there"),
+                   (b"/set", b"temperature = 0.8   (set; the default is 1.0)"),
+                   (b"/set top_k default", b"top_k = 50 (the default) (unchanged)"),
                    (b"/save", b"/save needs a file name"), (b"/save " + sys.argv[3].encode(), b"(saved to")]:
     wait_until_reading(pid)
     start = len(screen)
@@ -293,9 +295,12 @@ def test_interactive_commands(exported, tmp_path):
     proc = subprocess.run([sys.executable, str(driver), str(exported("int8")), str(ROOT / "tests"), str(saved)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     seen, code, raw_arrow, hello_turns = proc.stdout.strip().rsplit(" ", 3)
-    assert seen == "[" + ", ".join(["True"] * 12) + "]", proc.stdout
+    assert seen == "[" + ", ".join(["True"] * 13) + "]", proc.stdout
+    assert runtime.load(exported("int8")).chat(restore=saved).options.temperature == 0.8  # /save kept /set's
     again = run_runtime("chat", exported("int8"), "--restore", saved, stdin=b"I like jazz more.\n")
     assert again.returncode == 0, again.stderr
+    assert again.stderr.decode().startswith(f"(restored 4 turns from {saved}; options: ") and \
+        "temperature=0.8" in again.stderr.decode(), again.stderr
     restored = runtime.load(exported("int8")).chat(restore=saved)
     assert len(restored.turns) == 4  # two "Hello there" turns and their replies
     assert again.stdout.decode() == restored.send("I like jazz more.").replace("\n", " ") + "\n"
