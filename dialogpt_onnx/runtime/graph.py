@@ -12,14 +12,14 @@ from .protocols import Cache, Graph, RowCache
 
 def open_graph(model_dir: Path, manifest: Manifest, threads: int | None = None, max_length: int | None = None,
                optimization: Optimization | None = None, model_format: ModelFormat = "onnx",
-               weight_cache: bool = False) -> ContribGraph | PortableGraph:
+               weight_cache: bool = False, verify: bool = False) -> ContribGraph | PortableGraph:
     """The graph class that fits the manifest: the fast contrib graph or the portable one. `optimization`:
     onnxruntime's graph optimization level (manifest.OPTIMIZATION_LEVELS; default: the manifest's);
     `model_format`: "onnx" (model.onnx) or "ort" (model.ort, when the export wrote one); `weight_cache`: built
-    from this machine's pre-packed copy (runtime.weight_cache)."""
+    from this machine's pre-packed copy (runtime.weight_cache), hashed first with `verify`."""
     cls = PortableGraph if manifest.graph == "portable" else ContribGraph
     return cls(model_dir, manifest, threads=threads, max_length=max_length, optimization=optimization,
-               model_format=model_format, weight_cache=weight_cache)
+               model_format=model_format, weight_cache=weight_cache, verify=verify)
 
 
 def _conforms(contrib: ContribGraph, portable: PortableGraph) -> tuple[Graph, Graph, RowCache, Cache]:

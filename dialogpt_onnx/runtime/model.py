@@ -58,7 +58,8 @@ class DialogModel:
         # one export share only their read-only onnxruntime session
         self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)
         self.graph = open_graph(self.dir, self.manifest, threads=threads, max_length=max_length,
-                                optimization=optimization, model_format=model_format, weight_cache=weight_cache)
+                                optimization=optimization, model_format=model_format, weight_cache=weight_cache,
+                                verify=verify)
         release_freed_memory()  # the parsed model onnxruntime freed (measured: docs/footprint.md)
         self.eos = self.manifest.shape.eos_token_id
 

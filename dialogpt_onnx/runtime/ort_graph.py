@@ -12,7 +12,16 @@ from .errors import ModelDirError
 from .manifest import MODEL_FILE, OPTIMIZATION_LEVELS, ORT_MODEL_FILE, Manifest, ModelFormat, Optimization
 from .memory import release_freed_memory
 from .shared import shared
-from .weight_cache import cache_root, cached_graph, entry_dir, publish, saving_options
+from .weight_cache import (
+    Untrusted,
+    cache_root,
+    cached_graph,
+    entry_dir,
+    publish,
+    saving_options,
+    trusted_root,
+    warn,
+)
 
 _LEVELS = dict(zip(OPTIMIZATION_LEVELS, (ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                                          ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -31,14 +40,20 @@ def _options(threads: int | None, optimization: str) -> ort.SessionOptions:
 
 
 def make_session(path: Path, threads: int | None, optimization: str = "all",
-                 cache_key: str | None = None) -> ort.InferenceSession:
+                 cache_key: str | None = None, verify: bool = False) -> ort.InferenceSession:
     """The session of the model at `path`. With `cache_key` (the model file's sha256) and the weight cache on
-    (runtime.weight_cache), it is built from this machine's pre-packed copy, which the first load writes."""
+    (runtime.weight_cache), it is built from this machine's pre-packed copy, which the first load writes;
+    with verify, that copy's files are hashed against the digest this user's load recorded."""
     root = cache_root() if cache_key else None
+    root = trusted_root(root) if root is not None else None
     if root is None or cache_key is None:
         return _session(path, _options(threads, optimization))
     entry = entry_dir(root, cache_key, optimization)
-    graph = cached_graph(entry)
+    try:
+        graph = cached_graph(entry, verify)
+    except Untrusted as e:
+        warn(str(e))
+        return _session(path, _options(threads, optimization))
     if graph is not None:
         try:
             return _session(graph, _options(threads, optimization))
@@ -55,7 +70,10 @@ def make_session(path: Path, threads: int | None, optimization: str = "all",
         return _session(path, _options(threads, optimization))
     if tmp is not None:
         publish(tmp, entry, path)
-        graph = cached_graph(entry)
+        try:
+            graph = cached_graph(entry)
+        except Untrusted:  # another's entry was in the way: publish left it, and this load keeps its own copy
+            graph = None
         if graph is not None:  # this process too maps the entry instead of keeping its packed copy
             del session
             release_freed_memory()
@@ -77,14 +95,15 @@ class OrtGraph:
 
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
                  max_length: int | None = None, optimization: Optimization | None = None,
-                 model_format: ModelFormat = "onnx", weight_cache: bool = False) -> None:
+                 model_format: ModelFormat = "onnx", weight_cache: bool = False,
+                 verify: bool = False) -> None:
         self.m = manifest
         self.optimization = optimization or manifest.optimization
         self.model_format = model_format
         path = Path(model_dir) / (ORT_MODEL_FILE if model_format == "ort" else MODEL_FILE)
         # several models of one export hold one session: one copy of the weights per process
         key = (manifest.raw.get("files") or {}).get(MODEL_FILE) if weight_cache and model_format == "onnx" else None
-        self._shared = shared(path, lambda: make_session(path, threads, self.optimization, key),
+        self._shared = shared(path, lambda: make_session(path, threads, self.optimization, key, verify),
                               "session", threads or os.cpu_count() or 1, self.optimization)
         self.ort_session = self._shared.value
         self.names = manifest.io.inputs

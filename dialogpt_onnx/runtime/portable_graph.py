@@ -19,9 +19,9 @@ from .ort_graph import OrtGraph
 class PortableGraph(OrtGraph):
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
                  max_length: int | None = None, optimization: Optimization | None = None,
-                 model_format: ModelFormat = "onnx", weight_cache: bool = False) -> None:
+                 model_format: ModelFormat = "onnx", weight_cache: bool = False, verify: bool = False) -> None:
         super().__init__(model_dir, manifest, threads=threads, max_length=max_length, optimization=optimization,
-                         model_format=model_format, weight_cache=weight_cache)
+                         model_format=model_format, weight_cache=weight_cache, verify=verify)
         self.out_names = [self.logits_name] + [manifest.io.kv_name("present", k, i)
                                                for i in range(manifest.shape.n_layer) for k in ("key", "value")]
 

@@ -12,6 +12,16 @@ Where: $DIALOGPT_ONNX_CACHE, else $XDG_CACHE_HOME/dialogpt-onnx, else ~/.cache/d
 off. Every entry is a directory of its own, written under a temporary name and renamed into place once
 complete; an entry whose files are not the sizes recorded is rebuilt. A cache that cannot be written is
 skipped (the model loads as it would without).
+
+Trust: whoever can write an entry decides every reply of the model it serves, so an entry is used only when
+nobody but this user could have written it, as ssh treats its keys: the cache's directory (symlinks
+resolved), the entry's directory and each of its files must be owned by this user (or by root) and not
+writable by group or others, and nothing inside the cache is a symlink. Entries are written private (0700
+directories, 0600 files). With verify=True the entry's files are also hashed against the sha256 that this
+user's own load recorded in the entry (entry.json), which no one else can have written for the same reason;
+a mismatch is rebuilt. A cache that fails the checks is not used, with one warning line naming the fix.
+A shared read-only cache baked into an image by root (owned by root, not writable by others) is used as
+it is; nothing is written into it.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ import json
 import os
 import platform
 import shutil
+import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -57,23 +69,85 @@ def entry_dir(root: Path, model_sha256: str, optimization: str) -> Path:
     return root / hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def cached_graph(entry: Path) -> Path | None:
-    """The entry's graph when its files are complete (the sizes it recorded), else None."""
+_warned: set[str] = set()
+
+
+def warn(problem: str) -> None:
+    """One line per problem per process: the cache is skipped, the model loads as without it."""
+    if problem not in _warned:
+        _warned.add(problem)
+        print(f"warning: weight cache not used: {problem}", file=sys.stderr, flush=True)
+
+
+def _private(st: os.stat_result) -> bool:
+    """Written only by this user (or root): owned by one of them, not writable by group or others."""
+    return st.st_uid in (os.getuid(), 0) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def trusted_root(root: Path) -> Path | None:
+    """The cache directory, symlinks resolved, when nobody but this user could have written it (or it does
+    not exist yet); None, with a warning, when someone else could have."""
+    real = root.resolve()
     try:
-        sizes = json.loads((entry / RECORD).read_text())["sizes"]
-        if all((entry / name).stat().st_size == size for name, size in sizes.items()):
-            return entry / GRAPH
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
+        st = real.stat()
+    except FileNotFoundError:
+        return real
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or not _private(st):
+        warn(f"{real} is {'not a directory' if not stat.S_ISDIR(st.st_mode) else 'writable by other users'}: "
+              f"make it yours alone (chmod 700 {real}) or point DIALOGPT_ONNX_CACHE at a private directory")
+        return None
+    return real
+
+
+def cached_graph(entry: Path, verify: bool = False) -> Path | None:
+    """The entry's graph when its files are complete (the sizes it recorded) and, with verify, their sha256
+    is the one recorded; else None (built again). An entry someone else could have written is refused with a
+    warning: `Untrusted`."""
+    try:
+        st = entry.lstat()
+    except OSError:
+        return None
+    try:
+        names = sorted(os.listdir(entry)) if stat.S_ISDIR(st.st_mode) else []
+        stats = {n: (entry / n).lstat() for n in names}
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or not _private(st) or not all(
+            stat.S_ISREG(s.st_mode) and _private(s) for s in stats.values()):
+        raise Untrusted(f"{entry} (or a file in it) is a symlink, or writable by or owned by another user: "
+                        f"remove it, or point DIALOGPT_ONNX_CACHE at a private directory")
+    try:
+        record = json.loads((entry / RECORD).read_text())
+        sizes, digests = record["sizes"], record.get("sha256", {})
+        if set(sizes) | {RECORD} != set(names) or any(stats[n].st_size != size for n, size in sizes.items()):
+            return None
+        if verify and (set(digests) != set(sizes) or any(_sha256(entry / n) != d for n, d in digests.items())):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return entry / GRAPH
+
+
+class Untrusted(Exception):
+    """A cache entry someone other than this user could have written."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def saving_options(so: ort.SessionOptions, root: Path) -> Path | None:
     """Make the session about to be built write a new entry into a temporary dir under `root` (returned), or
     None when the cache cannot be written."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))  # 0700
     except OSError:
         return None
     so.optimized_model_filepath = str(tmp / GRAPH)
@@ -84,17 +158,27 @@ def saving_options(so: ort.SessionOptions, root: Path) -> Path | None:
 
 
 def publish(tmp: Path, entry: Path, source: Path) -> None:
-    """Record the sizes and rename the temporary dir into place; another process that got there first wins."""
+    """Record the sizes and digests, make the files private, and rename the temporary dir into place;
+    another process that got there first wins."""
     try:
-        sizes = {p.name: p.stat().st_size for p in tmp.iterdir()}
-        if GRAPH not in sizes:  # nothing saved (a graph onnxruntime cannot serialize): no entry
+        files = [p for p in tmp.iterdir()]
+        if GRAPH not in {p.name for p in files}:  # nothing saved (a graph onnxruntime cannot serialize): no entry
             raise OSError("no graph saved")
-        (tmp / RECORD).write_text(json.dumps({"source": str(source), "onnxruntime": ort.__version__,
-                                              "sizes": sizes}))
-        if cached_graph(entry) is not None:  # another process published it meanwhile
-            raise OSError("entry exists")
+        for p in files:
+            p.chmod(0o600)
+        sizes = {p.name: p.stat().st_size for p in files}
+        digests = {p.name: _sha256(p) for p in files}
+        record = tmp / RECORD
+        record.write_text(json.dumps({"source": str(source), "onnxruntime": ort.__version__, "sizes": sizes,
+                                      "sha256": digests}))
+        record.chmod(0o600)
+        try:
+            if cached_graph(entry, verify=True) is not None:  # another process published it meanwhile
+                raise OSError("entry exists")
+        except Untrusted:
+            raise OSError("an untrusted entry is in the way") from None
         if entry.exists():
-            shutil.rmtree(entry)  # an incomplete or damaged entry (cached_graph refused it)
+            shutil.rmtree(entry)  # an incomplete or damaged entry of this user's (cached_graph refused it)
         tmp.rename(entry)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
