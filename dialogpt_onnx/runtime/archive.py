@@ -5,12 +5,17 @@ the server's persisted prefix cache are archives; `model_identity` is what their
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
+import stat
 import tempfile
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -60,18 +65,82 @@ def write_archive(path: Path, fmt: str, meta: dict[str, Any], arrays: dict[str, 
         raise
 
 
-def read_archive(path: Path, fmt: str, what: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """An archive's meta and arrays (read into memory), or a one-line UsageError if `path` is not a readable
-    archive of format `fmt`. `what` names it in errors ("a saved chat")."""
+MAX_META_BYTES = 16 << 20  # an archive's JSON meta (a prefix cache's replies included)
+MAX_MEMBERS = 4096
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What an archive may hold, checked from its zip directory and .npy headers before anything is
+    inflated: `max_bytes` of arrays in all, and each array as `check(name, shape, dtype)` allows (it
+    returns what is wrong, or None)."""
+
+    max_bytes: int
+    check: Callable[[str, tuple[int, ...], np.dtype], str | None]
+
+
+def private_file(path: Path, what: str, fix: str) -> None:
+    """Refuse (UsageError) a file that someone other than this user (or root) owns or may write: whoever
+    can write an archive decides the chat it restores."""
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or st.st_uid not in (os.getuid(), 0) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UsageError(f"{path} ({what}) is a symlink, or owned by or writable by another user: {fix}")
+
+
+def read_archive(path: Path, fmt: str, what: str, bounds: Bounds) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """An archive's meta and arrays, or a one-line UsageError if `path` is not a readable archive of format
+    `fmt` within `bounds`. Sizes, shapes and types are checked from the headers first, so a small file that
+    declares (or inflates to) more than the model can hold costs neither its memory nor its time. `what`
+    names it in errors ("a saved chat")."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            arrays = {name: z[name] for name in z.files if name != "meta"}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError):
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            if len(infos) > MAX_MEMBERS or sum(i.file_size for i in infos) > bounds.max_bytes + MAX_META_BYTES + \
+                    1024 * len(infos):
+                raise _Refused("it holds more than this model's largest chat")
+            members = {i.filename.removesuffix(".npy"): i for i in infos}
+            if "meta" not in members or len(members) != len(infos):
+                raise _Refused("it has no meta, or names an array twice")
+            meta_raw = _member(z, members.pop("meta"), lambda s, d: None if s == () and d.kind == "U" and
+                               d.itemsize <= MAX_META_BYTES else "its meta is not one short text")
+            meta = json.loads(str(meta_raw))
+            if not isinstance(meta, dict) or meta.get("format") != fmt:
+                raise UsageError(f"{path} is not {what} of this version ({fmt})")
+            arrays = {name: _member(z, info, _check_of(bounds, name)) for name, info in members.items()}
+    except _Refused as e:
+        raise UsageError(f"{path} is not {what} this model can hold ({e})") from None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, RecursionError, NotImplementedError):
         raise UsageError(f"{path} is not readable as {what} (damaged or another kind of file)") from None
-    if not isinstance(meta, dict) or meta.get("format") != fmt:
-        raise UsageError(f"{path} is not {what} of this version ({fmt})")
     return meta, arrays
+
+
+def _check_of(bounds: Bounds, name: str) -> Callable[[tuple[int, ...], np.dtype], str | None]:
+    return lambda shape, dtype: bounds.check(name, shape, dtype)
+
+
+class _Refused(Exception):
+    """An archive whose headers declare what its bounds do not allow."""
+
+
+def _member(z: zipfile.ZipFile, info: zipfile.ZipInfo, check: Callable[[tuple[int, ...], np.dtype], str | None]
+            ) -> np.ndarray:
+    """One .npy member: its header read and checked, then exactly the bytes it declares (never more)."""
+    with z.open(info) as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if dtype.hasobject or fortran:
+            raise _Refused(f"{info.filename} is not a plain array")
+        problem = check(tuple(shape), dtype)
+        if problem:
+            raise _Refused(problem)
+        n = math.prod(shape) * dtype.itemsize
+        if n > info.file_size:
+            raise _Refused(f"{info.filename} declares more bytes than it holds")
+        data = bytearray(n)
+        if cast(io.BufferedIOBase, f).readinto(data) != n:  # a ZipExtFile: never inflates past n
+            raise EOFError
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def numbered(arrays: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, ...]:

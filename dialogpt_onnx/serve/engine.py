@@ -17,6 +17,7 @@ touches the cache. A full queue raises EngineFull at once instead of building an
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 import time
@@ -161,9 +162,16 @@ class Engine:
         # requests that name no tenant reuse no one's KV, unless the operator shares one cache among them all
         self.share_prefix_cache = share_prefix_cache
         self.prefix_cache_file = None if prefix_cache_file is None else Path(prefix_cache_file)
+        if self.prefix_cache_file is not None:  # at start, not at shutdown when every cached chat would be lost
+            where = self.prefix_cache_file.parent
+            if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
+                raise UsageError(f"--prefix-cache-file {self.prefix_cache_file}: its directory "
+                                 f"{'is not writable' if where.is_dir() else 'does not exist'}: create it (or "
+                                 "choose another file)", "prefix_cache_file")
         # one line on what restoring found (a server prints it)
         self.prefix_cache_status = "" if self.prefix_cache_file is None else \
-            self.prefix_cache.restore(self.prefix_cache_file, model_identity(model.manifest), self.replies)
+            self.prefix_cache.restore(self.prefix_cache_file, model_identity(model.manifest), model.manifest.shape,
+                                      self.replies)
         self.prompt_tokens_computed = 0  # prompt tokens prefilled (those the prefix cache gave are not)
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()

@@ -31,8 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
-from dialogpt_onnx.runtime.archive import digest, is_archive_of, numbered, read_archive, write_archive
+from dialogpt_onnx.runtime.archive import (
+    Bounds,
+    digest,
+    is_archive_of,
+    numbered,
+    private_file,
+    read_archive,
+    write_archive,
+)
+from dialogpt_onnx.runtime.checks import is_integer
 from dialogpt_onnx.runtime.errors import UsageError
+from dialogpt_onnx.runtime.manifest import ModelShape
 from dialogpt_onnx.runtime.protocols import RowKV
 
 # Past their first BLOCK tokens rows are indexed every BLOCK tokens: a reuse may stop up to BLOCK - 1 tokens
@@ -143,29 +153,35 @@ class PrefixCache:
         write_archive(Path(path), FORMAT, meta, {"tokens": tokens, "lengths": lengths,
                                                  **{f"kv_{i}": a for i, a in enumerate(kv)}}, "a prefix cache")
 
-    def restore(self, path: str | Path, model: str, replies: ReplyTokens) -> str:
+    def restore(self, path: str | Path, model: str, shape: ModelShape, replies: ReplyTokens) -> str:
         """Add the rows saved at `path` (the newest kept if over budget) and its replies' ids to `replies`,
-        and say what was done in one line.
-        A file saved from another model or damaged is set aside with that line (the next save replaces it);
-        a file this project did not write is refused (UsageError): save() would overwrite it."""
+        and say what was done in one line. The file is bounded before it is inflated (this budget's KV of
+        a model of `shape`, and one chat more) and its metadata checked (token ids in the vocabulary).
+        A file saved from another model, damaged or too big is set aside with that line (the next save
+        replaces it); a file this project did not write, or that someone else could have written, is
+        refused (UsageError)."""
         path = Path(path)
         if not path.exists():
             return f"prefix cache: {path} does not exist yet (written at shutdown)"
+        private_file(path, "the prefix cache", "point --prefix-cache-file at a file of your own (chmod go-w)")
         if not is_archive_of(path, FORMAT):
             raise UsageError(f"{path} is not a prefix cache this project saved (or its header is damaged): choose "
                              "another --prefix-cache-file, or delete it if it is one", "prefix_cache_file")
         try:
-            meta, arrays = read_archive(path, FORMAT, "a prefix cache")
+            meta, arrays = read_archive(path, FORMAT, "a prefix cache", self._bounds(shape))
             tokens, lengths = arrays["tokens"], arrays["lengths"]
             kv = numbered(arrays, "kv_")
             tenants, said = list(meta["tenants"]), meta["replies"]
-            checksum = _checksum(tokens, lengths, kv, said)
-            consistent = len(tenants) == len(lengths) and int(lengths.sum()) == len(tokens) and all(
-                a.ndim == 3 and a.shape[1] == len(tokens) for a in kv)
+            consistent = len(tenants) == len(lengths) and int(lengths.sum()) == len(tokens) and \
+                (lengths >= 0).all() and all(isinstance(t, str) for t in tenants) and \
+                ((tokens >= 0) & (tokens < shape.vocab_size)).all() and len(kv) in (0, 2 * shape.n_layer) and \
+                all(a.shape[1] == len(tokens) for a in kv) and _replies_ok(said, shape.vocab_size)
+            checksum = _checksum(tokens, lengths, kv, said) if consistent else None
         except (UsageError, KeyError, TypeError):
             consistent = False
         if not consistent or meta.get("sha256") != checksum:
-            return f"prefix cache: {path} is damaged; starting empty (it is replaced at shutdown)"
+            return (f"prefix cache: {path} is damaged, or holds more than --prefix-cache-mb of chats; starting "
+                    "empty (it is replaced at shutdown)")
         if meta.get("model") != model:
             return f"prefix cache: {path} was saved from another model; starting empty (it is replaced at shutdown)"
         at = 0
@@ -177,6 +193,22 @@ class PrefixCache:
         for ns, text, ids in said:
             replies.record(ns, text, ids)
         return f"prefix cache: restored {len(self)} of {len(tenants)} chats ({self.nbytes / 2**20:.1f} MB) from {path}"
+
+    def _bounds(self, shape: ModelShape) -> Bounds:
+        """What a saved cache may hold: this budget's KV and one whole chat more, in this model's shape."""
+        per_token = 2 * shape.n_layer * shape.n_head * shape.head_dim * 4
+        max_tokens = (self.budget // per_token) + shape.n_positions
+
+        def check(name: str, dims: tuple[int, ...], dtype: np.dtype) -> str | None:
+            if name in ("tokens", "lengths"):
+                ok = dtype == np.int32 and len(dims) == 1 and dims[0] <= max_tokens
+            else:
+                ok = name.startswith("kv_") and name[3:].isdigit() and int(name[3:]) < 2 * shape.n_layer and \
+                    dtype == np.float32 and len(dims) == 3 and (dims[0], dims[2]) == (shape.n_head, shape.head_dim) \
+                    and dims[1] <= max_tokens
+            return None if ok else f"{name} {dtype}{list(dims)} is more than --prefix-cache-mb holds"
+
+        return Bounds(max_tokens * (per_token + 8), check)
 
     def _drop(self, key: _Key) -> None:
         row = self._rows.pop(key)
@@ -233,6 +265,13 @@ class ReplyTokens:
             if ids is not None:
                 self._ids.move_to_end((namespace, text))
         return None if ids is None else list(ids)
+
+
+def _replies_ok(said: object, vocab: int) -> bool:
+    """A saved cache's replies: [namespace, text, token ids in the vocabulary] each."""
+    return isinstance(said, list) and all(
+        isinstance(r, list) and len(r) == 3 and isinstance(r[0], str) and isinstance(r[1], str) and
+        isinstance(r[2], list) and all(is_integer(t) and 0 <= t < vocab for t in r[2]) for r in said)
 
 
 def _checksum(tokens: np.ndarray, lengths: np.ndarray, kv: tuple[np.ndarray, ...], said: list) -> str:

@@ -267,3 +267,43 @@ def test_serve_on_ipv6_loopback_answers_the_url_it_prints(exported):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_a_prefix_cache_file_someone_else_could_write_is_refused_at_start(exported, tmp_path):
+    """--prefix-cache-file: a file others can write or another user owns is refused at start (it was loaded
+    without a word), so is a directory that does not exist (it was found only at shutdown, losing every
+    cached chat), and planted reply ids that are not token ids set the file aside (they were a 500)."""
+    import os
+
+    from dialogpt_onnx.runtime.archive import digest
+    from dialogpt_onnx.runtime.errors import UsageError
+
+    model = runtime.load(exported("int8"))
+    file = tmp_path / "chats.npz"
+    engine = Engine(model, prefix_cache_file=file)
+    assert list(engine.submit("Hello there", tenant="t", max_new_tokens=3).tokens())
+    engine.close()
+    assert file.is_file()
+    file.chmod(0o666)
+    with pytest.raises(UsageError, match="writable by another user"):
+        Engine(model, prefix_cache_file=file)
+    file.chmod(0o600)
+    os.chown(file, 12345, 12345)
+    with pytest.raises(UsageError, match="owned by"):
+        Engine(model, prefix_cache_file=file)
+    os.chown(file, os.getuid(), os.getgid())
+    with pytest.raises(UsageError, match="does not exist"):
+        Engine(model, prefix_cache_file=tmp_path / "nope" / "chats.npz")
+    with np.load(file) as z:
+        meta, arrays = json.loads(str(z["meta"])), {n: z[n] for n in z.files if n != "meta"}
+    meta["replies"] = [[engine.cache_namespace("t"), "Hello", ["x", 1.5]]]
+    kv = [arrays[f"kv_{i}"] for i in range(sum(n.startswith("kv_") for n in arrays))]
+    said = np.frombuffer(json.dumps(meta["replies"]).encode(), np.uint8)
+    meta["sha256"] = digest(arrays["tokens"], arrays["lengths"], *kv, said)
+    np.savez(file, meta=np.array(json.dumps(meta)), **arrays)
+    file.chmod(0o600)
+    planted = Engine(model, prefix_cache_file=file)
+    try:
+        assert "damaged" in planted.prefix_cache_status and len(planted.prefix_cache) == 0
+    finally:
+        planted.close()
