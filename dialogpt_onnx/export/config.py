@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ class ModelConfig:
     scale_attn_by_inverse_layer_idx: bool = False
     eos_token_id: int = DEFAULT_EOS  # <|endoftext|>: DialoGPT ends every turn with it
     bos_token_id: int = DEFAULT_EOS
+
+    @property
+    def parameters(self) -> int:
+        """Weights the config describes (the head tied to the embedding)."""
+        e, inner = self.n_embd, self.n_inner
+        per_layer = 4 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * inner + inner) + (inner * e + e)
+        return self.vocab_size * e + self.n_positions * e + self.n_layer * per_layer + 2 * e
 
     @property
     def head_dim(self) -> int:
@@ -119,7 +127,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "config.json") -> ModelCo
     for key, value in (("eos_token_id", eos), ("bos_token_id", bos)):
         if value >= vocab:
             raise ExportError(f"{where}: {key} {value} lies outside the vocabulary of {vocab}: fix the config")
-    return ModelConfig(
+    cfg = ModelConfig(
         n_layer=count("n_layer"),
         n_embd=n_embd,
         n_head=n_head,
@@ -133,6 +141,22 @@ def config_from_dict(raw: dict[str, Any], where: str = "config.json") -> ModelCo
         eos_token_id=eos,
         bos_token_id=bos,
     )
+    fits_memory(cfg, where)
+    return cfg
+
+
+def fits_memory(cfg: ModelConfig, where: str) -> None:
+    """Refuse, before anything is allocated, a config whose fp32 weights alone cannot fit this machine's
+    memory (an export holds them and a graph built from them: about 2x)."""
+    need = 4 * cfg.parameters
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no bound to check against
+        return
+    if need > have:
+        raise ExportError(f"{where} describes {cfg.parameters / 1e9:.1f} B parameters ({need / 2**30:.1f} GiB in "
+                          f"fp32), more than this machine's {have / 2**30:.1f} GiB of memory: check n_layer, n_embd, "
+                          "n_inner, n_positions and vocab_size")
 
 
 def load_config(path: Path) -> ModelConfig:

@@ -298,6 +298,29 @@ def test_bad_config_values_name_the_key(tmp_path, hf_dir, key, value, phrase):
     _assert_clean_failure(run_export(src, out), out, 2, phrase)
 
 
+@pytest.mark.parametrize(("key", "value"), [("n_layer", 10**9), ("n_embd", 2**20), ("vocab_size", 10**12),
+                                            ("n_positions", 10**11), ("n_inner", 10**12)])
+def test_a_config_beyond_this_machines_memory_is_refused_before_allocating(tmp_path, hf_dir, key, value):
+    """n_layer 10**9 allocated until the kernel killed the export (14.6 GB); now one line, at once, under
+    an address-space limit well below what it would take."""
+    import resource
+
+    src = copy_writable(hf_dir, tmp_path / "src")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg[key] = value
+    if key == "n_embd":
+        cfg["n_head"] = 1
+    (src / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))
+
+    proc = subprocess.run([sys.executable, "-m", "dialogpt_onnx.export", str(src), str(out), "--quiet"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    _assert_clean_failure(proc, out, 2, "of memory: check n_layer, n_embd")
+
+
 def test_binary_config_json(tmp_path, hf_dir):
     src = copy_writable(hf_dir, tmp_path / "src")
     (src / "config.json").write_bytes(bytes(range(256)) * 4)
