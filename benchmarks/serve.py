@@ -76,7 +76,7 @@ class Server:
         port = self.url.rsplit(":", 1)[1]
         self.proc = subprocess.Popen([sys.executable, "-m", "dialogpt_onnx.serve", str(model_dir), "--port", port,
                                       "--max-batch", str(max_batch), "--max-queue", str(4 * max_batch),
-                                      "--threads", str(threads), "--api-key", API_KEY, "--no-access-log", *flags],
+                                      "--threads", str(threads), "--admin-key", API_KEY, "--no-access-log", *flags],
                                      cwd=ROOT, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while True:

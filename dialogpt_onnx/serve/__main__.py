@@ -56,6 +56,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="require `Authorization: Bearer KEY` on the API (repeatable; also --api-key-file and "
                         "$DIALOGPT_API_KEY); each key's requests share cached chats only with each other")
     p.add_argument("--api-key-file", default=None, help="a file of API keys, one per line")
+    p.add_argument("--admin-key", action="append", default=None, metavar="KEY",
+                   help="an API key that also sees the process-wide statistics on /health (repeatable; also "
+                        "$DIALOGPT_ADMIN_KEY); other keys see their own, the public none")
     p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
                    help="a Host header to serve besides this machine's loopback names and --host (repeatable; "
                         "*.example.org for its subdomains; others get 400, so a rebinding site reaches nothing)")
@@ -87,11 +90,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def config_of(a: argparse.Namespace) -> ServeConfig:
     """The flags as the server's one config (checked there: a bad combination is one line naming the flag)."""
-    from .auth import ENV_VAR, read_keys
+    from .auth import ADMIN_ENV_VAR, ENV_VAR, read_keys
 
     return ServeConfig(
         host=a.host, port=a.port, threads=a.threads, access_log=not a.no_access_log, model_name=a.model_name,
         api_keys=tuple(read_keys(a.api_key, a.api_key_file, os.environ.get(ENV_VAR))),
+        admin_keys=tuple(read_keys(a.admin_key, None, os.environ.get(ADMIN_ENV_VAR))),
         allowed_hosts=tuple(a.allowed_host or ()), max_body_bytes=a.max_body_kb * 1024,
         header_timeout=a.header_timeout, body_timeout=a.body_timeout, idle_timeout=a.idle_timeout,
         shutdown_timeout=a.shutdown_timeout, max_batch=a.max_batch, max_queue=a.max_queue,

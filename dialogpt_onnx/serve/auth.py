@@ -12,6 +12,7 @@ from pathlib import Path
 from dialogpt_onnx.runtime.errors import UsageError
 
 ENV_VAR = "DIALOGPT_API_KEY"
+ADMIN_ENV_VAR = "DIALOGPT_ADMIN_KEY"
 
 
 class Unauthorized(Exception):
@@ -19,8 +20,15 @@ class Unauthorized(Exception):
 
 
 class ApiKeys:
-    def __init__(self, keys: Iterable[str] = ()) -> None:
-        self._keys = [(k.encode(), "key-" + hashlib.sha256(k.encode()).hexdigest()[:16]) for k in keys]
+    """The server's API keys; `admin` keys are API keys too, and also see the process-wide statistics."""
+
+    def __init__(self, keys: Iterable[str] = (), admin: Iterable[str] = ()) -> None:
+        admin = list(admin)
+        self._keys = [(k.encode(), "key-" + hashlib.sha256(k.encode()).hexdigest()[:16]) for k in [*keys, *admin]]
+        self._admin = {"key-" + hashlib.sha256(k.encode()).hexdigest()[:16] for k in admin}
+
+    def is_admin(self, tenant: str | None) -> bool:
+        return tenant is not None and tenant in self._admin
 
     @property
     def enabled(self) -> bool:

@@ -163,7 +163,8 @@ class ChatService:
         admitted = Admitted(chat, prompt, namespace, [])
         try:
             for i in range(chat.n):  # choice i samples with seed + i (runtime.generate.row_seed)
-                admitted.rows.append(self.engine.submit(prompt, tenant=tenant, choice=i, sampling=chat.sampling))
+                admitted.rows.append(self.engine.submit(prompt, tenant=tenant, choice=i, sampling=chat.sampling,
+                                                        owner=key_tenant))
         except BaseException:
             admitted.cancel()
             raise

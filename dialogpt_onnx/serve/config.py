@@ -22,6 +22,7 @@ class ServeConfig:
     # who may call, and what the app reads of a request
     model_name: str | None = None  # the name clients see (default: the model dir's base name, never its path)
     api_keys: tuple[str, ...] = ()  # when set, `Authorization: Bearer KEY` on the API; each key a tenant
+    admin_keys: tuple[str, ...] = ()  # API keys that also see the process-wide statistics on /health
     allowed_hosts: tuple[str, ...] = ()  # Host headers served besides loopback names and `host`
     # A whole 1,024-token history is ~5 KB of text; 1 MiB leaves room for any client's JSON around it.
     max_body_bytes: int = 1 << 20  # 413 past it, before the rest is read

@@ -59,6 +59,7 @@ class Request:
     opts: SamplingOptions
     tenant: str | None = None  # whose prefix-cache rows it may reuse and add to (None: none, unless opted in)
     choice: int = 0  # which of a request's n choices: it samples with seed + choice (runtime.generate.row_seed)
+    owner: str | None = None  # whose statistics it counts in (an API key's id; see Engine.stats_of)
     out: queue.Queue = field(default_factory=queue.Queue)  # token ids, then _DONE
     cancelled: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -176,6 +177,7 @@ class Engine:
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
         self._closed = False
+        self._owners: dict[str, tuple[int, int]] = {}  # owner -> (prefix-cache hits, reused tokens)
         self.failure: BaseException | None = None  # what stopped the worker, if it died (health reports it)
         self.running = 0  # rows generating after the last step (the worker writes it; metrics read it)
         self.steps = 0  # graph calls made (a reply of n tokens alone takes n; shared steps take fewer)
@@ -192,7 +194,7 @@ class Engine:
 
     # -- any thread --------------------------------------------------------------------------------
     def submit(self, prompt: str | list[int], tenant: str | None = None, choice: int = 0,
-               sampling: SamplingOptions | None = None, **options: Any) -> Request:
+               sampling: SamplingOptions | None = None, owner: str | None = None, **options: Any) -> Request:
         """Queue one reply; its tokens come from `request.tokens()`. Arguments are checked here. `tenant`
         names whose cached chats the request may reuse (see PrefixCache): an API key's, a client's salt.
         `choice` i of a request's n samples with seed + i. `sampling`: options already typed and checked
@@ -203,7 +205,7 @@ class Engine:
         integer("choice", choice, 0)
         ids = self.model.prompt_ids(prompt)
         self.model.check_fits(len(ids), opts)
-        req = Request(ids, opts, tenant, choice)
+        req = Request(ids, opts, tenant, choice, owner)
         if opts.max_new_tokens == 0:
             req.emit(_DONE)
             return req
@@ -236,6 +238,12 @@ class Engine:
         return {"waiting": waiting, "steps": self.steps,
                 "prefix_cache": {"chats": len(c), "mb": c.nbytes / 2**20, "budget_mb": c.budget / 2**20,
                                   "hits": c.hits, "reused_tokens": c.reused_tokens}}
+
+    def stats_of(self, owner: str) -> dict[str, int]:
+        """One owner's own counters (an API key's): its requests' prefix-cache hits and reused tokens."""
+        with self._wake:
+            hits, reused = self._owners.get(owner, (0, 0))
+        return {"hits": hits, "reused_tokens": reused}
 
     def close(self) -> None:
         """Stop the worker; unfinished requests end with EngineClosed. Then save the prefix cache to
@@ -296,6 +304,10 @@ class Engine:
             cache.free_row(b)
         else:  # the same chat's earlier turn: its KV is reused, only the new tokens are prefilled
             cache.load_row(b, saved, n)
+            if req.owner is not None:
+                with self._wake:
+                    hits, reused = self._owners.get(req.owner, (0, 0))
+                    self._owners[req.owner] = (hits + 1, reused + n)
         stop = StopText(self.model.tokenizer, req.opts.stop) if req.opts.stop else None
         return _Row(req, req.prompt[n:], RowStep(req.opts, self.model.eos, req.prompt, stop, req.choice),
                     list(req.prompt[:n]))

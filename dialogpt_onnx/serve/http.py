@@ -88,7 +88,7 @@ class _Api:
 
     def __init__(self, engine: Engine, model_name: str, config: ServeConfig) -> None:
         self.engine, self.model_name, self.config = engine, model_name, config
-        self.keys = ApiKeys(config.api_keys)
+        self.keys = ApiKeys(config.api_keys, config.admin_keys)
         self.metrics = Metrics(engine)
         self.service = ChatService(engine, model_name, self.metrics)
         self.page = page_for(model_name)
@@ -107,11 +107,17 @@ class _Api:
             why = f"the engine stopped: {type(engine.failure).__name__}: {engine.failure}" if engine.failure \
                 else "the engine is closed"
             return JSONResponse({"status": "error", "message": why, "pid": os.getpid()}, status_code=503)
-        try:  # the engine's counters only for key holders: the probe itself is open to all
-            self._tenant(request)
-            detail = engine.stats()
+        # Liveness for everyone; a key holder sees its own counters, an admin key the process's: no client
+        # learns from here what the others do (their chats, their hits, the queue).
+        detail: dict[str, Any] = {}
+        try:
+            tenant = self._tenant(request)
         except Unauthorized:
-            detail = {}
+            tenant = None
+        if tenant is not None:
+            detail = {"prefix_cache": engine.stats_of(tenant)}
+            if self.keys.is_admin(tenant):
+                detail = {**engine.stats(), "tenant": detail["prefix_cache"]}
         return JSONResponse({"status": "ok", "pid": os.getpid(), **detail})
 
     async def ready(self, _: Any) -> Any:

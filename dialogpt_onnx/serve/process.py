@@ -113,10 +113,11 @@ def serve(model_dir: str, config: ServeConfig) -> None:
         name = public_name(model_dir, config.model_name)
         app = with_host_policy(create_app(engine, name, config), config)
         where = url(config.host, config.port)
+        keys = "on" if config.api_keys or config.admin_keys else "off"
+        log = ", access log on stdout" if config.access_log else ""
         print(f"serving {name} ({model.manifest.variant}, {model.max_length} tokens of context) on {where}: "
               f"chat page {where}/, API {where}/v1; batch {config.max_batch}, queue {config.max_queue}, "
-              f"API keys {'on' if config.api_keys else 'off'}{', access log on stdout' if config.access_log else ''}"
-              "; Ctrl-C stops", flush=True)
+              f"API keys {keys}{log}; Ctrl-C stops", flush=True)
         uv = uvicorn.Config(app, log_level="warning", http=timed_protocol(config.header_timeout),  # type: ignore[arg-type]
                             timeout_keep_alive=max(1, round(config.idle_timeout)),
                             timeout_graceful_shutdown=max(1, round(config.shutdown_timeout)))

@@ -27,7 +27,7 @@ def test_a_client_cannot_guess_anothers_chat_through_the_cache(exported):
             return r.json()
 
         def reused() -> int:
-            return httpx.get(f"{url}/health").json()["prefix_cache"]["reused_tokens"]
+            return engine.prefix_cache.reused_tokens
 
         secret = "My bank PIN is 7305 and my name is Carol Jones"
         reply = ask(secret, "victim")["choices"][0]["message"]["content"] or "ok"
@@ -68,6 +68,22 @@ def test_api_keys_guard_the_api_and_separate_tenants(exported, tmp_path):
         assert client.get("/health", headers=as_b).json()["prefix_cache"]["reused_tokens"] == reused
         assert client.post("/v1/chat/completions", json=chat, headers=as_a).status_code == 200  # the same one
         assert client.get("/health", headers=as_a).json()["prefix_cache"]["reused_tokens"] > reused
+        # each key sees its own counters only; the public, liveness only (the queue and the other keys'
+        # counters were shown to any key holder)
+        assert client.get("/health", headers=as_b).json() == {"status": "ok", "pid": client.get("/health").json()[
+            "pid"], "prefix_cache": {"hits": 0, "reused_tokens": 0}}
+        assert set(client.get("/health").json()) == {"status", "pid"}
+    finally:
+        engine.close()
+    admin = "d" * 24
+    engine = Engine(model, max_batch=2)
+    try:
+        client = TestClient(create_app(engine, "tiny", ServeConfig(api_keys=(a,), admin_keys=(admin,))))
+        assert client.post("/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {admin}"}
+                           ).status_code == 200  # an admin key is an API key too
+        seen = client.get("/health", headers={"Authorization": f"Bearer {admin}"}).json()
+        assert {"waiting", "steps", "prefix_cache", "tenant"} <= set(seen)  # the process-wide figures
+        assert "waiting" not in client.get("/health", headers={"Authorization": f"Bearer {a}"}).json()
     finally:
         engine.close()
     keys = tmp_path / "keys"
