@@ -212,7 +212,9 @@ class ChatService:
                         continue
                     try:
                         got = r.poll()
-                    except EngineClosed:  # the server is shutting down: end the stream where it is
+                    except EngineClosed as e:  # the server is shutting down: say so, and end every choice
+                        events += [error_event(e)] + [completion.chunk(k, {}, "abort")
+                                                      for k in range(len(rows)) if not over[k]]
                         over = [True] * len(rows)
                         break
                     except Exception as e:  # noqa: BLE001 - this choice failed in the engine: say so, end it

@@ -176,6 +176,7 @@ class Engine:
         self.prompt_tokens_computed = 0  # prompt tokens prefilled (those the prefix cache gave are not)
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
+        self._closing = threading.Lock()  # one close() at a time (a signal's and the server's)
         self._closed = False
         self._owners: dict[str, tuple[int, int]] = {}  # owner -> (prefix-cache hits, reused tokens)
         self.failure: BaseException | None = None  # what stopped the worker, if it died (health reports it)
@@ -247,14 +248,16 @@ class Engine:
 
     def close(self) -> None:
         """Stop the worker; unfinished requests end with EngineClosed. Then save the prefix cache to
-        prefix_cache_file, if one was given (the worker has ended: nothing else touches the cache)."""
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        self._thread.join()
-        if self.prefix_cache_file is not None and self.prefix_cache.budget:
-            self.prefix_cache.save(self.prefix_cache_file, model_identity(self.model.manifest), self.replies)
-            self.prefix_cache_file = None  # once: a second close() has nothing new to save
+        prefix_cache_file, if one was given (the worker has ended: nothing else touches the cache). Any
+        thread, any number of times: the file is saved once."""
+        with self._closing:
+            with self._wake:
+                self._closed = True
+                self._wake.notify()
+            self._thread.join()
+            if self.prefix_cache_file is not None and self.prefix_cache.budget:
+                self.prefix_cache.save(self.prefix_cache_file, model_identity(self.model.manifest), self.replies)
+                self.prefix_cache_file = None  # once: a second close() has nothing new to save
 
     # -- the worker thread -------------------------------------------------------------------------
     def _loop(self) -> None:

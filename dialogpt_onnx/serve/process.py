@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,20 @@ def listen(host: str, port: int) -> socket.socket:
                          "what holds it", "port") from None
 
 
+SHUTDOWN_GRACE = 5  # seconds after the engine closed for the replies it ended to be written
+
+
+def _close_then(engine: Any, then: Callable[[], None], grace: float = 1.0) -> None:
+    """Close the engine in a thread of its own (it saves the prefix cache: never in the event loop), then,
+    `grace` seconds on, `then()`: the replies it ended have their last events written by then."""
+    def run() -> None:
+        engine.close()
+        time.sleep(grace)
+        then()
+
+    threading.Thread(target=run, name="dialogpt-shutdown", daemon=True).start()
+
+
 def url(host: str, port: int) -> str:
     return "http://" + (f"[{host}]" if ":" in host else host) + f":{port}"
 
@@ -94,9 +111,18 @@ def serve(model_dir: str, config: ServeConfig) -> None:
     from .http import create_app
 
     class Server(uvicorn.Server):
+        """At the first signal in-flight replies get config.shutdown_timeout seconds; then (or at a second
+        signal) the engine is closed, so that each unfinished reply ends the way a client can read (a 503,
+        or a stream's error event and finish_reason "abort"), before uvicorn stops the process; it would
+        cancel them mid-write (a 500 with a trace, streams cut without a word)."""
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.should_exit:  # a second signal of any kind: stop waiting for in-flight replies
-                self.force_exit = True
+                _close_then(engine, lambda: setattr(self, "force_exit", True))
+            else:
+                timer = threading.Timer(config.shutdown_timeout, _close_then, (engine, lambda: None))
+                timer.daemon = True  # a server whose replies all finished in time exits at once
+                timer.start()
             super().handle_exit(sig, frame)
 
         async def shutdown(self, sockets: Any = None) -> None:
@@ -120,7 +146,8 @@ def serve(model_dir: str, config: ServeConfig) -> None:
               f"API keys {keys}{log}; Ctrl-C stops", flush=True)
         uv = uvicorn.Config(app, log_level="warning", http=timed_protocol(config.header_timeout),  # type: ignore[arg-type]
                             timeout_keep_alive=max(1, round(config.idle_timeout)),
-                            timeout_graceful_shutdown=max(1, round(config.shutdown_timeout)))
+                            # uvicorn's own deadline comes after ours: the engine is closed first (see Server)
+                            timeout_graceful_shutdown=round(config.shutdown_timeout) + SHUTDOWN_GRACE)
         Server(uv).run(sockets=[sock])
     finally:
         engine.close()

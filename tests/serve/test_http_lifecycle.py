@@ -307,3 +307,49 @@ def test_a_prefix_cache_file_someone_else_could_write_is_refused_at_start(export
         assert "damaged" in planted.prefix_cache_status and len(planted.prefix_cache) == 0
     finally:
         planted.close()
+
+
+@pytest.mark.parametrize("second_signal", [False, True])
+def test_replies_cut_by_shutdown_end_the_way_a_client_can_read(exported, second_signal):
+    """When --shutdown-timeout runs out (or a second signal comes), a non-streamed reply gets a 503 JSON error
+    and a stream an error event and finish_reason "abort" before [DONE] (they were a 500 with a
+    CancelledError trace, and streams cut with no word or ended without a finish_reason)."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "dialogpt_onnx.serve", str(exported("fp32")), "--port", str(port),
+                             "--shutdown-timeout", "1", "--no-access-log"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    long = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000, "min_tokens": 1000}
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        whole: list[httpx.Response] = []
+        t = threading.Thread(target=lambda: whole.append(httpx.post(url, json=long, timeout=60)))
+        t.start()
+        with httpx.stream("POST", url, json={**long, "stream": True}, timeout=60) as r:
+            lines = r.iter_lines()
+            next(lines)
+            proc.send_signal(signal.SIGTERM)
+            if second_signal:
+                time.sleep(0.2)
+                proc.send_signal(signal.SIGTERM)
+            events = [ln[6:] for ln in lines if ln.startswith("data: ")]
+        t.join(timeout=60)
+        assert events[-1] == "[DONE]", events[-3:]
+        assert "error" in json.loads(events[-3]) and json.loads(events[-2])["choices"][0]["finish_reason"] == "abort"
+        assert whole and whole[0].status_code == 503 and whole[0].json()["error"]["type"] == "server_error"
+        proc.wait(timeout=60)
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
