@@ -12,7 +12,10 @@ reply). On a cluster, MODEL_DIR must exist at the same path on every node.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import signal
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -58,11 +61,22 @@ def application(model_dir: str, config: ServeConfig, cpus_per_replica: float) ->
 
 def serve_on_ray(model_dir: str, config: ServeConfig) -> None:
     """Start (or join, with config.ray_address) a Ray cluster, run the replicas, block until SIGINT / SIGTERM."""
+    model_dir = str(Path(model_dir).resolve())
+    replicas = config.replicas or 1
+    local = config.ray_address is None
+    if local:  # before Ray is imported: it reads its settings then
+        # Ray's servers (GCS, raylet, workers, agents) listen on every interface whatever the node address
+        # (Ray 2.60 has no bind option), and whoever reaches them with a valid token runs code here: the
+        # local cluster requires a fresh token that only this process and its children hold (never the
+        # shared ~/.ray/auth_token Ray writes readable to all).
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    else:
+        print(f"warning: joining the Ray cluster at {config.ray_address}: who may reach its ports is that "
+              "cluster's own setting (ray start; RAY_AUTH_MODE=token), not this server's", file=sys.stderr)
     import ray
     from ray import serve
 
-    model_dir = str(Path(model_dir).resolve())
-    replicas = config.replicas or 1
     ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
     per_replica = max(float(ray.cluster_resources().get("CPU", 1)) / replicas, 0.1)
     if config.threads is None:

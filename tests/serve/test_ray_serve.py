@@ -65,6 +65,16 @@ def test_two_ray_serve_replicas_answer_like_the_model_alone(exported):
         stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTIONS[0]}],
                                                 max_tokens=10, stream=True, seed=1)
         assert "".join(c.choices[0].delta.content or "" for c in stream) == want[0]
+        # Ray's own ports listen on every interface (Ray 2.60 has no bind option): joining the cluster needs the
+        # token only the server and its children hold
+        listeners = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
+        gcs = [ln.split()[3].rsplit(":", 1)[1] for ln in listeners if '"gcs_server"' in ln]
+        assert gcs, listeners
+        intruder = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+        join = subprocess.run([sys.executable, "-c", "import ray, sys; ray.init(address=sys.argv[1]); "
+                               "print(ray.get(ray.remote(lambda: 'ran').remote()))", f"127.0.0.1:{gcs[0]}"],
+                              env=intruder, capture_output=True, text=True, timeout=120)
+        assert join.returncode != 0 and "ran" not in join.stdout, join.stdout[-500:]
         proc.send_signal(signal.SIGTERM)  # replicas and the local cluster are shut down, then it exits
         assert proc.wait(timeout=120) == 0
     finally:
