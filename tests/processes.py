@@ -11,6 +11,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def wait_until_healthy(port: int, timeout: float = 60) -> None:
+    """Until a server started on `port` answers /health with 200 (or `timeout` seconds pass)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from checkpoints import ROOT
 from openai import OpenAI
-from processes import free_port, live_server
+from processes import free_port, live_server, wait_until_healthy
 from serving import chat_replies
 
 from dialogpt_onnx import runtime
@@ -117,13 +117,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits(exported, tmp_path):
                             cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_healthy(port)
         pieces: list[str] = []
         body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 60, "min_tokens": 60, "stream": True,
                 "cache_salt": "me"}
@@ -326,13 +320,7 @@ def test_replies_cut_by_shutdown_end_the_way_a_client_can_read(exported, second_
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     long = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000, "min_tokens": 1000}
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_healthy(port)
         whole: list[httpx.Response] = []
         t = threading.Thread(target=lambda: whole.append(httpx.post(url, json=long, timeout=60)))
         t.start()
