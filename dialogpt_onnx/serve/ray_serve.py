@@ -11,6 +11,9 @@ reply). On a cluster, MODEL_DIR must exist at the same path on every node.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import os
 import secrets
@@ -27,6 +30,50 @@ from .config import ServeConfig
 from .process import public_name, url
 
 APP_NAME = "dialogpt"
+# How the server's keys reach Ray's HTTP proxy (its own process, started by Ray): their SHA-256 digests in
+# the environment the local cluster inherits, never the keys themselves. Ray imports PROXY_CALLBACK there.
+KEY_DIGESTS_ENV = "DIALOGPT_RAY_PROXY_KEY_DIGESTS"
+PROXY_CALLBACK = "dialogpt_onnx.serve.ray_serve:proxy_middlewares"
+
+
+class GuardRayRoutes:
+    """ASGI middleware in Ray's proxy: its `/-/routes` (the cluster's applications and prefixes) answers only
+    a request bearing one of the server's keys; `/-/healthz` stays public liveness, like the server's /health.
+    Hand-written: Ray's proxy takes Starlette middlewares, and Starlette has no bearer-key check."""
+
+    def __init__(self, app: Any, digests: tuple[str, ...] = ()) -> None:
+        self.app, self.digests = app, digests
+
+    def _allowed(self, scope: dict) -> bool:
+        if not self.digests:
+            return True
+        headers = dict(scope.get("headers") or [])
+        scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        digest = hashlib.sha256(given.strip().encode() if scheme.lower() == "bearer" else b"").hexdigest()
+        return sum(hmac.compare_digest(digest, d) for d in self.digests) > 0  # every digest compared
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/-/routes" and not self._allowed(scope):
+            body = json.dumps({"error": {"message": "a valid API key is needed: send Authorization: Bearer KEY",
+                                         "type": "invalid_request_error", "code": "invalid_api_key"}}).encode()
+            await send({"type": "http.response.start", "status": 401,
+                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+def proxy_middlewares() -> list[Any]:
+    """What Ray's proxy calls ($RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH) for its middlewares."""
+    from starlette.middleware import Middleware
+
+    digests = tuple(d for d in os.environ.get(KEY_DIGESTS_ENV, "").split(",") if d)
+    return [Middleware(GuardRayRoutes, digests=digests)]
+
+
+def key_digests(config: ServeConfig) -> str:
+    return ",".join(hashlib.sha256(k.encode()).hexdigest() for k in (*config.api_keys, *config.admin_keys))
 
 
 def build_replica_app(model_dir: str, config: ServeConfig) -> Any:
@@ -71,9 +118,12 @@ def serve_on_ray(model_dir: str, config: ServeConfig) -> None:
         # shared ~/.ray/auth_token Ray writes readable to all).
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        os.environ[KEY_DIGESTS_ENV] = key_digests(config)
+        os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = PROXY_CALLBACK
     else:
         print(f"warning: joining the Ray cluster at {config.ray_address}: who may reach its ports is that "
-              "cluster's own setting (ray start; RAY_AUTH_MODE=token), not this server's", file=sys.stderr)
+              "cluster's own setting (ray start; RAY_AUTH_MODE=token), not this server's, and so is who may read "
+              "its proxy's /-/routes", file=sys.stderr)
     import ray
     from ray import serve
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -30,8 +31,9 @@ def test_two_ray_serve_replicas_answer_like_the_model_alone(exported):
     model = runtime.load(model_dir)
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    key = "k" * 24
     proc = subprocess.Popen([sys.executable, "-m", "dialogpt_onnx.serve", str(model_dir), "--ray", "--replicas", "2",
-                             "--port", str(port)], cwd=ROOT, env=env,
+                             "--port", str(port), "--api-key", key], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -48,7 +50,7 @@ def test_two_ray_serve_replicas_answer_like_the_model_alone(exported):
         # two processes answer behind the one proxy
         pids = {httpx.get(f"{url}/health", timeout=10).json()["pid"] for _ in range(40)}
         assert len(pids) == 2 and proc.pid not in pids
-        client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+        client = OpenAI(base_url=f"{url}/v1", api_key=key)
 
         def ask(q: str) -> str:
             r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": q}], max_tokens=10,
@@ -65,12 +67,23 @@ def test_two_ray_serve_replicas_answer_like_the_model_alone(exported):
         stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTIONS[0]}],
                                                 max_tokens=10, stream=True, seed=1)
         assert "".join(c.choices[0].delta.content or "" for c in stream) == want[0]
+        # Ray's proxy answers /-/routes (the cluster's applications) only to a key holder; /-/healthz is liveness
+        assert httpx.get(f"{url}/-/routes", timeout=10).status_code == 401
+        wrong = {"Authorization": "Bearer " + "x" * 24}
+        assert httpx.get(f"{url}/-/routes", headers=wrong, timeout=10).status_code == 401
+        routes = httpx.get(f"{url}/-/routes", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert routes.status_code == 200 and routes.json() == {"/": "dialogpt"}
+        assert httpx.get(f"{url}/-/healthz", timeout=10).status_code == 200
         # Ray's own ports listen on every interface (Ray 2.60 has no bind option): joining the cluster needs the
-        # token only the server and its children hold
+        # token only the server and its children hold, not the one in ~/.ray/auth_token (Ray writes it 0644, so
+        # any local user can read it)
         listeners = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
         gcs = [ln.split()[3].rsplit(":", 1)[1] for ln in listeners if '"gcs_server"' in ln]
         assert gcs, listeners
         intruder = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+        shared_token = Path.home() / ".ray" / "auth_token"
+        if shared_token.exists():
+            intruder.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=shared_token.read_text().strip())
         join = subprocess.run([sys.executable, "-c", "import ray, sys; ray.init(address=sys.argv[1]); "
                                "print(ray.get(ray.remote(lambda: 'ran').remote()))", f"127.0.0.1:{gcs[0]}"],
                               env=intruder, capture_output=True, text=True, timeout=120)
