@@ -41,3 +41,18 @@ class OpenAIPenalties(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         c = torch.bincount(input_ids[0, self.prompt_len:], minlength=scores.shape[-1]).to(scores.dtype)
         return scores - (c * self.frequency + (c > 0).to(scores.dtype) * self.presence)
+
+
+def load_form(model_dir, form: str = "batched"):
+    """The model as onnxruntime >= 1.32 runs it ("batched": GQA's query_seqlens added at load) or as every
+    other runtime does ("universal": the export's 7-input GQA; a ragged prefill runs row by row)."""
+    from dialogpt_onnx.runtime.contrib_graph import ContribGraph
+
+    old = ContribGraph.batched
+    ContribGraph.batched = form == "batched"
+    try:
+        model = runtime.load(model_dir)
+    finally:
+        ContribGraph.batched = old
+    assert getattr(model.graph, "ragged", False) == (form == "batched" and old)
+    return model

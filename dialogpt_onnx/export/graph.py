@@ -31,8 +31,7 @@ def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
     b, s = "batch", "sequence"
     ids = g.input(IO.inputs["input_ids"], INT64, [b, s])
     pos = g.input(IO.inputs["position_ids"], INT64, [b, s])
-    seqlens_k = g.input(IO.inputs["seqlens_k"], INT32, [b])  # per row: tokens cached after this step - 1
-    q_lens = g.input(IO.inputs["query_seqlens"], INT32, [b])  # per row: real (non-padding) tokens this step
+    seqlens_k = g.input(IO.inputs["seqlens_k"], INT32, [b])  # per row: KV slots filled after this step - 1
     total = g.input(IO.inputs["total_sequence_length"], INT32, [])
     g.output(IO.logits, FLOAT, [b, s if all_logits else 1, cfg.vocab_size])
 
@@ -43,13 +42,13 @@ def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
     hidden, residual = _skip_layer_norm(g, cfg, w, tok, pe, "h.0.ln_1", None, "/model/layers.0/ln_1")
 
     for i in range(cfg.n_layer):
-        mlp_out, out_bias, residual = _layer(g, cfg, w, i, hidden, residual, seqlens_k, q_lens, total)
+        mlp_out, out_bias, residual = _layer(g, cfg, w, i, hidden, residual, seqlens_k, total)
         nxt = f"h.{i + 1}.ln_1" if i + 1 < cfg.n_layer else "ln_f"
         name = f"/model/layers.{i + 1}/ln_1" if i + 1 < cfg.n_layer else "/model/ln_f"
         hidden, residual = _skip_layer_norm(g, cfg, w, mlp_out, residual, nxt, out_bias, name)
 
     if not all_logits:
-        hidden = _last_real_position(g, hidden, q_lens, cfg.n_embd)
+        hidden = _last_real_position(g, hidden, pos, cfg.n_embd)
     _lm_head(g, cfg, ckpt, hidden, ids, wte)
     return g.model("dialogpt", "dialogpt-onnx")
 
@@ -66,7 +65,7 @@ def _skip_layer_norm(g: GraphEditor, cfg: ModelConfig, w: dict, x: str, skip: st
 
 
 def _layer(g: GraphEditor, cfg: ModelConfig, w: dict, i: int, x: str, residual: str, seqlens_k: str,
-           q_lens: str, total: str) -> tuple[str, str, str]:
+           total: str) -> tuple[str, str, str]:
     """
     x ─MatMul(c_attn)+b─► GQA(KV buffer) ─MatMul(c_proj)─► SkipLN(ln_2, +residual, +c_proj.b)
       ─MatMul(c_fc)─► FastGelu(+c_fc.b) ─MatMul(mlp.c_proj)─► (output, its bias for the next SkipLN)
@@ -80,8 +79,10 @@ def _layer(g: GraphEditor, cfg: ModelConfig, w: dict, i: int, x: str, residual: 
     qkv = g.op1("Add", [qkv, param("attn.c_attn.bias")], f"{n}/attn/qkv/Add")
     past = [IO.kv_name("past", k, i) for k in ("key", "value")]
     present = [IO.kv_name("present", k, i) for k in ("key", "value")]
-    gqa_inputs = [qkv, "", "", *past, seqlens_k, total] + [""] * 9
-    gqa_inputs.append(q_lens)  # input 16: right-padded rows of a ragged batch are not cached
+    # GQA's first 7 inputs only, as onnxruntime has read them since 1.17 (JS and mobile builds included); its
+    # 17th, query_seqlens (1.32+), is not needed: a ragged batch's padding is cached past each row's length,
+    # where that row's next tokens overwrite it, and no real token attends to a later slot.
+    gqa_inputs = [qkv, "", "", *past, seqlens_k, total]
     for name in past:
         g.input(name, FLOAT, ["batch", cfg.n_head, "max_kv_length", cfg.head_dim])
     for name in present:
@@ -99,11 +100,14 @@ def _layer(g: GraphEditor, cfg: ModelConfig, w: dict, i: int, x: str, residual: 
     return proj, param("mlp.c_proj.bias"), residual
 
 
-def _last_real_position(g: GraphEditor, hidden: str, q_lens: str, n_embd: int) -> str:
-    """hidden[b, query_seqlens[b] - 1, :] for each row: the last real token of a right-padded batch."""
+def _last_real_position(g: GraphEditor, hidden: str, pos: str, n_embd: int) -> str:
+    """hidden[b, n_b - 1, :] for each row, n_b its real tokens: the last real token of a right-padded batch.
+    Padding is marked by position id -1 (a runtime's own choice: one feeding no padding needs no extra input)."""
     n = "/model/last_position"
-    idx = g.op1("Sub", [q_lens, g.weight(f"{n}/one", np.array(1, dtype=np.int32))], f"{n}/Sub")
-    idx = g.op1("Cast", [idx], f"{n}/Cast", to=INT64)
+    real = g.op1("GreaterOrEqual", [pos, g.weight(f"{n}/zero", np.array(0, dtype=np.int64))], f"{n}/IsReal")
+    real = g.op1("Cast", [real], f"{n}/CastReal", to=INT64)
+    count = g.op1("ReduceSum", [real, g.const_i64(f"{n}/seq_axis", [1])], f"{n}/ReduceSum", keepdims=0)
+    idx = g.op1("Sub", [count, g.weight(f"{n}/one", np.array(1, dtype=np.int64))], f"{n}/Sub")
     idx = g.op1("Unsqueeze", [idx, g.const_i64(f"{n}/axes", [1, 2])], f"{n}/Unsqueeze")
     idx = g.op1("Expand", [idx, g.const_i64(f"{n}/shape", [1, 1, n_embd])], f"{n}/Expand")
     return g.op1("GatherElements", [hidden, idx], f"{n}/GatherElements", axis=1)

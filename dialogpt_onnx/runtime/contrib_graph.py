@@ -13,9 +13,12 @@ The row operations (free, move, save, load) are what a batching engine needs (ru
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnxruntime as ort
 
+from . import batched_graph
 from .checks import fits_context
 from .ort_graph import OrtGraph
 from .protocols import RowKV
@@ -24,6 +27,13 @@ MIN_CAPACITY = 64
 
 
 class ContribGraph(OrtGraph):
+    batched = batched_graph.supported()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # query_seqlens fed: several rows may append several tokens in one call (runtime.batched_graph)
+        self.ragged = batched_graph.QUERY_SEQLENS in {i.name for i in self.ort_session.get_inputs()}
+
     def new_cache(self) -> ContribCache:
         return ContribCache(self)
 
@@ -144,7 +154,8 @@ class ContribCache:
     def prefill(self, rows: list[list[int]], start: int = 0) -> np.ndarray:
         """Append each row's new tokens (a row may be empty: its KV is left as it is) to cache rows
         start, start + 1, ... and return the last real token's logits per row, [len(rows), vocab]. Rows
-        are right-padded to the longest; GQA caches only the real tokens. Rows outside that range are
+        are right-padded to the longest (the padding is cached past each row's length, never attended, and
+        overwritten by its next tokens). Rows outside that range are
         neither computed nor touched (the engine runs its busy rows only, and a long prompt apart)."""
         k = len(rows)
         if not (0 <= start and 0 < k and start + k <= self.batch):
@@ -153,27 +164,40 @@ class ContribCache:
         width = int(q.max())
         if width == 0:
             raise ValueError("nothing to prefill: every row is empty")
+        if k > 1 and width > 1 and not self.graph.ragged:  # GQA without query_seqlens: one row per call
+            return self._prefill_row_by_row(rows, start)
         lengths = self.lengths[start:start + k].copy()
-        # GroupQueryAttention places each row's padded chunk after its cached tokens, and counts a row fed
-        # nothing (q = 0) as holding at least one: an empty idle row needs 1 + width slots too.
-        base = np.where(q > 0, lengths, np.maximum(lengths, 1))
-        self._ensure_capacity(int((lengths + q).max()), int(base.max()) + width)
+        # GroupQueryAttention writes each row's padded chunk after its cached tokens; with query_seqlens it
+        # caches only the real ones, and counts a row fed nothing as holding at least one. Without it, the
+        # padding lands past the row's length, where its next tokens overwrite it, and is never attended.
+        self._ensure_capacity(int((lengths + q).max()), int(np.maximum(lengths, 1).max()) + width)
         self._bind_rows(start, start + k)
         ids = np.zeros((k, width), dtype=np.int64)
-        pos = np.zeros((k, width), dtype=np.int64)
+        pos = np.full((k, width), -1, dtype=np.int64)  # -1: padding (the graph picks each row's last real token)
         for b, r in enumerate(rows):
             ids[b, : len(r)] = r
-            pos[b, :] = lengths[b] + np.arange(width)
-        pos = np.minimum(pos, self.max_length - 1)  # padding rows' positions are never used
+            pos[b, : len(r)] = lengths[b] + np.arange(len(r))
         total = lengths + q
-        seqlens_k = np.where(q > 0, total - 1, np.maximum(lengths - 1, 0)).astype(np.int32)
-        self._run({"input_ids": ids, "position_ids": pos, "seqlens_k": seqlens_k, "query_seqlens": q})
+        feeds: dict[str, np.ndarray] = {"input_ids": ids, "position_ids": pos}
+        if self.graph.ragged:
+            feeds["seqlens_k"] = np.where(q > 0, total - 1, np.maximum(lengths - 1, 0)).astype(np.int32)
+            feeds[batched_graph.QUERY_SEQLENS] = q
+        else:
+            feeds["seqlens_k"] = (lengths + width - 1).astype(np.int32)
+        self._run(feeds)
         self.lengths[start:start + k] = total
         self._step_ready = False
         if self.m.all_logits:
             self.last_all_logits = self.binding.get_outputs()[self._logits_slot].numpy()
             return self.last_all_logits[np.arange(k), np.maximum(q - 1, 0)]
         return self._logits[start:start + k, 0]
+
+    def _prefill_row_by_row(self, rows: list[list[int]], start: int) -> np.ndarray:
+        out = np.zeros((len(rows), self.m.shape.vocab_size), dtype=np.float32)
+        for b, r in enumerate(rows):
+            if r:
+                out[b] = self.prefill([r], start + b)
+        return out
 
     def move_row(self, src: int, dst: int) -> None:
         """Row dst takes row src's tokens (src is emptied): the engine packs busy rows to the front."""
@@ -208,13 +232,17 @@ class ContribCache:
         if not self._step_ready:  # first step after a prefill or a capacity change
             self._bind_step()
         self._ids[:, 0] = tokens
-        self._pos[:, 0] = self.lengths
         if active is None:
-            self._q[:] = 1
+            self._pos[:, 0] = self.lengths
             self._seqk[:] = self.lengths
-        else:
+            self._q[:] = 1
+        elif self.graph.ragged:
             self._q[:] = active
             self._seqk[:] = np.where(active, self.lengths, np.maximum(self.lengths - 1, 0))
+            self._pos[:, 0] = np.where(active, self.lengths, -1)
+        else:  # an idle row's slot gets a padding token, overwritten by its next one
+            self._seqk[:] = self.lengths
+            self._pos[:, 0] = np.where(active, self.lengths, -1)
         if self.m.all_logits:
             self.binding.bind_output(self.graph.logits_name, "cpu")
         self.graph.ort_session.run_with_iobinding(self.binding)
@@ -228,14 +256,17 @@ class ContribCache:
         self._pos = np.zeros((self.batch, 1), dtype=np.int64)
         self._seqk = np.zeros(self.batch, dtype=np.int32)
         self._q = np.ones(self.batch, dtype=np.int32)
-        for key, arr in (("input_ids", self._ids), ("position_ids", self._pos), ("seqlens_k", self._seqk),
-                         ("query_seqlens", self._q)):
-            self.binding.bind_ortvalue_input(self.graph.names[key], ort.OrtValue.ortvalue_from_numpy(arr))
+        feeds = {self.graph.names[k]: a for k, a in (("input_ids", self._ids), ("position_ids", self._pos),
+                                                      ("seqlens_k", self._seqk))}
+        if self.graph.ragged:
+            feeds[batched_graph.QUERY_SEQLENS] = self._q
+        for name, arr in feeds.items():
+            self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
         self._step_ready = True
 
     def _run(self, feeds: dict[str, np.ndarray]) -> None:
         for key, arr in feeds.items():
-            self.binding.bind_cpu_input(self.graph.names[key], arr)
+            self.binding.bind_cpu_input(self.graph.names.get(key, key), arr)
         if self.m.all_logits:  # the shape changes with the step: let onnxruntime allocate anew
             self.binding.bind_output(self.graph.logits_name, "cpu")
         self.graph.ort_session.run_with_iobinding(self.binding)

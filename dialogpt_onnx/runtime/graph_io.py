@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 # Input roles each graph kind takes (the runtime feeds them by role).
-CONTRIB_INPUTS = ("input_ids", "position_ids", "seqlens_k", "query_seqlens", "total_sequence_length")
+CONTRIB_INPUTS = ("input_ids", "position_ids", "seqlens_k", "total_sequence_length")
 PORTABLE_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
@@ -64,8 +64,8 @@ class GraphIO:
 
 
 CONTRIB_IO = GraphIO(
-    inputs={k: k for k in CONTRIB_INPUTS},  # seqlens_k: per row, tokens cached after this step - 1;
-    logits="logits",                        # query_seqlens: per row, real (non-padding) tokens this step
+    inputs={k: k for k in CONTRIB_INPUTS},  # seqlens_k: per row, KV slots filled after this step - 1;
+    logits="logits",                        # position_ids: -1 marks a right-padded row's padding
     past_key="past_key.{}", past_value="past_value.{}", present_key="present_key.{}",
     present_value="present_value.{}", logits_positions="last",
     kv_layout="BNSH [batch, n_head, capacity, head_dim], float32",

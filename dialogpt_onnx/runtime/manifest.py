@@ -12,7 +12,7 @@ from .checks import is_integer
 from .errors import ModelDirError
 from .graph_io import GraphIO
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: GroupQueryAttention without query_seqlens; padding's position id is -1
 # onnxruntime's graph optimization levels (ORT_DISABLE_ALL ... ORT_ENABLE_ALL) by the names the manifest uses;
 # every exported graph is correct at each (tested), "all" is the fastest and what parity is checked at
 Optimization = Literal["off", "basic", "extended", "all"]

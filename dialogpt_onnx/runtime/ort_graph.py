@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from .batched_graph import with_query_seqlens
 from .errors import ModelDirError
 from .manifest import MODEL_FILE, OPTIMIZATION_LEVELS, ORT_MODEL_FILE, Manifest, ModelFormat, Optimization
 from .memory import release_freed_memory
@@ -40,15 +41,20 @@ def _options(threads: int | None, optimization: str) -> ort.SessionOptions:
 
 
 def make_session(path: Path, threads: int | None, optimization: str = "all",
-                 cache_key: str | None = None, verify: bool = False) -> ort.InferenceSession:
+                 cache_key: str | None = None, verify: bool = False, batched: bool = False) -> ort.InferenceSession:
     """The session of the model at `path`. With `cache_key` (the model file's sha256) and the weight cache on
     (runtime.weight_cache), it is built from this machine's pre-packed copy, which the first load writes;
-    with verify, that copy's files are hashed against the digest this user's load recorded."""
+    with verify, that copy's files are hashed against the digest this user's load recorded. `batched`: with
+    GroupQueryAttention's query_seqlens added (runtime.batched_graph; the cached copy has it already)."""
     root = cache_root() if cache_key else None
     root = trusted_root(root) if root is not None else None
+
+    def _session(source: Path, so: ort.SessionOptions) -> ort.InferenceSession:
+        return _source_session(source, so, batched) if source == path else _file_session(source, so)
+
     if root is None or cache_key is None:
         return _session(path, _options(threads, optimization))
-    entry = entry_dir(root, cache_key, optimization)
+    entry = entry_dir(root, cache_key, optimization, batched)
     try:
         graph = cached_graph(entry, verify)
     except Untrusted as e:
@@ -81,9 +87,24 @@ def make_session(path: Path, threads: int | None, optimization: str = "all",
     return session
 
 
-def _session(path: Path, so: ort.SessionOptions) -> ort.InferenceSession:
+def _source_session(path: Path, so: ort.SessionOptions, batched: bool) -> ort.InferenceSession:
+    """The export's own model file, with query_seqlens added when `batched`."""
+    if not batched:
+        return _file_session(path, so)
     try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        edited = with_query_seqlens(path.read_bytes())
+    except (OSError, ValueError, IndexError) as e:
+        raise ModelDirError(f"{path} is not a loadable ONNX model ({e}): re-export the model") from None
+    if edited is None:
+        return _file_session(path, so)
+    so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
+    return _file_session(path, so, edited)
+
+
+def _file_session(path: Path, so: ort.SessionOptions, model: bytes | None = None) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(model if model is not None else str(path), so,
+                                    providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one clear line
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ModelDirError(f"{path} is not a loadable ONNX model ({first}): re-export the model") from None
@@ -92,6 +113,8 @@ def _session(path: Path, so: ort.SessionOptions) -> ort.InferenceSession:
 class OrtGraph:
     """A loaded graph: session, I/O names, context. Read-only after construction: safe to share between
     threads (onnxruntime's `run` is thread-safe)."""
+
+    batched = False  # ContribGraph: add GroupQueryAttention's query_seqlens where onnxruntime reads it
 
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None,
                  max_length: int | None = None, optimization: Optimization | None = None,
@@ -103,8 +126,9 @@ class OrtGraph:
         path = Path(model_dir) / (ORT_MODEL_FILE if model_format == "ort" else MODEL_FILE)
         # several models of one export hold one session: one copy of the weights per process
         key = (manifest.raw.get("files") or {}).get(MODEL_FILE) if weight_cache and model_format == "onnx" else None
-        self._shared = shared(path, lambda: make_session(path, threads, self.optimization, key, verify),
-                              "session", threads or os.cpu_count() or 1, self.optimization)
+        batched = self.batched and model_format == "onnx"
+        self._shared = shared(path, lambda: make_session(path, threads, self.optimization, key, verify, batched),
+                              "session", threads or os.cpu_count() or 1, self.optimization, batched)
         self.ort_session = self._shared.value
         self.names = manifest.io.inputs
         self.logits_name = manifest.io.logits

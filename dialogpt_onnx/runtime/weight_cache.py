@@ -64,8 +64,9 @@ def cpu_signature() -> str:
         return f"{platform.machine()} {platform.processor()}"
 
 
-def entry_dir(root: Path, model_sha256: str, optimization: str) -> Path:
-    key = "|".join((model_sha256, ort.__version__, optimization, cpu_signature()))
+def entry_dir(root: Path, model_sha256: str, optimization: str, batched: bool = False) -> Path:
+    """batched: the graph with GQA's query_seqlens added at load (runtime.batched_graph), another graph."""
+    key = "|".join((model_sha256, ort.__version__, optimization, cpu_signature(), *(["batched"] * batched)))
     return root / hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

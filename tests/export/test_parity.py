@@ -128,7 +128,7 @@ def test_all_logits_graph(tmp_path, hf_dir, tiny, topical_contexts):
 def test_manifest_contract(exported):
     d = exported("int8")
     m = json.loads((d / "manifest.json").read_text())
-    assert m["format_version"] == 1 and m["variant"] == "int8"
+    assert m["format_version"] == 2 and m["variant"] == "int8"
     assert m["model"]["n_layer"] == 2 and m["model"]["head_dim"] == 16 and m["model"]["eos_token_id"] == EOS
     assert set(m["files"]) == {"model.onnx", "tokenizer.json"}
     assert m["io"]["logits"] == "last" and m["io"]["max_kv_length"] == 1024

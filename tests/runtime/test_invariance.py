@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference import contexts_ids
+from reference import contexts_ids, load_form
 
 from dialogpt_onnx import runtime
 
@@ -35,9 +35,13 @@ def _alone(cache, prompts):
     return np.stack(out)
 
 
+FORMS = ["batched", "universal"]  # as onnxruntime 1.32 runs an export, and as every other runtime does
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
-def test_batch_does_not_change_a_rows_logits(exported, dialogue_prompts, variant):
-    model = runtime.load(exported(variant))
+def test_batch_does_not_change_a_rows_logits(exported, dialogue_prompts, variant, form):
+    model = load_form(exported(variant), form)
     cache = model.graph.new_cache()
     alone = _alone(cache, dialogue_prompts)
     cache.reset(len(dialogue_prompts))
@@ -71,9 +75,10 @@ def test_chunked_history_gives_the_logits_of_the_whole(exported, dialogue_prompt
         same(cache.step(np.array([p[-1]]))[0], whole)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
-def test_replies_do_not_depend_on_batch_or_cache(exported, dialogue_prompts, topical_contexts, variant):
-    model = runtime.load(exported(variant))
+def test_replies_do_not_depend_on_batch_or_cache(exported, dialogue_prompts, topical_contexts, variant, form):
+    model = load_form(exported(variant), form)
     opts = {"max_new_tokens": 12}
     alone = [model.generate(p, **opts).ids for p in dialogue_prompts]
     assert [g.ids for g in model.generate(dialogue_prompts, **opts)] == alone

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import contexts_ids
+from reference import contexts_ids, load_form
 
-from dialogpt_onnx import runtime
 from dialogpt_onnx.serve.engine import Engine, EngineClosed, EngineFull
 
 OPTIONS = [{"max_new_tokens": 12}, {"max_new_tokens": 9, "do_sample": True, "top_k": 20, "seed": 4},
@@ -20,9 +19,11 @@ OPTIONS = [{"max_new_tokens": 12}, {"max_new_tokens": 9, "do_sample": True, "top
             "frequency_penalty": 0.8, "stop": ("e ", "an")}]
 
 
-@pytest.fixture(scope="module", params=["fp32", "int8"])
+@pytest.fixture(scope="module", params=["fp32", "int8", "int8-universal"])
 def model(request, exported):
-    return runtime.load(exported(request.param))
+    """int8-universal: the export as runtimes without GQA's query_seqlens run it (ragged prefill row by row)."""
+    variant, _, form = request.param.partition("-")
+    return load_form(exported(variant), form or "batched")
 
 
 @pytest.fixture(scope="module")
