@@ -78,14 +78,18 @@ def _session_lever() -> None:
 
     from dialogpt_onnx.runtime import ort_graph as ort_session
 
-    def patched(path: Path, threads: int | None, optimization: str = "all",
-                cache_key: str | None = None) -> ort.InferenceSession:
+    def patched(path: Path, threads: int | None, optimization: str = "all", cache_key: str | None = None,
+                verify: bool = False, batched: bool = False) -> ort_session.Built:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or 1
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         so.add_session_config_entry("session.disable_prepacking", "1")
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        if batched:  # as the loader does on onnxruntime >= 1.32 (runtime.batched_graph)
+            edited = ort_session.with_query_seqlens(path.read_bytes())
+            if edited is not None:
+                return ort_session.Built(ort.InferenceSession(edited, so, providers=["CPUExecutionProvider"]), path)
+        return ort_session.Built(ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]), path)
 
     ort_session.make_session = patched
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from . import batched_graph
+from .batched_graph import QUERY_SEQLENS, supported
 from .checks import fits_context
 from .ort_graph import OrtGraph
 from .protocols import RowKV
@@ -27,12 +27,12 @@ MIN_CAPACITY = 64
 
 
 class ContribGraph(OrtGraph):
-    batched = batched_graph.supported()
+    batched = supported()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # query_seqlens fed: several rows may append several tokens in one call (runtime.batched_graph)
-        self.ragged = batched_graph.QUERY_SEQLENS in {i.name for i in self.ort_session.get_inputs()}
+        self.ragged = QUERY_SEQLENS in {i.name for i in self.ort_session.get_inputs()}
 
     def new_cache(self) -> ContribCache:
         return ContribCache(self)
@@ -181,7 +181,7 @@ class ContribCache:
         feeds: dict[str, np.ndarray] = {"input_ids": ids, "position_ids": pos}
         if self.graph.ragged:
             feeds["seqlens_k"] = np.where(q > 0, total - 1, np.maximum(lengths - 1, 0)).astype(np.int32)
-            feeds[batched_graph.QUERY_SEQLENS] = q
+            feeds[QUERY_SEQLENS] = q
         else:
             feeds["seqlens_k"] = (lengths + width - 1).astype(np.int32)
         self._run(feeds)
@@ -259,7 +259,7 @@ class ContribCache:
         feeds = {self.graph.names[k]: a for k, a in (("input_ids", self._ids), ("position_ids", self._pos),
                                                       ("seqlens_k", self._seqk))}
         if self.graph.ragged:
-            feeds[batched_graph.QUERY_SEQLENS] = self._q
+            feeds[QUERY_SEQLENS] = self._q
         for name, arr in feeds.items():
             self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
         self._step_ready = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import onnxruntime as ort
 
@@ -40,8 +41,13 @@ def _options(threads: int | None, optimization: str) -> ort.SessionOptions:
     return so
 
 
+class Built(NamedTuple):
+    session: ort.InferenceSession
+    file: Path  # what it was built from: the export's model file or the weight cache's entry
+
+
 def make_session(path: Path, threads: int | None, optimization: str = "all",
-                 cache_key: str | None = None, verify: bool = False, batched: bool = False) -> ort.InferenceSession:
+                 cache_key: str | None = None, verify: bool = False, batched: bool = False) -> Built:
     """The session of the model at `path`. With `cache_key` (the model file's sha256) and the weight cache on
     (runtime.weight_cache), it is built from this machine's pre-packed copy, which the first load writes;
     with verify, that copy's files are hashed against the digest this user's load recorded. `batched`: with
@@ -49,8 +55,9 @@ def make_session(path: Path, threads: int | None, optimization: str = "all",
     root = cache_root() if cache_key else None
     root = trusted_root(root) if root is not None else None
 
-    def _session(source: Path, so: ort.SessionOptions) -> ort.InferenceSession:
-        return _source_session(source, so, batched) if source == path else _file_session(source, so)
+    def _session(source: Path, so: ort.SessionOptions) -> Built:
+        built = _source_session(source, so, batched) if source == path else _file_session(source, so)
+        return Built(built, source)
 
     if root is None or cache_key is None:
         return _session(path, _options(threads, optimization))
@@ -68,7 +75,7 @@ def make_session(path: Path, threads: int | None, optimization: str = "all",
     so = _options(threads, optimization)
     tmp = saving_options(so, root)
     try:
-        session = _session(path, so)
+        built = _session(path, so)
     except ModelDirError:
         if tmp is None:
             raise
@@ -81,10 +88,10 @@ def make_session(path: Path, threads: int | None, optimization: str = "all",
         except Untrusted:  # another's entry was in the way: publish left it, and this load keeps its own copy
             graph = None
         if graph is not None:  # this process too maps the entry instead of keeping its packed copy
-            del session
+            del built
             release_freed_memory()
             return _session(graph, _options(threads, optimization))
-    return session
+    return built
 
 
 def _source_session(path: Path, so: ort.SessionOptions, batched: bool) -> ort.InferenceSession:
@@ -129,7 +136,7 @@ class OrtGraph:
         batched = self.batched and model_format == "onnx"
         self._shared = shared(path, lambda: make_session(path, threads, self.optimization, key, verify, batched),
                               "session", threads or os.cpu_count() or 1, self.optimization, batched)
-        self.ort_session = self._shared.value
+        self.ort_session, self.model_file = self._shared.value
         self.names = manifest.io.inputs
         self.logits_name = manifest.io.logits
         self.max_length = min(max_length or manifest.shape.n_positions, manifest.shape.n_positions)

@@ -15,7 +15,7 @@ from processes import one_line
 
 from dialogpt_onnx import runtime
 from dialogpt_onnx.runtime.errors import ModelDirError
-from dialogpt_onnx.runtime.manifest import sha256
+from dialogpt_onnx.runtime.manifest import FORMAT_VERSION, sha256
 
 
 # -- model dirs -------------------------------------------------------------------------
@@ -58,7 +58,7 @@ BAD_DIRS = {
     "random bytes as onnx": (lambda d: _break_onnx_consistently(d, random.Random(1).randbytes(20000)),
                              "not a loadable ONNX model"),
     "newer format": (lambda d: _edit_manifest(d, lambda m: m.update(format_version=99)),
-                     "written by a newer dialogpt-onnx; this one reads version 1: upgrade dialogpt-onnx"),
+                     f"this one reads version {FORMAT_VERSION}: upgrade dialogpt-onnx"),
     "older format": (lambda d: _edit_manifest(d, lambda m: m.update(format_version=0)), "re-export the model"),
     "manifest without io": (lambda d: _edit_manifest(d, lambda m: m.pop("io")), "lacks 'io'"),
     "manifest without n_layer": (lambda d: _edit_manifest(d, lambda m: m["model"].pop("n_layer")),

@@ -17,7 +17,7 @@ import json, sys
 from dialogpt_onnx import runtime
 model = runtime.load(sys.argv[1])
 s = model.score("Hello there, how are you?", "I am fine, thanks. And you?")
-print(json.dumps({"logprobs": s.token_logprobs, "file": model.graph.ort_session._model_path}))
+print(json.dumps({"logprobs": s.token_logprobs, "file": str(model.graph.model_file)}))
 """
 
 
