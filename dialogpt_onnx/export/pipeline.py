@@ -28,6 +28,7 @@ from dialogpt_onnx.runtime.manifest import (
     file_table,
     write_manifest,
 )
+from dialogpt_onnx.runtime.ort_floor import floor_of
 from dialogpt_onnx.runtime.text import encode_dialogue
 
 from .checkpoint import Checkpoint, load_checkpoint, torch_model
@@ -167,6 +168,12 @@ def export_model(source: str | Path, out_dir: str | Path, opts: ExportOptions | 
         raise
 
 
+def ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
 def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) -> ExportResult:
     quantized = opts.variant != "fp32"
     stages = _Stages(["load", "build"] + (["quantize"] if quantized and opts.graph == "contrib" else [])
@@ -199,9 +206,11 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
     with stages.stage("write"):
         tmp.expect(model_bytes(model) + 4_000_000)  # + tokenizer and manifest
         save_model(model, tmp.path / MODEL_FILE)
+        requires = floor_of(n.op_type for n in model.graph.node)
         del model
         write_tokenizer(tok, ckpt.tokenizer_files, tmp.path / TOKENIZER_FILE, eos, ckpt.config.vocab_size)
         raw = _manifest(ckpt, opts, quant)
+        raw["onnxruntime"] = {"requires": requires}  # model.onnx's; model.ort's is its writer's (below)
     with stages.stage("verify"):
         parity = check_parity(ref or torch_model(ckpt), tmp.path, Manifest.from_dict(raw), prompts,
                               opts.parity_tokens, threads=opts.threads, progress=opts.progress)
@@ -209,6 +218,7 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
         with stages.stage("ort"):
             raw["ort"] = write_ort_format(tmp.path, Manifest.from_dict(raw), prompts, opts.parity_tokens,
                                           opts.threads)
+            raw["onnxruntime"]["ort_format_requires"] = ort_version()  # older releases may not read it
     stages.close()
     seconds = stages.seconds
     failures = parity.failures(opts.variant, opts.thresholds)

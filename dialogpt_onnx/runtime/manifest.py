@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -18,6 +19,7 @@ FORMAT_VERSION = 2  # 2: GroupQueryAttention without query_seqlens; padding's po
 Optimization = Literal["off", "basic", "extended", "all"]
 OPTIMIZATION_LEVELS: tuple[Optimization, ...] = get_args(Optimization)
 MANIFEST = "manifest.json"
+_VERSION = re.compile(r"\d{1,4}(\.\d{1,4}){1,2}")
 MODEL_FILE = "model.onnx"
 ORT_MODEL_FILE = "model.ort"  # with `--format ort`: the same graph in onnxruntime's own format (mobile, minimal builds)
 ORT_OPERATORS_FILE = "required_operators.config"  # the operators a reduced onnxruntime build must include
@@ -98,6 +100,14 @@ class Manifest:
         """The model files the export holds: "onnx" always, "ort" with `--format ort`."""
         return ("onnx", "ort") if ORT_MODEL_FILE in (self.raw.get("files") or {}) else ("onnx",)
 
+    def onnxruntime_needed(self, model_format: str = "onnx") -> str | None:
+        """The oldest onnxruntime that runs this export's model file (runtime.ort_floor)."""
+        table = self.raw.get("onnxruntime")
+        if not isinstance(table, dict):
+            return None
+        needed = table.get("ort_format_requires" if model_format == "ort" else "requires")
+        return needed if isinstance(needed, str) else None
+
     @property
     def optimization(self) -> str:
         """The graph optimization level the export was verified with (manifests before it: "all")."""
@@ -113,6 +123,10 @@ class Manifest:
             level = session.get("graph_optimization_level", "all") if isinstance(session, dict) else None
             if level not in OPTIMIZATION_LEVELS:
                 raise TypeError(f"has a session.graph_optimization_level other than {', '.join(OPTIMIZATION_LEVELS)}")
+            versions = raw.get("onnxruntime", {})
+            if not isinstance(versions, dict) or not all(isinstance(v, str) and _VERSION.fullmatch(v)
+                                                         for v in versions.values()):
+                raise TypeError("has a malformed 'onnxruntime' table (versions such as \"1.23.0\")")
             return cls(raw, ModelShape.from_manifest(raw.get("model")), GraphIO.from_manifest(raw.get("io")))
         except TypeError as e:
             raise ModelDirError(f"{where} {e}: re-export the model") from None

@@ -13,6 +13,7 @@ from .batched_graph import with_query_seqlens
 from .errors import ModelDirError
 from .manifest import MODEL_FILE, OPTIMIZATION_LEVELS, ORT_MODEL_FILE, Manifest, ModelFormat, Optimization
 from .memory import release_freed_memory
+from .ort_floor import check_runtime
 from .shared import shared
 from .weight_cache import (
     Untrusted,
@@ -131,6 +132,7 @@ class OrtGraph:
         self.optimization = optimization or manifest.optimization
         self.model_format = model_format
         path = Path(model_dir) / (ORT_MODEL_FILE if model_format == "ort" else MODEL_FILE)
+        check_runtime(manifest.onnxruntime_needed(model_format), str(path))
         # several models of one export hold one session: one copy of the weights per process
         key = (manifest.raw.get("files") or {}).get(MODEL_FILE) if weight_cache and model_format == "onnx" else None
         batched = self.batched and model_format == "onnx"
