@@ -62,8 +62,7 @@ class CalibrationDialogue(CalibrationDataReader):
             return None
         n = len(ids)
         feeds = {"input_ids": np.array([ids], np.int64), "position_ids": np.arange(n, dtype=np.int64)[None],
-                 "seqlens_k": np.array([n - 1], np.int32),
-                 "total_sequence_length": np.array(n, np.int32)}
+                 "attention_mask": np.ones((1, n), np.int64)}
         feeds = {CONTRIB_IO.inputs[k]: v for k, v in feeds.items()}
         for name, (_, heads, _, head_dim) in self.past:
             feeds[name] = np.zeros((1, heads, n, head_dim), np.float32)

@@ -30,9 +30,9 @@ def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
     g = GraphEditor()
     b, s = "batch", "sequence"
     ids = g.input(IO.inputs["input_ids"], INT64, [b, s])
+    mask = g.input(IO.inputs["attention_mask"], INT64, [b, "total_sequence_length"])
     pos = g.input(IO.inputs["position_ids"], INT64, [b, s])
-    seqlens_k = g.input(IO.inputs["seqlens_k"], INT32, [b])  # per row: KV slots filled after this step - 1
-    total = g.input(IO.inputs["total_sequence_length"], INT32, [])
+    seqlens_k, total = _gqa_lengths(g, mask)
     g.output(IO.logits, FLOAT, [b, s if all_logits else 1, cfg.vocab_size])
 
     wte = g.weight("wte.weight", w["wte.weight"])
@@ -51,6 +51,19 @@ def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
         hidden = _last_real_position(g, hidden, pos, cfg.n_embd)
     _lm_head(g, cfg, ckpt, hidden, ids, wte)
     return g.model("dialogpt", "dialogpt-onnx")
+
+
+def _gqa_lengths(g: GraphEditor, mask: str) -> tuple[str, str]:
+    """GroupQueryAttention's seqlens_k (per row: KV slots filled after this step - 1) and total_sequence_length
+    from the attention mask, as onnxruntime-genai's model builder computes them: a runtime feeds the mask that
+    every decoder takes (genai and transformers.js build it themselves), and its width may be the whole buffer."""
+    n = "/model/attn_mask_reformat"
+    filled = g.op1("ReduceSum", [mask, g.const_i64(f"{n}/axes", [1])], f"{n}/ReduceSum", keepdims=0)
+    seqlens_k = g.op1("Sub", [filled, g.weight(f"{n}/one", np.array(1, dtype=np.int64))], f"{n}/Sub")
+    seqlens_k = g.op1("Cast", [seqlens_k], f"{n}/seqlens_k", to=INT32)
+    width = g.op1("Shape", [mask], f"{n}/Shape", start=1, end=2)
+    width = g.op1("Squeeze", [width], f"{n}/Squeeze")
+    return seqlens_k, g.op1("Cast", [width], f"{n}/total_sequence_length", to=INT32)
 
 
 def _skip_layer_norm(g: GraphEditor, cfg: ModelConfig, w: dict, x: str, skip: str, ln: str,
@@ -84,9 +97,9 @@ def _layer(g: GraphEditor, cfg: ModelConfig, w: dict, i: int, x: str, residual: 
     # where that row's next tokens overwrite it, and no real token attends to a later slot.
     gqa_inputs = [qkv, "", "", *past, seqlens_k, total]
     for name in past:
-        g.input(name, FLOAT, ["batch", cfg.n_head, "max_kv_length", cfg.head_dim])
-    for name in present:
-        g.output(name, FLOAT, ["batch", cfg.n_head, "max_kv_length", cfg.head_dim])
+        g.input(name, FLOAT, ["batch", cfg.n_head, "past_sequence_length", cfg.head_dim])
+    for name in present:  # = past when they share one buffer (this runtime, genai); past + new otherwise
+        g.output(name, FLOAT, ["batch", cfg.n_head, "total_sequence_length", cfg.head_dim])
     ctx = g.op("GroupQueryAttention", gqa_inputs, f"{n}/attn/GroupQueryAttention", domain=MS_DOMAIN,
                outputs=[f"{n}/attn/GroupQueryAttention/output_0", *present],
                num_heads=cfg.n_head, kv_num_heads=cfg.n_head, scale=cfg.attention_scale(i))[0]

@@ -128,10 +128,12 @@ class ContribCache:
         self.capacity = capacity
         if not self.m.all_logits:  # [batch, 1, vocab]: one buffer serves every call (bound by _bind_rows)
             self._logits = np.empty((self.batch, 1, self.m.shape.vocab_size), dtype=np.float32)
+        # the attention mask spans the buffer: its width is GQA's total_sequence_length (an upper bound is all
+        # it needs), each row's ones its filled slots (set per call by _set_mask)
+        self._mask = np.zeros((self.batch, capacity), dtype=np.int64)
+        self._slots = np.arange(capacity)
         self._rows_bound = None  # the new buffers: bind them
         self._bind_rows(0, self.batch)
-        self._total = np.array(capacity, dtype=np.int32)  # an upper bound is all GQA needs
-        self.binding.bind_cpu_input(self.graph.names["total_sequence_length"], self._total)
         if self.m.all_logits:  # [batch, seq, vocab] varies per call: let onnxruntime allocate it
             self.binding.bind_output(self.graph.logits_name, "cpu")
             self._logits_slot = 2 * self.m.shape.n_layer  # outputs come back in binding order: KV first
@@ -180,10 +182,10 @@ class ContribCache:
         total = lengths + q
         feeds: dict[str, np.ndarray] = {"input_ids": ids, "position_ids": pos}
         if self.graph.ragged:
-            feeds["seqlens_k"] = np.where(q > 0, total - 1, np.maximum(lengths - 1, 0)).astype(np.int32)
+            self._set_mask(start, np.where(q > 0, total - 1, np.maximum(lengths - 1, 0)))
             feeds[QUERY_SEQLENS] = q
         else:
-            feeds["seqlens_k"] = (lengths + width - 1).astype(np.int32)
+            self._set_mask(start, lengths + width - 1)
         self._run(feeds)
         self.lengths[start:start + k] = total
         self._step_ready = False
@@ -218,6 +220,8 @@ class ContribCache:
                 buf = ort.OrtValue.ortvalue_from_numpy(self._kv[2 * i + j][start:stop])
                 b.bind_ortvalue_input(io.kv_name("past", kind, i), buf)
                 b.bind_ortvalue_output(io.kv_name("present", kind, i), buf)
+        b.bind_ortvalue_input(self.graph.names["attention_mask"],
+                              ort.OrtValue.ortvalue_from_numpy(self._mask[start:stop]))
         if not self.m.all_logits:
             view = ort.OrtValue.ortvalue_from_numpy(self._logits[start:stop])
             b.bind_ortvalue_output(self.graph.logits_name, view)
@@ -234,14 +238,14 @@ class ContribCache:
         self._ids[:, 0] = tokens
         if active is None:
             self._pos[:, 0] = self.lengths
-            self._seqk[:] = self.lengths
+            self._set_mask(0, self.lengths)
             self._q[:] = 1
         elif self.graph.ragged:
             self._q[:] = active
-            self._seqk[:] = np.where(active, self.lengths, np.maximum(self.lengths - 1, 0))
+            self._set_mask(0, np.where(active, self.lengths, np.maximum(self.lengths - 1, 0)))
             self._pos[:, 0] = np.where(active, self.lengths, -1)
         else:  # an idle row's slot gets a padding token, overwritten by its next one
-            self._seqk[:] = self.lengths
+            self._set_mask(0, self.lengths)
             self._pos[:, 0] = np.where(active, self.lengths, -1)
         if self.m.all_logits:
             self.binding.bind_output(self.graph.logits_name, "cpu")
@@ -254,15 +258,19 @@ class ContribCache:
     def _bind_step(self) -> None:
         self._ids = np.zeros((self.batch, 1), dtype=np.int64)
         self._pos = np.zeros((self.batch, 1), dtype=np.int64)
-        self._seqk = np.zeros(self.batch, dtype=np.int32)
         self._q = np.ones(self.batch, dtype=np.int32)
-        feeds = {self.graph.names[k]: a for k, a in (("input_ids", self._ids), ("position_ids", self._pos),
-                                                      ("seqlens_k", self._seqk))}
+        feeds: dict[str, np.ndarray] = {self.graph.names[k]: a for k, a in (("input_ids", self._ids),
+                                                                             ("position_ids", self._pos))}
         if self.graph.ragged:
             feeds[QUERY_SEQLENS] = self._q
         for name, arr in feeds.items():
             self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
         self._step_ready = True
+
+    def _set_mask(self, start: int, seqlens_k: np.ndarray) -> None:
+        """Rows start, start + 1, ...: ones on their first seqlens_k + 1 slots (GQA's seqlens_k, from the mask)."""
+        rows = self._mask[start:start + len(seqlens_k)]
+        np.less_equal(self._slots[None, :], np.asarray(seqlens_k)[:, None], out=rows, casting="unsafe")
 
     def _run(self, feeds: dict[str, np.ndarray]) -> None:
         for key, arr in feeds.items():

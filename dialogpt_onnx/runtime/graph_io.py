@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 # Input roles each graph kind takes (the runtime feeds them by role).
-CONTRIB_INPUTS = ("input_ids", "position_ids", "seqlens_k", "total_sequence_length")
+CONTRIB_INPUTS = ("input_ids", "attention_mask", "position_ids")
 PORTABLE_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
@@ -64,12 +64,14 @@ class GraphIO:
 
 
 CONTRIB_IO = GraphIO(
-    inputs={k: k for k in CONTRIB_INPUTS},  # seqlens_k: per row, KV slots filled after this step - 1;
-    logits="logits",                        # position_ids: -1 marks a right-padded row's padding
-    past_key="past_key.{}", past_value="past_value.{}", present_key="present_key.{}",
-    present_value="present_value.{}", logits_positions="last",
+    # attention_mask: per row, as many ones as KV slots filled after this step (its width may be the buffer's);
+    # position_ids: -1 marks a right-padded row's padding
+    inputs={k: k for k in CONTRIB_INPUTS}, logits="logits",
+    past_key="past_key_values.{}.key", past_value="past_key_values.{}.value", present_key="present.{}.key",
+    present_value="present.{}.value", logits_positions="last",
     kv_layout="BNSH [batch, n_head, capacity, head_dim], float32",
-    kv_buffer="in place: bind one buffer as past and present; GroupQueryAttention appends to it",
+    kv_buffer="in place: bind one buffer as past and present; GroupQueryAttention appends to it (or feed "
+              "present back as the next past, as genai without a shared buffer and transformers.js do)",
 )
 
 # optimum's names (the portable graph is traced by optimum-onnx)
