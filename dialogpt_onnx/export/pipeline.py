@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from dialogpt_onnx.runtime.checks import integer, optional_integer
-from dialogpt_onnx.runtime.graph_io import PORTABLE_IO, contrib_io
+from dialogpt_onnx.runtime.graph_io import PORTABLE_IO, GraphIO, contrib_io
 from dialogpt_onnx.runtime.manifest import (
     GRAPHS,
     MODEL_FILE,
@@ -39,6 +39,7 @@ from .outdir import TempDir, check_out_dir, disk_full, disk_full_error, publish
 from .parity import ParityReport, Thresholds, check_parity
 from .prompts import load_prompts
 from .quantize import QuantConfig, fit_to_model, quantize
+from .runtime_configs import write_runtime_configs
 from .tokenizer import build_tokenizer, write_tokenizer
 
 
@@ -210,6 +211,7 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
         del model
         write_tokenizer(tok, ckpt.tokenizer_files, tmp.path / TOKENIZER_FILE, eos, ckpt.config.vocab_size)
         raw = _manifest(ckpt, opts, quant)
+        write_runtime_configs(tmp.path, ckpt.config, GraphIO.from_manifest(raw["io"]))
         raw["onnxruntime"] = {"requires": requires}  # model.onnx's; model.ort's is its writer's (below)
     with stages.stage("verify"):
         parity = check_parity(ref or torch_model(ckpt), tmp.path, Manifest.from_dict(raw), prompts,
