@@ -144,6 +144,7 @@ def _manifest(ckpt: Checkpoint, opts: ExportOptions, quant: QuantConfig | None) 
         "io": io.to_manifest(),
         "quantization": asdict(quant) if quant else None,
         "session": {"graph_optimization_level": "all"},  # what parity is checked at (every level is tested)
+        "chat": chat_defaults(),  # for runtimes in other languages (dialogpt_onnx/web): the same defaults
         "tools": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -167,6 +168,16 @@ def export_model(source: str | Path, out_dir: str | Path, opts: ExportOptions | 
     except BaseException:
         tmp.discard()
         raise
+
+
+def chat_defaults() -> dict:
+    from dialogpt_onnx.runtime.chat import DEFAULT_HISTORY_TOKENS
+    from dialogpt_onnx.runtime.sampling import CHAT_DEFAULTS, SamplingOptions
+
+    base = SamplingOptions()
+    return {"do_sample": base.do_sample, "top_k": base.top_k, "top_p": base.top_p, "temperature": base.temperature,
+            "no_repeat_ngram_size": base.no_repeat_ngram_size, "min_new_tokens": base.min_new_tokens,
+            **CHAT_DEFAULTS, "max_new_tokens": base.max_new_tokens, "max_history_tokens": DEFAULT_HISTORY_TOKENS}
 
 
 def ort_version() -> str:

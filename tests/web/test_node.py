@@ -1,0 +1,62 @@
+"""The JS runtime (dialogpt_onnx/web/dialogpt.mjs) in Node over onnxruntime-node from npm: the Python runtime's
+tokens and greedy replies for every variant, and its chat (history budget, KV across turns). Node's own test
+runner does the checks (tests/web/node_parity.test.mjs); this writes what they compare against."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+from checkpoints import ROOT
+
+from dialogpt_onnx import runtime
+
+pytestmark = pytest.mark.slow  # installs onnxruntime-node from npm
+
+TEXTS = ["Hi! Do you like music?", "I'm fine, you'll see — it's 3.14 degrees… 🙂", "a <|endoftext|> typed",
+         "  spaces   and\ttabs\n", "naïve café, 日本語も"]
+TURNS = ["Hi! Do you like music?", "Who is your favorite band?", "I like jazz more."]
+
+
+@pytest.fixture(scope="session")
+def npm_dir(tmp_path_factory):
+    npm = shutil.which("npm")
+    assert npm, "npm is needed (Node 20+)"
+    where = tmp_path_factory.mktemp("npm")
+    (where / "package.json").write_text('{"private": true}')
+    env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip"}  # its postinstall fetches CUDA files
+    r = subprocess.run([npm, "install", "--no-audit", "--no-fund", "onnxruntime-node@1.30.0"], cwd=where,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return where
+
+
+def expectations(models: dict) -> dict:
+    out: dict = {"models": {k: str(v) for k, v in models.items()}, "replies": {}}
+    first = runtime.load(next(iter(models.values())))
+    out["tokens"] = [[t, first.encode_turn(t)] for t in TEXTS]
+    out["chat_defaults"] = json.loads((next(iter(models.values())) / "manifest.json").read_text())["chat"]
+    for variant, d in models.items():
+        m = runtime.load(d)
+        gen = []
+        for t in TURNS:
+            p = m.encode_turn(t)
+            for options in ({"max_new_tokens": 24}, {"max_new_tokens": 24, "no_repeat_ngram_size": 3}):
+                gen.append({"prompt": p, "options": options, "ids": m.generate(p, **options).ids})
+        chat = m.chat(greedy=True, max_new_tokens=16)
+        out["replies"][variant] = {"generate": gen, "chat": [[t, chat.send(t)] for t in TURNS * 2]}
+    return out
+
+
+def test_node_runs_every_variant_as_python_does(bundled_exports, npm_dir, tmp_path):
+    expected = tmp_path / "expected.json"
+    expected.write_text(json.dumps(expectations(bundled_exports), ensure_ascii=False))
+    test_file = ROOT / "tests" / "web" / "node_parity.test.mjs"
+    r = subprocess.run(["node", "--test", "--test-reporter=tap", str(test_file)],
+                       env={**os.environ, "NPM_DIR": str(npm_dir), "EXPECTED": str(expected)},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "# fail 0" in r.stdout and "# pass 6" in r.stdout, r.stdout[-2000:]
