@@ -130,7 +130,8 @@ def test_manifest_contract(exported):
     m = json.loads((d / "manifest.json").read_text())
     assert m["format_version"] == 2 and m["variant"] == "int8"
     assert m["model"]["n_layer"] == 2 and m["model"]["head_dim"] == 16 and m["model"]["eos_token_id"] == EOS
-    assert set(m["files"]) == {"model.onnx", "tokenizer.json", "genai_config.json", "tokenizer_config.json", "config.json"}
+    assert set(m["files"]) == {"model.onnx", "tokenizer.json", "genai_config.json", "tokenizer_config.json",
+                               "config.json"}
     assert m["io"]["logits"] == "last" and m["io"]["max_kv_length"] == 1024
     assert {"onnxruntime", "onnx", "torch", "transformers"} <= set(m["tools"])
     assert m["parity"]["prompts"] == 2 and m["parity"]["new_tokens"] == 16
