@@ -1,4 +1,4 @@
-"""dialogpt-onnx COMMAND [options]: export, chat, generate, serve, bench, train, evaluate.
+"""dialogpt-onnx COMMAND [options]: export, chat, generate, serve, web, bench, train, evaluate.
 
 Each command's module is imported by name only when asked for, so that `dialogpt-onnx chat` never imports
 the exporter or the server; every command's outcome becomes its exit code through one runner
@@ -20,6 +20,7 @@ COMMANDS = {
              "chat with an exported model (a REPL, or one reply per stdin line when piped)"),
     "generate": ("dialogpt_onnx.runtime.__main__", True, "print the reply to one text"),
     "serve": ("dialogpt_onnx.serve.__main__", False, "the OpenAI-compatible server and chat page"),
+    "web": ("dialogpt_onnx.web.__main__", False, "a static site that chats with the model running in the page"),
     "train": ("dialogpt_onnx.training.__main__", False, "DialoGPT's recipe on a CPU"),
     "evaluate": ("dialogpt_onnx.training.evaluate", False, "held-out reply perplexity of checkpoints"),
     "bench": ("benchmarks.__main__", False,

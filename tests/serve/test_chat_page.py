@@ -6,11 +6,13 @@ import json
 
 import httpx
 import pytest
+from browser import chromium_driver
 from serving import chat_replies
 
 from dialogpt_onnx import runtime
 
 pytestmark = pytest.mark.slow  # pytest -m "not slow" leaves it out of the quick loop
+
 
 def test_chat_page_is_served(server):
     _, url = server
@@ -26,34 +28,12 @@ def test_chat_page_is_served(server):
     assert json.loads(_page_data('</script><b>"x"&')) == '</script><b>"x"&' and "<" not in _page_data("</script>")
 
 
-def _chromium() -> tuple[str, str] | None:
-    import os
-    import shutil
-
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if browser and driver:
-        return browser, driver
-    if os.environ.get("DIALOGPT_REQUIRE_BROWSER"):  # CI installs them: there a missing browser is a failure
-        pytest.fail("chromium and chromedriver are required (apt-get install chromium chromium-driver)")
-    return None
-
-
 def test_chat_page_streams_a_reply_in_a_real_browser(server):
-    found = _chromium()
-    if found is None:
-        pytest.skip("no chromium + chromedriver here (apt-get install chromium chromium-driver); CI runs this")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     model, url = server
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = found[0]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(found[1]), options=opts)
+    driver = chromium_driver()
     try:
         driver.get(f"{url}/?seed=5")  # the page sends the address's decoding options
         box = driver.find_element(By.ID, "msg")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -19,19 +18,6 @@ pytestmark = pytest.mark.slow  # installs onnxruntime-node from npm
 TEXTS = ["Hi! Do you like music?", "I'm fine, you'll see — it's 3.14 degrees… 🙂", "a <|endoftext|> typed",
          "  spaces   and\ttabs\n", "naïve café, 日本語も"]
 TURNS = ["Hi! Do you like music?", "Who is your favorite band?", "I like jazz more."]
-
-
-@pytest.fixture(scope="session")
-def npm_dir(tmp_path_factory):
-    npm = shutil.which("npm")
-    assert npm, "npm is needed (Node 20+)"
-    where = tmp_path_factory.mktemp("npm")
-    (where / "package.json").write_text('{"private": true}')
-    env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip"}  # its postinstall fetches CUDA files
-    r = subprocess.run([npm, "install", "--no-audit", "--no-fund", "onnxruntime-node@1.30.0"], cwd=where,
-                       env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return where
 
 
 def expectations(models: dict) -> dict:
