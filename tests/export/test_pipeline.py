@@ -30,6 +30,7 @@ def test_export_builds_hashes_and_writes_once(tmp_path, hf_dir, monkeypatch):
     out = tmp_path / "out"
     export_model(hf_dir, out, ExportOptions(variant="int8", progress=False, n_prompts=1, parity_tokens=4))
     assert calls == {"build_tokenizer": 1, "torch_model": 1, "write_manifest": 1}
-    assert hashed == {"model.onnx": 1, "tokenizer.json": 1}
+    assert hashed == {f: 1 for f in ("model.onnx", "tokenizer.json", "genai_config.json", "tokenizer_config.json",
+                                     "config.json")}
     m = manifest_module.read_manifest(out)  # what was written is what the runtime reads (sha256 verified)
     assert m.shape.n_layer == 2 and m.variant == "int8" and m.raw["parity"]["passed"]
