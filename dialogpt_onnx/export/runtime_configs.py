@@ -1,6 +1,7 @@
 """The files other runtimes read beside model.onnx, so that one export runs in each of them as it is:
 
-- `genai_config.json`: onnxruntime-genai (its C, C++, C#, Java, Objective-C and Python APIs, Android/iOS).
+- `genai_config.json` (the contrib graph): onnxruntime-genai (its C, C++, C#, Java, Objective-C and Python
+  APIs, Android/iOS).
   Its model builder does not take GPT-2, so the exporter writes the config it would have: the decoder's
   inputs and outputs by name, the shape, and the chat defaults as its search options.
 - `tokenizer_config.json`: the tokenizer's class and special tokens, which genai's tokenizer and
@@ -75,7 +76,11 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def write_runtime_configs(out: Path, cfg: ModelConfig, io: GraphIO) -> None:
-    shared = io.kv_buffer.startswith("in place")
-    for name, content in ((GENAI_CONFIG, genai_config(cfg, io, shared)), (TOKENIZER_CONFIG, tokenizer_config(cfg)),
-                          (HF_CONFIG, hf_config(cfg))):
+    """The contrib graph's genai_config (onnxruntime-genai replies as this runtime, tested); the portable graph
+    gets none: genai answered it with other tokens (its first greedy token <|endoftext|>, docs/reach.md)."""
+    contrib = io.kv_buffer.startswith("in place")
+    files = [(TOKENIZER_CONFIG, tokenizer_config(cfg)), (HF_CONFIG, hf_config(cfg))]
+    if contrib:
+        files.append((GENAI_CONFIG, genai_config(cfg, io, shared_buffer=True)))
+    for name, content in files:
         (out / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
