@@ -14,9 +14,10 @@ from checkpoints import ROOT
 PACKAGES = ("dialogpt_onnx", "benchmarks")
 # what each room may import from the others (docs/layout.md says the same); the one command loads the
 # others' CLIs by name, at run time only, and the package's own names are the runtime's
-RT, SV, EX, CO, TR = (f"dialogpt_onnx.{r}" for r in ("runtime", "serve", "export", "corpora", "training"))
-ALLOWED = {RT: set(), SV: {RT}, EX: {RT}, CO: {RT}, TR: {RT, EX, CO}, "benchmarks": {RT, SV, EX, CO, TR},
-           "dialogpt_onnx": {RT}}
+RT, SV, EX, CO, TR, WB = (f"dialogpt_onnx.{r}" for r in ("runtime", "serve", "export", "corpora", "training",
+                                                          "web"))
+ALLOWED = {RT: set(), SV: {RT}, EX: {RT}, CO: {RT}, TR: {RT, EX, CO}, WB: {RT},
+           "benchmarks": {RT, SV, EX, CO, TR, WB}, "dialogpt_onnx": {RT}}
 
 
 def _room(module: str) -> str:
