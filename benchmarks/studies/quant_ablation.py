@@ -115,15 +115,17 @@ def apply_spec(model: onnx.ModelProto, spec: str, windows: list[list[int]]) -> o
 
 
 def write_variant(fp32_dir: Path, model: onnx.ModelProto, out: Path) -> Path:
-    """A model dir: the fp32 dir's tokenizer and manifest, with this graph and its true size."""
+    """A model dir: the fp32 dir's files (tokenizer, runtime configs) and manifest, with this graph and its size."""
     import shutil
 
     from dialogpt_onnx.runtime.manifest import sha256
 
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(fp32_dir / "tokenizer.json", out / "tokenizer.json")
-    onnx.save(model, out / "model.onnx")
     manifest = json.loads((fp32_dir / "manifest.json").read_text())
+    for name in manifest["files"]:
+        if name != "model.onnx":
+            shutil.copy(fp32_dir / name, out / name)
+    onnx.save(model, out / "model.onnx")
     manifest["file_sizes"]["model.onnx"] = (out / "model.onnx").stat().st_size
     manifest["files"]["model.onnx"] = sha256(out / "model.onnx")
     manifest["quantization"] = {"ablation_spec": out.name}

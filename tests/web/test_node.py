@@ -1,6 +1,7 @@
 """The JS runtime (dialogpt_onnx/web/dialogpt.mjs) in Node over onnxruntime-node from npm: the Python runtime's
-tokens and greedy replies for every variant, and its chat (history budget, KV across turns). Node's own test
-runner does the checks (tests/web/node_parity.test.mjs); this writes what they compare against."""
+tokens and greedy replies for every variant and the portable graph, and its chat (history budget, KV across
+turns). Node's own test runner does the checks (tests/web/node_parity.test.mjs); this writes what they compare
+against."""
 
 from __future__ import annotations
 
@@ -45,4 +46,4 @@ def test_node_runs_every_variant_as_python_does(bundled_exports, npm_dir, tmp_pa
                        env={**os.environ, "NPM_DIR": str(npm_dir), "EXPECTED": str(expected)},
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert "# fail 0" in r.stdout and "# pass 6" in r.stdout, r.stdout[-2000:]
+    assert "# fail 0" in r.stdout and f"# pass {2 * len(bundled_exports)}" in r.stdout, r.stdout[-2000:]
