@@ -89,6 +89,7 @@ def test_the_wheel_installs_one_top_level_name(exported, tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"dialogpt_onnx"}, tops
     assert "dialogpt_onnx/serve/static/chat.html" in names
+    assert {"dialogpt_onnx/web/chat.html", "dialogpt_onnx/web/dialogpt.mjs"} <= set(names)  # `dialogpt-onnx web`
     env = tmp_path / "venv"
     venv.create(env, with_pip=False)
     site = next((env / "lib").glob("python*/site-packages"))
