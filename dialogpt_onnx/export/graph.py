@@ -28,7 +28,7 @@ def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
     """
     cfg, w = ckpt.config, ckpt.weights
     g = GraphEditor()
-    b, s = "batch", "sequence"
+    b, s = "batch_size", "sequence_length"  # the dim names genai and transformers.js read
     ids = g.input(IO.inputs["input_ids"], INT64, [b, s])
     mask = g.input(IO.inputs["attention_mask"], INT64, [b, "total_sequence_length"])
     pos = g.input(IO.inputs["position_ids"], INT64, [b, s])
@@ -97,9 +97,9 @@ def _layer(g: GraphEditor, cfg: ModelConfig, w: dict, i: int, x: str, residual: 
     # where that row's next tokens overwrite it, and no real token attends to a later slot.
     gqa_inputs = [qkv, "", "", *past, seqlens_k, total]
     for name in past:
-        g.input(name, FLOAT, ["batch", cfg.n_head, "past_sequence_length", cfg.head_dim])
+        g.input(name, FLOAT, ["batch_size", cfg.n_head, "past_sequence_length", cfg.head_dim])
     for name in present:  # = past when they share one buffer (this runtime, genai); past + new otherwise
-        g.output(name, FLOAT, ["batch", cfg.n_head, "total_sequence_length", cfg.head_dim])
+        g.output(name, FLOAT, ["batch_size", cfg.n_head, "total_sequence_length", cfg.head_dim])
     ctx = g.op("GroupQueryAttention", gqa_inputs, f"{n}/attn/GroupQueryAttention", domain=MS_DOMAIN,
                outputs=[f"{n}/attn/GroupQueryAttention/output_0", *present],
                num_heads=cfg.n_head, kv_num_heads=cfg.n_head, scale=cfg.attention_scale(i))[0]

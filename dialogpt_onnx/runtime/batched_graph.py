@@ -91,7 +91,7 @@ def _gqa_node(node: memoryview) -> bytes | None:
 
 def _query_seqlens_input() -> bytes:
     """ValueInfoProto: query_seqlens, int32 [batch]."""
-    dim = _len_field(1, _len_field(2, b"batch"))  # TensorShapeProto.dim { dim_param: "batch" }
+    dim = _len_field(1, _len_field(2, b"batch_size"))  # TensorShapeProto.dim { dim_param: "batch_size" }
     tensor = _encode_varint(1 << 3) + _encode_varint(_INT32) + _len_field(2, dim)  # elem_type, shape
     return _len_field(1, QUERY_SEQLENS.encode()) + _len_field(2, _len_field(1, tensor))  # name, type.tensor_type
 

@@ -23,7 +23,7 @@ def test_query_seqlens_is_added_to_every_gqa_node_and_nothing_else(exported):
     assert others == [(n.name, list(n.input)) for n in before.graph.node if n.op_type != "GroupQueryAttention"]
     (added,) = [i for i in after.graph.input if i.name == "query_seqlens"]
     assert added.type.tensor_type.elem_type == onnx.TensorProto.INT32
-    assert [d.dim_param for d in added.type.tensor_type.shape.dim] == ["batch"]
+    assert [d.dim_param for d in added.type.tensor_type.shape.dim] == ["batch_size"]
     assert [i.name for i in after.graph.input][:-1] == [i.name for i in before.graph.input]
     assert [t.raw_data for t in after.graph.initializer] == [t.raw_data for t in before.graph.initializer]
     onnx.checker.check_model(after)

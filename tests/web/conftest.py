@@ -27,13 +27,14 @@ def bundled_exports(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def npm_dir(tmp_path_factory):
-    """onnxruntime-node and onnxruntime-web from npm, in a dir of their own."""
+    """onnxruntime-node, onnxruntime-web and transformers.js from npm, in a dir of their own."""
     npm = shutil.which("npm")
     assert npm, "npm is needed (Node 20+)"
     where = tmp_path_factory.mktemp("npm")
     (where / "package.json").write_text('{"private": true}')
     env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip"}  # its postinstall fetches CUDA files
-    packages = ["onnxruntime-node@1.30.0", f"onnxruntime-web@{ORT_WEB_VERSION}"]  # the newest of each on npm
+    # the newest of each on npm
+    packages = ["onnxruntime-node@1.30.0", f"onnxruntime-web@{ORT_WEB_VERSION}", "@huggingface/transformers@4.3.2"]
     r = subprocess.run([npm, "install", "--no-audit", "--no-fund", *packages], cwd=where, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

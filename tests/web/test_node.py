@@ -1,7 +1,7 @@
 """The JS runtime (dialogpt_onnx/web/dialogpt.mjs) in Node over onnxruntime-node from npm: the Python runtime's
 tokens and greedy replies for every variant and the portable graph, and its chat (history budget, KV across
 turns). Node's own test runner does the checks (tests/web/node_parity.test.mjs); this writes what they compare
-against."""
+against; and transformers.js from npm, opening each export dir as it is, generates the same greedy tokens."""
 
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ def expectations(models: dict) -> dict:
     return out
 
 
-def test_node_runs_every_variant_as_python_does(bundled_exports, npm_dir, tmp_path):
+def test_node_and_transformers_js_run_every_variant_as_python_does(bundled_exports, npm_dir, tmp_path):
     expected = tmp_path / "expected.json"
     expected.write_text(json.dumps(expectations(bundled_exports), ensure_ascii=False))
-    test_file = ROOT / "tests" / "web" / "node_parity.test.mjs"
-    r = subprocess.run(["node", "--test", "--test-reporter=tap", str(test_file)],
-                       env={**os.environ, "NPM_DIR": str(npm_dir), "EXPECTED": str(expected)},
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert "# fail 0" in r.stdout and f"# pass {2 * len(bundled_exports)}" in r.stdout, r.stdout[-2000:]
+    env = {**os.environ, "NPM_DIR": str(npm_dir), "EXPECTED": str(expected)}
+    for test_file, per_model in (("node_parity.test.mjs", 2), ("transformers_js.test.mjs", 1)):
+        r = subprocess.run(["node", "--test", "--test-reporter=tap", str(ROOT / "tests" / "web" / test_file)], env=env,
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+        assert "# fail 0" in r.stdout and f"# pass {per_model * len(bundled_exports)}" in r.stdout, r.stdout[-2000:]
