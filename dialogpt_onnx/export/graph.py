@@ -92,9 +92,10 @@ def _layer(g: GraphEditor, cfg: ModelConfig, w: dict, i: int, x: str, residual: 
     qkv = g.op1("Add", [qkv, param("attn.c_attn.bias")], f"{n}/attn/qkv/Add")
     past = [IO.kv_name("past", k, i) for k in ("key", "value")]
     present = [IO.kv_name("present", k, i) for k in ("key", "value")]
-    # GQA's first 7 inputs only, as onnxruntime has read them since 1.17 (JS and mobile builds included); its
-    # 17th, query_seqlens (1.32+), is not needed: a ragged batch's padding is cached past each row's length,
-    # where that row's next tokens overwrite it, and no real token attends to a later slot.
+    # GQA's first 7 inputs only, which every build reads (JS and mobile too; the float32 kernel from 1.20); its
+    # 17th, query_seqlens (1.32+), the Python loader adds where onnxruntime reads it (runtime.batched_graph).
+    # Without it a ragged batch's padding is cached past each row's length, where that row's next tokens
+    # overwrite it, and no real token attends to a later slot.
     gqa_inputs = [qkv, "", "", *past, seqlens_k, total]
     for name in past:
         g.input(name, FLOAT, ["batch_size", cfg.n_head, "past_sequence_length", cfg.head_dim])
