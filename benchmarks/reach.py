@@ -104,6 +104,8 @@ def python_run(model_dir: Path, p: dict) -> dict:
 
 
 def genai_run(model_dir: Path, p: dict) -> dict:
+    from dialogpt_onnx.runtime.text import EOS_TOKEN_ID
+
     if not (Path(model_dir) / "genai_config.json").is_file():
         return {"error": "no genai_config.json (written for the contrib graph only)"}
     import onnxruntime_genai as og
@@ -124,7 +126,7 @@ def genai_run(model_dir: Path, p: dict) -> dict:
         while not g.is_done() and len(out) < n:
             g.generate_next_token()
             out.append(int(g.get_next_tokens()[0]))
-            if out[-1] == 50256 and not to_the_end:
+            if out[-1] == EOS_TOKEN_ID and not to_the_end:
                 break
         return out, first, (time.perf_counter() - t0) * 1000 / max(len(out) - 1, 1)  # the first needs no run
 

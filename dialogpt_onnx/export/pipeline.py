@@ -180,12 +180,6 @@ def chat_defaults() -> dict:
             **CHAT_DEFAULTS, "max_new_tokens": base.max_new_tokens, "max_history_tokens": DEFAULT_HISTORY_TOKENS}
 
 
-def ort_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
-
-
 def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) -> ExportResult:
     quantized = opts.variant != "fp32"
     stages = _Stages(["load", "build"] + (["quantize"] if quantized and opts.graph == "contrib" else [])
@@ -231,7 +225,7 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
         with stages.stage("ort"):
             raw["ort"] = write_ort_format(tmp.path, Manifest.from_dict(raw), prompts, opts.parity_tokens,
                                           opts.threads)
-            raw["onnxruntime"]["ort_format_requires"] = ort_version()  # older releases may not read it
+            raw["onnxruntime"]["ort_format_requires"] = raw["tools"]["onnxruntime"]  # older ones may not read it
     stages.close()
     seconds = stages.seconds
     failures = parity.failures(opts.variant, opts.thresholds)

@@ -23,11 +23,11 @@ from dialogpt_onnx.runtime.manifest import MODEL_FILE
 from dialogpt_onnx.runtime.sampling import CHAT_DEFAULTS
 
 from .config import ModelConfig
+from .tokenizer import EOS_TEXT
 
 GENAI_CONFIG = "genai_config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 HF_CONFIG = "config.json"
-EOS_TEXT = "<|endoftext|>"
 
 
 def _pattern(name: str) -> str:
