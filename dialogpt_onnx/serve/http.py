@@ -91,7 +91,7 @@ class _Api:
         self.keys = ApiKeys(config.api_keys, config.admin_keys)
         self.metrics = Metrics(engine)
         self.service = ChatService(engine, model_name, self.metrics)
-        self.page = page_for(model_name)
+        self.page = page_for(model_name, engine.model)
         self.page_headers = page_headers(self.page)
 
     def _tenant(self, request: Any) -> str | None:

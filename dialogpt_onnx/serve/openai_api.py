@@ -181,6 +181,22 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
+# The generation fields a client sets (the rest are the request's own: its messages, stream, cache key).
+OPTION_FIELDS = APPLIED - {"messages", "stream", "stream_options", "cache_salt", "max_completion_tokens"}
+
+
+def field_defaults(model: DialogModel) -> dict[str, Any]:
+    """What the server applies for each generation field a request leaves out, under OpenAI's names (the
+    chat page shows these as its defaults; a request sending them back gets the same options)."""
+    o = model.options(**chat_options())
+    return {"max_tokens": o.max_new_tokens, "min_tokens": o.min_new_tokens,
+            "temperature": o.temperature if o.do_sample else 0, "top_k": o.top_k, "top_p": o.top_p,
+            "seed": o.seed, "n": 1, "repetition_penalty": o.repetition_penalty,
+            "no_repeat_ngram_size": o.no_repeat_ngram_size, "presence_penalty": o.presence_penalty,
+            "frequency_penalty": o.frequency_penalty, "stop": list(o.stop), "logit_bias": dict(o.logit_bias),
+            "logprobs": o.top_logprobs is not None, "top_logprobs": o.top_logprobs}
+
+
 def _logit_bias(bias: object) -> dict[int, Any]:
     """OpenAI's logit_bias: token ids as JSON object keys (strings) -> bias; the runtime checks the values."""
     if not isinstance(bias, dict) or not all(isinstance(k, str) and k.isascii() and k.isdigit() and len(k) < 10
@@ -192,9 +208,8 @@ def _logit_bias(bias: object) -> dict[int, Any]:
 
 def _stops(stop: object) -> list[str]:
     stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not 0 < len(stops) <= MAX_STOPS or not all(isinstance(x, str) and x
-                                                                                 for x in stops):
-        raise BadRequest(f"stop must be a non-empty string or a list of 1 to {MAX_STOPS} of them", "stop")
+    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(x, str) and x for x in stops):
+        raise BadRequest(f"stop must be a non-empty string or a list of up to {MAX_STOPS} of them", "stop")
     return stops
 
 

@@ -1,5 +1,6 @@
 """The chat page: one static file, served with a strict Content-Security-Policy (its own inline script and
-style only, by hash; this origin only; never framed)."""
+style only, by hash; this origin only; never framed). Its data block carries what the page cannot know:
+the model's public name, its context and the server's defaults for every option."""
 
 from __future__ import annotations
 
@@ -9,12 +10,17 @@ import json
 import re
 from importlib.resources import files
 
+from dialogpt_onnx.runtime import DialogModel
+
+from .openai_api import field_defaults
+
 CHAT_PAGE = files(__package__ or "dialogpt_onnx.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
 
-def page_for(model_name: str) -> str:
-    """The page with the model's public name in its data block."""
-    return CHAT_PAGE.replace("{{MODEL}}", page_data(model_name))
+def page_for(model_name: str, model: DialogModel) -> str:
+    """The page with its data block filled."""
+    data = {"model": model_name, "context": model.max_length, "defaults": field_defaults(model)}
+    return CHAT_PAGE.replace("{{PAGE}}", page_data(data))
 
 
 def page_headers(page: str) -> dict[str, str]:
