@@ -7,6 +7,7 @@ the exporter or the server; every command's outcome becomes its exit code throug
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from pathlib import Path
@@ -42,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dialogpt-onnx {VERSION}")
         return 0
     if args[0] not in COMMANDS:
-        print(f"error: unknown command {args[0]!r}: use one of {', '.join(COMMANDS)}", file=sys.stderr)
+        near = difflib.get_close_matches(args[0], list(COMMANDS), n=1)
+        print(f"error: unknown command {args[0]!r}: " + (f"did you mean {near[0]}? " if near else "")
+              + f"use one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module, keep_name, _ = COMMANDS[args[0]]
     if module.startswith("benchmarks."):

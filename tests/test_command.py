@@ -43,7 +43,20 @@ def test_version_and_bad_commands():
         assert out.returncode == 0 and out.stdout.strip() == want, (command, out.stderr)
     bad = run("bogus")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown command 'bogus'")
+    assert "did you mean" not in bad.stderr  # nothing is close to it
+    assert "did you mean chat?" in run("chta", "x").stderr
     assert run().returncode == 2
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (("generate", "m", "hi", "--tmperature", "1"), "(did you mean --temperature?) (see dialogpt-onnx generate --help)"),
+    (("chat", "m", "--sed", "1", "--max-new-tokns", "2"), "(did you mean --seed for --sed, --max-new-tokens for "
+                                                          "--max-new-tokns?)"),
+    (("serve", "m", "--prot", "3"), "(did you mean --port?) (see dialogpt-onnx serve --help)"),
+    (("export", "a", "b", "--varient", "int4"), "(did you mean --variant?)")])
+def test_a_mistyped_flag_gets_the_closest_one(argv, hint):
+    out = run(*argv)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and hint in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("command", COMMANDS)

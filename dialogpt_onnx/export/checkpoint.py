@@ -185,7 +185,28 @@ def load_directory(d: Path, tokenizer_dir: Path | None = None) -> Checkpoint:
 
 
 def looks_like_hub_id(source: str) -> bool:
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", source)) and not source.startswith((".", "/"))
+    """owner/name, and nothing that reads as a local path: a leading `.`, `/` or `~`, or an owner that is an
+    existing directory here (models/nope is a mistyped path, never a hub id)."""
+    return (bool(re.fullmatch(r"[\w.-]+/[\w.-]+", source)) and not source.startswith((".", "/", "~"))
+            and not Path(source).parent.is_dir())
+
+
+def missing_source(source: str) -> ExportError:
+    """No such checkpoint dir: the error, with the closest names beside it."""
+    import difflib
+
+    p = Path(source).expanduser()
+    parent = p.parent if p.parent.is_dir() else None
+    near = difflib.get_close_matches(p.name, [c.name for c in parent.iterdir() if c.is_dir()], n=2) if parent else []
+    hint = f"did you mean {' or '.join(str(p.parent / n) for n in near)}? " if near else ""
+    return ExportError(f"no such directory: {source}: {hint}give a checkpoint directory or a hub id such as "
+                       "microsoft/DialoGPT-medium")
+
+
+def check_source(source: str | Path) -> None:
+    """A source that can be neither a local dir nor a hub id is refused before any work starts."""
+    if not Path(source).expanduser().exists() and not looks_like_hub_id(str(source)):
+        raise missing_source(str(source))
 
 
 def download(hub_id: str) -> Path:
@@ -212,8 +233,7 @@ def load_checkpoint(source: str | Path, tokenizer_dir: str | Path | None = None)
         return load_directory(p, tok)
     if looks_like_hub_id(str(source)):
         return load_directory(download(str(source)), tok)
-    raise ExportError(f"{source} does not exist: give a checkpoint directory or a hub id such as "
-                      "microsoft/DialoGPT-medium")
+    raise missing_source(str(source))
 
 
 def torch_model(ckpt: Checkpoint):  # -> GPT2LMHeadModel (transformers imported only when called)

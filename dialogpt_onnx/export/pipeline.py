@@ -31,7 +31,7 @@ from dialogpt_onnx.runtime.manifest import (
 from dialogpt_onnx.runtime.ort_floor import floor_of
 from dialogpt_onnx.runtime.text import encode_dialogue
 
-from .checkpoint import Checkpoint, load_checkpoint, torch_model
+from .checkpoint import Checkpoint, check_source, load_checkpoint, torch_model
 from .errors import ExportError, ParityError
 from .graph import build_graph
 from .onnx_ops import model_bytes, save_model
@@ -155,6 +155,7 @@ def export_model(source: str | Path, out_dir: str | Path, opts: ExportOptions | 
     input and ParityError when `opts.verify` and parity falls below the thresholds."""
     opts = opts or ExportOptions()
     _check_args(opts)
+    check_source(source)
     out = Path(out_dir).expanduser().absolute()
     check_out_dir(out, opts.overwrite, _inputs(source, opts))
     tmp = TempDir(out)  # before anything slow: an unwritable OUT_DIR fails at once
@@ -257,6 +258,7 @@ class _Stages:
         try:
             yield
         except BaseException:
+            self.bar.leave = False  # the error line alone, no half-filled bar above it
             self.close()
             raise
         self.seconds[name] = time.perf_counter() - t

@@ -4,6 +4,7 @@ what a command raised to its exit code."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import signal
 import sys
@@ -52,6 +53,24 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        """argparse's, with the closest known flag beside each unknown one (--tmperature: --temperature)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            known = [o for p in self._chosen(parsed) for a in p._actions for o in a.option_strings]
+            near = {x: difflib.get_close_matches(x.split("=")[0], known, n=1, cutoff=0.6) for x in extras
+                    if x.startswith("--")}
+            hints = ", ".join(f"{m[0]} for {x.split('=')[0]}" if len(near) > 1 else m[0] for x, m in near.items() if m)
+            self._chosen(parsed)[-1].error(f"unrecognized arguments: {' '.join(extras)}"
+                                           + (f" (did you mean {hints}?)" if hints else ""))
+        return parsed
+
+    def _chosen(self, parsed: argparse.Namespace) -> list[argparse.ArgumentParser]:
+        """This parser and the subcommand's parser it chose."""
+        subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = [a.choices.get(getattr(parsed, a.dest, None)) for a in subs]  # type: ignore[union-attr, arg-type]
+        return [self, *[p for p in chosen if p is not None]]
 
 
 def _int_at_least(minimum: int, text: str) -> int:

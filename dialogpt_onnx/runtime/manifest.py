@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -129,7 +130,37 @@ class Manifest:
                 raise TypeError("has a malformed 'onnxruntime' table (versions such as \"1.23.0\")")
             return cls(raw, ModelShape.from_manifest(raw.get("model")), GraphIO.from_manifest(raw.get("io")))
         except TypeError as e:
-            raise ModelDirError(f"{where} {e}: re-export the model") from None
+            raise ModelDirError(f"{where} {e}: {reexport(Path(where).parent)}") from None
+
+
+def reexport(model_dir: Path, *flags: str) -> str:
+    """The hint to re-export a model dir, as the command to type: its manifest's source, variant and graph
+    with --overwrite when the manifest still reads (a small JSON object), else a new export."""
+    import shlex
+
+    raw: Any = None
+    with contextlib.suppress(OSError, ValueError):
+        path = Path(model_dir) / MANIFEST
+        if path.stat().st_size < 1 << 20:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict) or not isinstance(raw.get("source"), str) or raw.get("variant") not in VARIANTS:
+        return "export a new one: `dialogpt-onnx export SOURCE NEW_DIR`"
+    args = [raw["source"], str(model_dir), "--variant", raw["variant"], *flags]
+    if raw.get("graph") == "portable":
+        args += ["--graph", "portable"]
+    return f"re-export it: `dialogpt-onnx export {shlex.join(args)} --overwrite`"
+
+
+def not_an_export(model_dir: Path) -> str:
+    """Why a dir without a manifest cannot be loaded, and the command that makes it loadable."""
+    import shlex
+
+    if (Path(model_dir) / "config.json").is_file():  # a checkpoint (transformers' or the original form)
+        target = f"{str(model_dir).rstrip('/')}-onnx"
+        return (f"{model_dir} is a checkpoint, not an export: export it first with "
+                f"`dialogpt-onnx export {shlex.quote(str(model_dir))} {shlex.quote(target)}`, then load {target}")
+    return f"{model_dir} has no {MANIFEST}: it is not an exported model dir; export one with " \
+           "`dialogpt-onnx export SOURCE DIR`"
 
 
 def read_manifest(model_dir: Path, verify: bool = True) -> Manifest:
@@ -140,35 +171,36 @@ def read_manifest(model_dir: Path, verify: bool = True) -> Manifest:
         raise ModelDirError(f"model dir {model_dir} does not exist: export one with `dialogpt-onnx export SOURCE DIR`")
     path = model_dir / MANIFEST
     if not path.is_file():
-        raise ModelDirError(f"{model_dir} has no {MANIFEST}: it is not an exported model dir; re-export it")
+        raise ModelDirError(not_an_export(model_dir))
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelDirError(f"{path} is not valid JSON: re-export the model") from None
+        raise ModelDirError(f"{path} is not valid JSON: {reexport(model_dir)}") from None
     if not isinstance(raw, dict):
-        raise ModelDirError(f"{path} is not a JSON object: re-export the model")
+        raise ModelDirError(f"{path} is not a JSON object: {reexport(model_dir)}")
     version = raw.get("format_version")
     if is_integer(version) and version > FORMAT_VERSION:
         raise ModelDirError(f"{path} has format version {version}, written by a newer dialogpt-onnx; this one "
                             f"reads version {FORMAT_VERSION}: upgrade dialogpt-onnx")
     if version != FORMAT_VERSION:
         raise ModelDirError(f"{path} has format version {version!r}, this runtime reads {FORMAT_VERSION}: "
-                            "re-export the model with this version of dialogpt-onnx")
+                            f"{reexport(model_dir)} with this version of dialogpt-onnx")
     files = raw.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-        raise ModelDirError(f"{path} has no valid 'files' table: re-export the model")
+        raise ModelDirError(f"{path} has no valid 'files' table: {reexport(model_dir)}")
     manifest = Manifest.from_dict(raw, path)
     sizes: dict[str, int] = raw.get("file_sizes", {})
     for name in (MODEL_FILE, TOKENIZER_FILE):
         if name not in files:
-            raise ModelDirError(f"{path} lists no {name}: re-export the model")
+            raise ModelDirError(f"{path} lists no {name}: {reexport(model_dir)}")
     for name in files:
         f = model_dir / name
         if Path(name).name != name or not f.is_file():
-            raise ModelDirError(f"{model_dir} is incomplete: {name} is missing; re-export or copy the whole dir")
+            raise ModelDirError(f"{model_dir} is incomplete: {name} is missing; copy the whole dir, or "
+                                f"{reexport(model_dir)}")
         if name in sizes and f.stat().st_size != sizes[name]:
             raise ModelDirError(f"{f} is {f.stat().st_size} bytes, the manifest says {sizes[name]} (truncated or "
-                                "replaced): re-export or copy the file again")
+                                f"replaced): copy the file again, or {reexport(model_dir)}")
     if verify:
         verify_files(model_dir, manifest)
     return manifest
@@ -181,7 +213,7 @@ def verify_files(model_dir: Path, manifest: Manifest) -> None:
         f = Path(model_dir) / name
         if sha256(f) != digest:
             raise ModelDirError(f"{f} does not match the sha256 in {MANIFEST} (corrupted or replaced): "
-                                "re-export or copy the file again")
+                                f"copy the file again, or {reexport(model_dir)}")
 
 
 def file_table(model_dir: Path) -> dict[str, dict[str, Any]]:

@@ -28,6 +28,7 @@ from .manifest import (
     ModelFormat,
     Optimization,
     read_manifest,
+    reexport,
 )
 from .memory import release_freed_memory
 from .protocols import RowCache
@@ -53,7 +54,8 @@ class DialogModel:
                              "model_format")
         if model_format not in self.manifest.formats:
             raise UsageError(f"{self.dir} holds no model.{model_format} (its formats: "
-                             f"{', '.join(self.manifest.formats)}): re-export it with --format ort", "model_format")
+                             f"{', '.join(self.manifest.formats)}): {reexport(self.dir, '--format', 'ort')}",
+                             "model_format")
         # a tokenizer of its own (13-16 MB): a tokenizers object can be changed (add_tokens, padding), so models of
         # one export share only their read-only onnxruntime session
         self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)

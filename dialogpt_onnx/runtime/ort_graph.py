@@ -11,7 +11,15 @@ import onnxruntime as ort
 
 from .batched_graph import with_query_seqlens
 from .errors import ModelDirError
-from .manifest import MODEL_FILE, OPTIMIZATION_LEVELS, ORT_MODEL_FILE, Manifest, ModelFormat, Optimization
+from .manifest import (
+    MODEL_FILE,
+    OPTIMIZATION_LEVELS,
+    ORT_MODEL_FILE,
+    Manifest,
+    ModelFormat,
+    Optimization,
+    reexport,
+)
 from .memory import release_freed_memory
 from .ort_floor import check_runtime
 from .shared import shared
@@ -102,7 +110,7 @@ def _source_session(path: Path, so: ort.SessionOptions, batched: bool) -> ort.In
     try:
         edited = with_query_seqlens(path.read_bytes())
     except (OSError, ValueError, IndexError) as e:
-        raise ModelDirError(f"{path} is not a loadable ONNX model ({e}): re-export the model") from None
+        raise ModelDirError(f"{path} is not a loadable ONNX model ({e}): {reexport(path.parent)}") from None
     if edited is None:
         return _file_session(path, so)
     so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
@@ -115,7 +123,7 @@ def _file_session(path: Path, so: ort.SessionOptions, model: bytes | None = None
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one clear line
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ModelDirError(f"{path} is not a loadable ONNX model ({first}): re-export the model") from None
+        raise ModelDirError(f"{path} is not a loadable ONNX model ({first}): {reexport(path.parent)}") from None
 
 
 class OrtGraph:
@@ -145,7 +153,8 @@ class OrtGraph:
         have = {i.name for i in self.ort_session.get_inputs()}
         want = set(self.names.values()) - {""}
         if not want <= have:
-            raise ModelDirError(f"model.onnx lacks inputs {sorted(want - have)} listed in the manifest: re-export")
+            raise ModelDirError(f"model.onnx lacks inputs {sorted(want - have)} listed in the manifest: "
+                                f"{reexport(Path(model_dir))}")
         self._check_shape(have)
 
     def _check_shape(self, have: set[str]) -> None:
@@ -167,5 +176,5 @@ class OrtGraph:
         if logits and isinstance(logits[-1], int) and logits[-1] != shape.vocab_size:
             wrong.append(f"vocab_size {shape.vocab_size}, the graph's is {logits[-1]}")
         if wrong:
-            raise ModelDirError(f"manifest.json does not describe model.onnx ({'; '.join(wrong)}): re-export the "
-                                "model (or restore its manifest.json)")
+            raise ModelDirError(f"manifest.json does not describe model.onnx ({'; '.join(wrong)}): restore its "
+                                "manifest.json, or export a new one: `dialogpt-onnx export SOURCE NEW_DIR`")

@@ -7,6 +7,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from .errors import ModelDirError, UsageError
+from .manifest import reexport
 
 # <|endoftext|> in GPT-2's vocabulary: DialoGPT ends every turn with it. Checkpoints name their own in
 # config.json (and the manifest carries it); this is the default when they do not.
@@ -17,7 +18,7 @@ def load_tokenizer(path: Path) -> Tokenizer:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception:  # noqa: BLE001
-        raise ModelDirError(f"{path} is not a readable tokenizer.json: re-export the model") from None
+        raise ModelDirError(f"{path} is not a readable tokenizer.json: {reexport(path.parent)}") from None
     tok.encode_special_tokens = True  # "<|endoftext|>" typed by a user is plain text, not a turn boundary
     return tok
 

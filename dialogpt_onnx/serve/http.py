@@ -193,6 +193,21 @@ class _Api:
             return _error(500, f"generating this reply failed ({type(e).__name__}: {e})", "server_error")
 
 
+ROUTES = "POST /v1/chat/completions, GET /v1/models, /health, /ready, /metrics and / (the chat page)"
+
+
+async def _no_route(request: Any, exc: Any) -> Any:
+    """OpenAI's error body for a path or method this server does not have (OpenAI clients read JSON)."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 405:
+        return _error(405, f"{where} is not allowed: this server has {ROUTES}", "invalid_request_error",
+                      code="method_not_allowed", headers=getattr(exc, "headers", None))
+    if request.url.path.rstrip("/") == "/v1/completions":  # DialoGPT replies to turns: no raw-text completion
+        return _error(404, "this server has no legacy completions: DialoGPT is a chat model; POST "
+                      "/v1/chat/completions with messages", "invalid_request_error", code="not_found")
+    return _error(404, f"no route {where}: this server has {ROUTES}", "invalid_request_error", code="not_found")
+
+
 def create_app(engine: Engine, model_name: str, config: ServeConfig = DEFAULTS, close_engine: bool = False) -> Any:
     """The ASGI app over `engine`, with `config`'s keys, body limit, body deadline and access log; the
     process adds the Host policy. model_name: what clients see; close_engine: the app's shutdown closes the
@@ -214,5 +229,6 @@ def create_app(engine: Engine, model_name: str, config: ServeConfig = DEFAULTS, 
     return Starlette(routes=[Route("/", api.chat_page), Route("/health", api.health), Route("/ready", api.ready),
                              Route("/metrics", api.metrics_page), Route("/v1/models", api.models),
                              Route("/v1/chat/completions", api.completions, methods=["POST"])], lifespan=lifespan,
+                     exception_handlers={404: _no_route, 405: _no_route},
                      middleware=[Middleware(CountResponses, metrics=api.metrics),
                                  *([Middleware(AccessLog)] if config.access_log else [])])

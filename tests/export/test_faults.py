@@ -49,7 +49,16 @@ def _assert_clean_failure(proc, out: Path, code: int, phrase: str) -> None:
 
 def test_missing_dir(tmp_path):
     out = tmp_path / "out"
-    _assert_clean_failure(run_export(tmp_path / "nope", out), out, 2, "does not exist")
+    _assert_clean_failure(run_export(tmp_path / "nope", out), out, 2, "no such directory")
+
+
+def test_a_mistyped_local_path_is_never_sent_to_the_hub(tmp_path):
+    (tmp_path / "models" / "chat-8x256").mkdir(parents=True)
+    # "models/chat-8x25" reads as owner/name, but models/ is a directory here
+    proc = run_export("models/chat-8x25", tmp_path / "out", cwd=tmp_path)
+    _assert_clean_failure(proc, tmp_path / "out", 2, "no such directory: models/chat-8x25: did you mean "
+                                                     "models/chat-8x256?")
+    assert "fetch" not in proc.stderr
 
 
 def test_no_weights(tmp_path, hf_dir):

@@ -42,7 +42,7 @@ def test_required_operators_name_the_graphs_ops(ort_export):
 
 
 def test_an_export_without_ort_says_how_to_get_one(exported):
-    with pytest.raises(runtime.UsageError, match="re-export it with --format ort"):
+    with pytest.raises(runtime.UsageError, match="--format ort --overwrite`"):
         runtime.load(exported("int8"), model_format="ort")
 
 

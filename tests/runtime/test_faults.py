@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -59,7 +61,10 @@ BAD_DIRS = {
                              "not a loadable ONNX model"),
     "newer format": (lambda d: _edit_manifest(d, lambda m: m.update(format_version=99)),
                      f"this one reads version {FORMAT_VERSION}: upgrade dialogpt-onnx"),
-    "older format": (lambda d: _edit_manifest(d, lambda m: m.update(format_version=0)), "re-export the model"),
+    "older format": (lambda d: _edit_manifest(d, lambda m: m.update(format_version=0)),
+                     "re-export it: `dialogpt-onnx export "),
+    "a checkpoint, not an export": (lambda d: ((d / "manifest.json").unlink(), (d / "config.json").write_text("{}")),
+                                    "is a checkpoint, not an export: export it first with `dialogpt-onnx export "),
     "needs a newer onnxruntime": (lambda d: _edit_manifest(d, lambda m: m.update(onnxruntime={"requires": "9.1.0"})),
                                   "model.onnx needs onnxruntime >= 9.1.0, this is "),
     "malformed onnxruntime table": (lambda d: _edit_manifest(d, lambda m: m.update(onnxruntime={"requires": 1.2})),
@@ -101,6 +106,19 @@ def test_bad_model_dir(tmp_path, exported, case):
     assert phrase in str(e.value)
     proc = run_runtime("generate", d, "Hello")
     one_line(type("P", (), {"returncode": proc.returncode, "stderr": proc.stderr.decode()}), 2, phrase)
+
+
+def test_the_hint_is_a_command_that_mends_the_dir(tmp_path, exported):
+    d = copy_writable(exported("int8"), tmp_path / "m")
+    _flip_bytes(d / "model.onnx")
+    with pytest.raises(ModelDirError) as e:
+        runtime.load(d)
+    command = re.search(r"`dialogpt-onnx (export .*?)`", str(e.value)).group(1)
+    assert "--variant int8" in command and command.endswith("--overwrite")
+    proc = subprocess.run([sys.executable, "-m", "dialogpt_onnx", *shlex.split(command), "--quiet", "--n-prompts",
+                           "1", "--parity-tokens", "4"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert runtime.load(d).generate("Hello", max_new_tokens=2).ids
 
 
 def test_no_verify_skips_hashing_but_not_sizes(tmp_path, exported):

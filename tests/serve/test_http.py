@@ -198,3 +198,17 @@ def test_a_history_that_cannot_fit_is_refused_before_tokenizing(exported, monkey
             assert over.json()["error"]["param"] == "messages"
     finally:
         engine.close()
+
+
+def test_unknown_routes_answer_openai_errors(server):
+    _, url = server
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    with pytest.raises(Exception) as e:  # the legacy endpoint: the official client reads the JSON error
+        client.completions.create(model="tiny", prompt="Hello", max_tokens=4)
+    assert getattr(e.value, "status_code", None) == 404 and "POST /v1/chat/completions" in str(e.value)
+    for method, path, status, code in (("GET", "/v2/nothing", 404, "not_found"),
+                                       ("GET", "/v1/chat/completions", 405, "method_not_allowed")):
+        r = httpx.request(method, f"{url}{path}")
+        err = r.json()["error"]
+        assert r.status_code == status and err["code"] == code and err["type"] == "invalid_request_error"
+        assert f"{method} {path}" in err["message"] and "/v1/chat/completions" in err["message"]
