@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .engines import dir_size
 from .machine import machine_info
 from .outdir import report_dir, write_results
 
@@ -152,9 +153,7 @@ def measure(model: str, work: Path, runs: int, threads: int, rows: list[tuple[st
     out: dict = {"rows": {}, "errors": errors, "together": {}, "skipped": skipped}
     for name, family, kind, _ in rows:
         if raw[name]:
-            sizes = [f for f in Path(artifacts[kind]).glob("*") if f.suffix in (".onnx", ".data", ".gguf", ".json")]
-            size = artifacts[kind].stat().st_size if artifacts[kind].is_file() else sum(f.stat().st_size for f in sizes)
-            out["rows"][name] = {"family": family, "file_mb": size / 2**20,
+            out["rows"][name] = {"family": family, "file_mb": dir_size(artifacts[kind]) / 1e6,  # the suite's MB
                                  **{k: summary([f(r) for r in raw[name]]) for k, f in METRICS.items()}}
     if "ours-int8" in artifacts:
         out["restore"] = restore_vs_prefill(artifacts["ours-int8"], threads, runs)
@@ -190,7 +189,7 @@ def restore_vs_prefill(model_dir: Path, threads: int, runs: int, words: int = 40
             restore_s.append(time.perf_counter() - t)
         history = sum(map(len, chat.turns))
         size = path.stat().st_size
-    return {"history_tokens": history, "file_mb": size / 2**20, "restore_s": summary(restore_s),
+    return {"history_tokens": history, "file_mb": size / 1e6, "restore_s": summary(restore_s),
             "prefill_s": summary(prime_s)}
 
 
@@ -203,7 +202,8 @@ def write_report(run: dict, out: Path) -> None:
     lines = ["# Footprint: load time and memory against llama.cpp", "",
              f"{m['date']}; {m['cpu']} ({', '.join(m['flags'])}), {m['cores']} cores; {run['threads']} threads; "
              f"median (range) of {run['runs']} runs, each a fresh process, rows alternated. Prompt 64 tokens, reply "
-             "32. RSS = anonymous + file-backed (mapped model pages count once touched).", ""]
+             "32. File MB: every file of the export (or the GGUF), 10^6 bytes. RSS = anonymous + file-backed (mapped "
+             "model pages count once touched).", ""]
     for model, res in run["models"].items():
         lines += [f"## {model}", "", "| row | file MB | import s | load s | first token ms | RSS after load MB | "
                   "RSS after reply MB (anon + file) | + a second chat MB | peak MB |", "|---" * 9 + "|"]

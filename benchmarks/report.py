@@ -55,8 +55,10 @@ def targets(run: dict) -> list[str]:
         a, b = _dec(eng.get(ours, {})), _dec(eng.get(peer, {}))
         goal = f"{model}: {ours} ≥ {factor}× faster than {peer}"
         if a is None or b is None:
-            missing = peer if b is None else ours
-            out.append(f"| {goal} | not measured ({missing} not in this run) | – |")
+            ran = ", ".join(run["models"]) or "none"
+            why = (f"this run's models: {ran}" if model not in run["models"]
+                   else f"{' and '.join(n for n, v in ((ours, a), (peer, b)) if v is None)} not in this run")
+            out.append(f"| {goal} | not measured ({why}) | – |")
             continue
         ratio = b / a
         verdict = "met" if ratio >= factor else f"missed by {(factor - ratio) / factor:.0%}"

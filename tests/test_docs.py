@@ -126,3 +126,12 @@ def test_every_relative_link_resolves() -> None:
         for target in re.findall(r"\]\(([^)#\s]+)", document.read_text(encoding="utf-8")):
             if not re.match(r"\w+://", target):
                 assert (document.parent / target).exists(), f"{document.name} links to {target}, which is missing"
+
+
+def test_examples_write_only_into_ignored_dirs(workspace: Path) -> None:
+    """After the examples (run above, in file order), the user's checkout holds nothing new but git-ignored
+    dirs: no snippet leaves a file in the repository root."""
+    ignored = {line.strip("/") for line in (ROOT / ".gitignore").read_text().splitlines() if line.endswith("/")}
+    left = {p.name for p in workspace.iterdir()} - {"models", "data"}
+    left = {n for n in left if not re.fullmatch(r"block_\d+\.py", n)}  # this test's own scripts
+    assert left <= ignored, f"examples left {sorted(left - ignored)} in the checkout: write into out/ instead"

@@ -34,6 +34,19 @@ def test_quick_run_writes_results_report_and_plots(tmp_path):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     for name in {"llama.cpp-Q8_0", "optimum-fp32", "ctranslate2-int8"} - set(engines):
         assert f"skipping {name}" in proc.stdout or name in proc.stderr
+    # the targets name small models: the report says what this run measured instead, not that a peer is absent
+    assert "not measured (this run's models: tiny)" in report and "not in this run" not in report
+
+
+def test_targets_say_which_engine_is_missing():
+    from benchmarks.report import targets
+
+    measured = {"decode_ms_per_token": {"median": 4.0}}
+    run = {"models": {"small": {"engines": {"ours-int8": measured, "llama.cpp-Q8_0": {"decode_ms_per_token":
+                                                                                      {"median": 6.0}}}}}}
+    lines = "\n".join(targets(run))
+    assert "| small: ours-int8 ≥ 1.4× faster than llama.cpp-Q8_0 | 1.50× (4.00 vs 6.00 ms/token) | met |" in lines
+    assert "not measured (optimum-int8 not in this run)" in lines and "this run's models: small" in lines
 
 
 def test_serve_load_test_quick_run(tmp_path, hf_dir):
