@@ -98,7 +98,8 @@ class Progress:
     tokens_per_s: float = 0.0
     finished: bool = False
     ran: int = 0  # steps this call of run() made
-    log: list[dict] = field(default_factory=list)
+    log: list[dict] = field(default_factory=list)  # every evaluation (train_log.jsonl)
+    losses: list[list[float]] = field(default_factory=list)  # [step, train loss] of every step: the curve
 
 
 def _build_model(s: Settings):
@@ -221,7 +222,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        self.p.step, self.p.log = state["step"], state["log"]
+        self.p.step, self.p.log, self.p.losses = state["step"], state["log"], state.get("losses", [])
         if self.p.log:  # what the run reached, for a report even when no step is left to run
             self.p.train_loss, self.p.eval_ppl = self.p.log[-1]["train_loss"], self.p.log[-1]["eval_reply_ppl"]
 
@@ -231,7 +232,8 @@ class Trainer:
         state_dir = self.out / STATE_DIR
         state_dir.mkdir(parents=True, exist_ok=True)
         state = {"settings": asdict(self.s), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "step": self.p.step, "log": self.p.log}
+                 "torch_rng": torch.get_rng_state(), "step": self.p.step, "log": self.p.log,
+                 "losses": self.p.losses}
         _write_atomic(state_dir / STATE_FILE, lambda p: torch.save(state, p))
         self._write_checkpoint()
 
@@ -297,6 +299,7 @@ class Trainer:
             p.step += 1
             p.ran += 1
             p.train_loss = total_loss
+            p.losses.append([p.step, round(total_loss, 4)])
             p.tokens_per_s = tokens / (time.perf_counter() - t0)
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss:.3f}", tok_s=f"{p.tokens_per_s:.0f}",
@@ -326,9 +329,9 @@ class Trainer:
             f.write(json.dumps(entry) + "\n")
         s = self.s
         shape = f"from {Path(s.init).name}" if s.init else f"{s.layers}x{s.width}"
-        plot_curve(p.log, self.out / CURVE_FILE, f"{shape}, windows of {s.length}, batch {s.batch}x{s.accum}, "
-                                                 f"lr {s.lr:g} after {warmup_steps(s, self.total)} warm-up steps, "
-                                                 f"cosine to {s.lr / 10:g} at step {self.total}")
+        plot_curve(p.log, p.losses, self.out / CURVE_FILE,
+                   f"{shape}, windows of {s.length}, batch {s.batch}x{s.accum}, lr {s.lr:g} after "
+                   f"{warmup_steps(s, self.total)} warm-up steps, cosine to {s.lr / 10:g} at step {self.total}")
         if self.show:
             from tqdm import tqdm
 

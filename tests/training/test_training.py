@@ -122,6 +122,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, files):
     assert not part.finished and part.step == 1
     resumed = Trainer(s, tmp_path / "split", threads=1, progress=False).run()
     assert resumed.finished and resumed.step == 6
+    assert [s for s, _ in resumed.losses] == [1, 2, 3, 4, 5, 6] and resumed.losses == full.losses  # the curve's
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")
     assert a.keys() == b.keys()
     for k in a:
