@@ -23,7 +23,7 @@ def spread(xs: list[float]) -> dict[str, float]:
 
 
 def import_seconds() -> float:
-    code = "import time; t = time.perf_counter(); import runtime; print(time.perf_counter() - t)"
+    code = "import time; t = time.perf_counter(); import dialogpt_onnx.runtime; print(time.perf_counter() - t)"
     runs = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                  cwd=Path(__file__).resolve().parents[2]).stdout) for _ in range(3)]
     return statistics.median(runs)
@@ -41,7 +41,7 @@ def profile(model_dir: str, threads: int, history: int, new_tokens: int, repeats
     opts = model.options(max_new_tokens=new_tokens)  # greedy, the default path; EOS does not stop it below
 
     run_time = [0.0]
-    real = {name: getattr(model.graph.sess, name) for name in ("run", "run_with_iobinding")}
+    real = {name: getattr(model.graph.ort_session, name) for name in ("run", "run_with_iobinding")}
 
     def timed(fn):  # time spent inside onnxruntime
         def run(*a, **kw):
@@ -52,7 +52,7 @@ def profile(model_dir: str, threads: int, history: int, new_tokens: int, repeats
         return run
 
     for name, fn in real.items():
-        setattr(model.graph.sess, name, timed(fn))
+        setattr(model.graph.ort_session, name, timed(fn))
     first, decode, overhead = [], [], []
     for r in range(repeats + 1):
         stamps = []
@@ -69,7 +69,7 @@ def profile(model_dir: str, threads: int, history: int, new_tokens: int, repeats
         decode.append(per_token * 1e3)
         overhead.append((per_token - run_time[0] / n) * 1e3)
     for name, fn in real.items():
-        setattr(dec.sess, name, fn)
+        setattr(model.graph.ort_session, name, fn)
 
     # The chat cache: a 10-turn chat, once with the cache kept across turns, once recomputing every turn.
     turns = ["Hi there, how are you doing today?", "Do you like to read books?", "What was the last one?",

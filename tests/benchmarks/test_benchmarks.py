@@ -129,3 +129,15 @@ def test_ours_bans_eos_like_every_engine(tmp_path):
         ids, _ = ours.generate(prompt, 16)
         assert EOS not in ids and len(ids) == 16
         assert ids == model.generate(prompt, max_new_tokens=16, min_new_tokens=16).ids
+
+
+def test_runtime_profile_times_onnxruntime_apart_from_python(tmp_path, exported):
+    out = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.runtime_profile", str(exported("int8")),
+                           "--repeats", "1", "--history", "8", "--new-tokens", "4", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    decode, overhead = res["decode_ms_per_token"]["median"], res["python_overhead_ms_per_token"]["median"]
+    assert 0 < overhead < decode  # the session's own time was counted and taken out
+    assert res["chat_10_turns"]["cached"]["prefilled_tokens"] < res["chat_10_turns"]["recompute"]["prefilled_tokens"]
