@@ -22,6 +22,7 @@ COMMANDS = {
     "generate": ("dialogpt_onnx.runtime.__main__", True, "print the reply to one text"),
     "serve": ("dialogpt_onnx.serve.__main__", False, "the OpenAI-compatible server and chat page"),
     "web": ("dialogpt_onnx.web.__main__", False, "a static site that chats with the model running in the page"),
+    "cache": ("dialogpt_onnx.runtime.cache_command", False, "this machine's weight cache: its entries, clear"),
     "train": ("dialogpt_onnx.training.__main__", False, "DialoGPT's recipe on a CPU"),
     "evaluate": ("dialogpt_onnx.training.evaluate", False, "held-out reply perplexity of checkpoints"),
     "bench": ("benchmarks.__main__", False,

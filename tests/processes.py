@@ -86,3 +86,14 @@ def one_line(proc, code: int, phrase: str) -> None:
     assert proc.returncode == code, (proc.returncode, err)
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert phrase in err, err
+
+
+# A script: load a model dir (argv[1]) and print one score's log-probabilities and the model file the session
+# was built from (the export's, or the weight cache's entry).
+LOAD_AND_SCORE = """
+import json, sys
+from dialogpt_onnx import runtime
+model = runtime.load(sys.argv[1])
+s = model.score("Hello there, how are you?", "I am fine, thanks. And you?")
+print(json.dumps({"logprobs": s.token_logprobs, "file": str(model.graph.model_file)}))
+"""

@@ -30,6 +30,7 @@ from .weight_cache import (
     entry_dir,
     publish,
     saving_options,
+    touch,
     trusted_root,
     warn,
 )
@@ -77,6 +78,7 @@ def make_session(path: Path, threads: int | None, optimization: str = "all",
         warn(str(e))
         return _session(path, _options(threads, optimization))
     if graph is not None:
+        touch(entry)
         try:
             return _session(graph, _options(threads, optimization))
         except ModelDirError:  # a damaged entry: built again below

@@ -9,9 +9,12 @@ the CPU's instruction set and the onnxruntime version, so an entry is keyed by t
 sha256, and is never shipped with a model.
 
 Where: $DIALOGPT_ONNX_CACHE, else $XDG_CACHE_HOME/dialogpt-onnx, else ~/.cache/dialogpt-onnx; "off" turns it
-off. Every entry is a directory of its own, written under a temporary name and renamed into place once
-complete; an entry whose files are not the sizes recorded is rebuilt. A cache that cannot be written is
-skipped (the model loads as it would without).
+off. Size: at most $DIALOGPT_ONNX_CACHE_MB (default 4096); writing an entry evicts the least recently used
+ones past it, an entry larger than the cap is not kept, and each entry written is announced in one line
+with the cache's total on a terminal's stderr (`dialogpt-onnx cache` lists and clears it). Every entry is
+a directory of its own, written under a temporary name and renamed into place once complete; an entry
+whose files are not the sizes recorded is rebuilt. A cache that cannot be written is skipped
+(the model loads as it would without).
 
 Trust: whoever can write an entry decides every reply of the model it serves, so an entry is used only when
 nobody but this user could have written it, as ssh treats its keys: the cache's directory (symlinks
@@ -26,6 +29,7 @@ it is; nothing is written into it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,13 +38,19 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import onnxruntime as ort
 
 GRAPH = "model.onnx"
 DATA = "model.onnx.data"
-RECORD = "entry.json"
+RECORD = "entry.json"  # its mtime: the entry's last use (least recently used goes first)
+# An entry is ~1-2x its model (pre-packed int8 weights are wider; medium fp32 2.7 GB, large fp32 5.8 GB, measured
+# 2026-12-03): 4 GB holds the small and medium int8/int4 entries and medium fp32, and no large fp32 unasked.
+DEFAULT_CAP_MB = 4096
+STALE_BUILD_S = 3600  # a .building- dir this old was left by a load that died
 
 
 def cache_root() -> Path | None:
@@ -51,6 +61,19 @@ def cache_root() -> Path | None:
         return Path(setting)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "dialogpt-onnx"
+
+
+def cap_bytes() -> int:
+    """The cache's size cap: $DIALOGPT_ONNX_CACHE_MB (a number of MB >= 0), else DEFAULT_CAP_MB."""
+    setting = os.environ.get("DIALOGPT_ONNX_CACHE_MB", "")
+    try:
+        mb = float(setting) if setting else DEFAULT_CAP_MB
+        if not mb >= 0:
+            raise ValueError
+    except ValueError:
+        warn(f"DIALOGPT_ONNX_CACHE_MB={setting!r} is not a number of MB >= 0: using {DEFAULT_CAP_MB}")
+        mb = DEFAULT_CAP_MB
+    return int(mb * 1e6)
 
 
 def cpu_signature() -> str:
@@ -160,17 +183,23 @@ def saving_options(so: ort.SessionOptions, root: Path) -> Path | None:
 
 def publish(tmp: Path, entry: Path, source: Path) -> None:
     """Record the sizes and digests, make the files private, and rename the temporary dir into place;
-    another process that got there first wins."""
+    another process that got there first wins. Past the cap, the least recently used entries go; an entry
+    over the cap by itself is not kept. Says in one line what it kept."""
     try:
         files = [p for p in tmp.iterdir()]
         if GRAPH not in {p.name for p in files}:  # nothing saved (a graph onnxruntime cannot serialize): no entry
             raise OSError("no graph saved")
+        size, cap = sum(p.stat().st_size for p in files), cap_bytes()
+        if size > cap:
+            note(f"not kept: the pre-packed copy of {source} ({size / 1e6:.0f} MB) is over the cache's cap "
+                 f"({cap / 1e6:.0f} MB: raise DIALOGPT_ONNX_CACHE_MB to keep it); this load packs its own")
+            raise OSError("over the cap")
         for p in files:
             p.chmod(0o600)
         sizes = {p.name: p.stat().st_size for p in files}
         digests = {p.name: _sha256(p) for p in files}
         record = tmp / RECORD
-        record.write_text(json.dumps({"source": str(source), "onnxruntime": ort.__version__, "sizes": sizes,
+        record.write_text(json.dumps({"source": str(Path(source).absolute()), "onnxruntime": ort.__version__, "sizes": sizes,
                                       "sha256": digests}))
         record.chmod(0o600)
         try:
@@ -183,3 +212,71 @@ def publish(tmp: Path, entry: Path, source: Path) -> None:
         tmp.rename(entry)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+        return
+    gone = evict(entry.parent, cap, keep=entry)
+    held = sum(e.bytes for e in entries(entry.parent))
+    freed = f"; removed {len(gone)} least recently used ({sum(e.bytes for e in gone) / 1e6:.0f} MB)" if gone else ""
+    note(f"kept a pre-packed copy of {source} ({size / 1e6:.0f} MB) in {entry.parent}{freed}; the cache holds "
+         f"{held / 1e6:.0f} of {cap / 1e6:.0f} MB (`dialogpt-onnx cache` lists and clears it)")
+
+
+def note(text: str) -> None:
+    """A line for the person at the terminal; piped and captured stderr (servers, tests, scripts) stay as
+    they were."""
+    if sys.stderr.isatty():
+        print(f"weight cache: {text}", file=sys.stderr, flush=True)
+
+
+class Entry(NamedTuple):
+    path: Path
+    bytes: int
+    last_used: float  # seconds since the epoch
+    source: str
+    onnxruntime: str
+
+
+def entries(root: Path) -> list[Entry]:
+    """The cache's complete entries that this user wrote, least recently used first. Anything else in the
+    directory (another user's, a symlink, a file) is not an entry and is never touched."""
+    found = []
+    try:
+        children = sorted(root.iterdir())
+    except OSError:
+        return []
+    for d in children:
+        try:
+            if d.name.startswith(".") or cached_graph(d) is None:
+                continue
+            record = json.loads((d / RECORD).read_text())
+            found.append(Entry(d, sum(record["sizes"].values()), (d / RECORD).stat().st_mtime,
+                               str(record.get("source", "?")), str(record.get("onnxruntime", "?"))))
+        except (Untrusted, OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return sorted(found, key=lambda e: e.last_used)
+
+
+def touch(entry: Path) -> None:
+    """Mark an entry used now."""
+    with contextlib.suppress(OSError):
+        os.utime(entry / RECORD)
+
+
+def evict(root: Path, cap: int, keep: Path | None = None) -> list[Entry]:
+    """Remove least recently used entries (never `keep`) until the cache holds at most `cap` bytes, and the
+    temporary dirs of loads that died; the removed entries."""
+    now = time.time()
+    for d in root.glob(".building-*"):
+        with contextlib.suppress(OSError):
+            if now - d.lstat().st_mtime > STALE_BUILD_S and _private(d.lstat()) and d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+    held, gone = entries(root), []
+    total = sum(e.bytes for e in held)
+    for e in held:
+        if total <= cap:
+            break
+        if e.path == keep:
+            continue
+        shutil.rmtree(e.path, ignore_errors=True)
+        total -= e.bytes
+        gone.append(e)
+    return gone

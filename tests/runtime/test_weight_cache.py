@@ -11,14 +11,7 @@ import sys
 
 import pytest
 from checkpoints import ROOT
-
-LOAD = """
-import json, sys
-from dialogpt_onnx import runtime
-model = runtime.load(sys.argv[1])
-s = model.score("Hello there, how are you?", "I am fine, thanks. And you?")
-print(json.dumps({"logprobs": s.token_logprobs, "file": str(model.graph.model_file)}))
-"""
+from processes import LOAD_AND_SCORE as LOAD
 
 
 def load(model_dir, cache) -> dict:
