@@ -199,8 +199,8 @@ def publish(tmp: Path, entry: Path, source: Path) -> None:
         sizes = {p.name: p.stat().st_size for p in files}
         digests = {p.name: _sha256(p) for p in files}
         record = tmp / RECORD
-        record.write_text(json.dumps({"source": str(Path(source).absolute()), "onnxruntime": ort.__version__, "sizes": sizes,
-                                      "sha256": digests}))
+        record.write_text(json.dumps({"source": str(Path(source).absolute()), "onnxruntime": ort.__version__,
+                                      "sizes": sizes, "sha256": digests}))
         record.chmod(0o600)
         try:
             if cached_graph(entry, verify=True) is not None:  # another process published it meanwhile
