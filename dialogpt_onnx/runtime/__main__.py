@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import fields
 from typing import TYPE_CHECKING, TextIO, cast
 
-from .cli import OneLineParser, finite_float, nonnegative_int, positive_int, run_command, token_bias
+from .cli import OneLineParser, finite_float, loading, nonnegative_int, positive_int, run_command, token_bias
 from .errors import UsageError
 from .sampling import CHAT_DEFAULTS, chat_options
 
@@ -327,11 +327,14 @@ def _run(a: argparse.Namespace) -> None:
     if a.rerank and not a.backward:
         raise UsageError("--rerank mmi needs a backward model: add --backward BACKWARD_DIR (an export of "
                          "`dialogpt-onnx train --reverse`)")
-    model = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify)
+    with loading(a.model_dir):
+        model = load(a.model_dir, threads=a.threads, max_length=a.max_length, verify=not a.no_verify)
     replier: DialogModel | MMIReranker = model
     if a.rerank:
-        replier = MMIReranker(model, load(a.backward, threads=a.threads, verify=not a.no_verify),
-                              MMIOptions(candidates=a.mmi_candidates, forward_weight=a.mmi_forward_weight))
+        with loading(a.backward):
+            backward = load(a.backward, threads=a.threads, verify=not a.no_verify)
+        replier = MMIReranker(model, backward, MMIOptions(candidates=a.mmi_candidates,
+                                                          forward_weight=a.mmi_forward_weight))
     if a.cmd == "generate":
         kw = _gen_kwargs(a)
         if a.num_return_sequences > 1:

@@ -4,12 +4,15 @@ what a command raised to its exit code."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from .errors import CommandFailure, Signalled, UsageError
@@ -114,6 +117,31 @@ EXTRAS = {"torch": "export", "transformers": "export", "optimum": "export", "onn
           "safetensors": "export", "tqdm": "export", "starlette": "serve", "uvicorn": "serve",
           "prometheus_client": "serve", "ray": "ray", "chitchat_dataset": "train", "matplotlib": "bench",
           "ctranslate2": "bench", "sacrebleu": "bench", "llama_cpp": "llama", "gguf": "llama"}
+
+
+@contextlib.contextmanager
+def loading(what: str, after: float = 1.0) -> Iterator[None]:
+    """A load that takes over `after` seconds says so on a terminal's stderr, and how long it took; piped
+    stderr stays as it was (a piped chat's stderr holds its error lines only)."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    t0 = time.perf_counter()
+    shown = threading.Event()
+
+    def say() -> None:
+        shown.set()
+        print(f"loading {what} ...", end="", file=sys.stderr, flush=True)
+
+    timer = threading.Timer(after, say)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if shown.is_set():
+            print(f" {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
 
 def missing_extra(error: ModuleNotFoundError) -> str | None:

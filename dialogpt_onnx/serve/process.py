@@ -105,6 +105,7 @@ def serve(model_dir: str, config: ServeConfig) -> None:
     import uvicorn
 
     from dialogpt_onnx.runtime import load
+    from dialogpt_onnx.runtime.cli import loading
 
     from .connections import timed_protocol
     from .engine import Engine
@@ -131,7 +132,8 @@ def serve(model_dir: str, config: ServeConfig) -> None:
             await asyncio.to_thread(engine.close)  # which saves the prefix cache, if asked to
 
     sock = listen(config.host, config.port)  # before the model loads: a taken port or a bad host is one line
-    model = load(model_dir, threads=config.threads)
+    with loading(model_dir):
+        model = load(model_dir, threads=config.threads)
     engine = Engine.from_config(model, config)
     if engine.prefix_cache_status:
         print(engine.prefix_cache_status, flush=True)

@@ -306,3 +306,22 @@ def test_interactive_commands(exported, tmp_path):
     assert again.stdout.decode() == restored.send("I like jazz more.").replace("\n", " ") + "\n"
     assert code == "0" and raw_arrow == "False"
     assert int(hello_turns) >= 2  # the recalled line was sent again: /history shows it twice
+
+
+def test_a_slow_load_says_so_on_a_terminal_only(monkeypatch, capsys):
+    import time
+
+    from dialogpt_onnx.runtime.cli import loading
+
+    with loading("models/x", after=0.05):  # captured stderr is not a terminal: nothing
+        time.sleep(0.15)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with loading("models/x", after=5):  # a fast load on a terminal: nothing either
+        pass
+    assert capsys.readouterr().err == ""
+    with loading("models/x", after=0.05):
+        time.sleep(0.25)
+    err = capsys.readouterr().err
+    assert err.startswith("loading models/x ... ") and err.endswith(" s\n") and len(err.splitlines()) == 1
+    assert float(err.split("... ")[1].split()[0]) > 0  # the seconds it took
