@@ -58,7 +58,8 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
-        """argparse's, with the closest known flag beside each unknown one (--tmperature: --temperature)."""
+        """argparse's, with the closest known flag beside each unknown one (--tmperature: --temperature);
+        argparse's own suggest_on_error is Python 3.14+ and covers choices, not flags."""
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             known = [o for p in self._chosen(parsed) for a in p._actions for o in a.option_strings]

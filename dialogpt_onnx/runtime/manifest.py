@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import re
+import shlex
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -134,10 +135,9 @@ class Manifest:
 
 
 def reexport(model_dir: Path, *flags: str) -> str:
-    """The hint to re-export a model dir, as the command to type: its manifest's source, variant and graph
-    with --overwrite when the manifest still reads (a small JSON object), else a new export."""
-    import shlex
-
+    """The hint to re-export a model dir, as the command to type: its manifest's source, variant and graph,
+    over the dir itself when `--overwrite` will recognize it as an export (a format version and a files
+    table, as export.outdir.previous_export_files asks), else into a new dir."""
     raw: Any = None
     with contextlib.suppress(OSError, ValueError):
         path = Path(model_dir) / MANIFEST
@@ -145,16 +145,16 @@ def reexport(model_dir: Path, *flags: str) -> str:
             raw = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(raw, dict) or not isinstance(raw.get("source"), str) or raw.get("variant") not in VARIANTS:
         return "export a new one: `dialogpt-onnx export SOURCE NEW_DIR`"
-    args = [raw["source"], str(model_dir), "--variant", raw["variant"], *flags]
+    replaceable = "format_version" in raw and isinstance(raw.get("files"), dict)
+    target = str(model_dir) if replaceable else f"{str(model_dir).rstrip('/')}-new"
+    args = [raw["source"], target, "--variant", raw["variant"], *flags]
     if raw.get("graph") == "portable":
         args += ["--graph", "portable"]
-    return f"re-export it: `dialogpt-onnx export {shlex.join(args)} --overwrite`"
+    return f"re-export it: `dialogpt-onnx export {shlex.join(args + ['--overwrite'] * replaceable)}`"
 
 
 def not_an_export(model_dir: Path) -> str:
     """Why a dir without a manifest cannot be loaded, and the command that makes it loadable."""
-    import shlex
-
     if (Path(model_dir) / "config.json").is_file():  # a checkpoint (transformers' or the original form)
         target = f"{str(model_dir).rstrip('/')}-onnx"
         return (f"{model_dir} is a checkpoint, not an export: export it first with "

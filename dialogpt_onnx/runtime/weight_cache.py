@@ -213,8 +213,7 @@ def publish(tmp: Path, entry: Path, source: Path) -> None:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         return
-    gone = evict(entry.parent, cap, keep=entry)
-    held = sum(e.bytes for e in entries(entry.parent))
+    gone, held = evict(entry.parent, cap, keep=entry)
     freed = f"; removed {len(gone)} least recently used ({sum(e.bytes for e in gone) / 1e6:.0f} MB)" if gone else ""
     note(f"kept a pre-packed copy of {source} ({size / 1e6:.0f} MB) in {entry.parent}{freed}; the cache holds "
          f"{held / 1e6:.0f} of {cap / 1e6:.0f} MB (`dialogpt-onnx cache` lists and clears it)")
@@ -261,9 +260,9 @@ def touch(entry: Path) -> None:
         os.utime(entry / RECORD)
 
 
-def evict(root: Path, cap: int, keep: Path | None = None) -> list[Entry]:
+def evict(root: Path, cap: int, keep: Path | None = None) -> tuple[list[Entry], int]:
     """Remove least recently used entries (never `keep`) until the cache holds at most `cap` bytes, and the
-    temporary dirs of loads that died; the removed entries."""
+    temporary dirs of loads that died; the removed entries and the bytes the cache holds after."""
     now = time.time()
     for d in root.glob(".building-*"):
         with contextlib.suppress(OSError):
@@ -279,4 +278,4 @@ def evict(root: Path, cap: int, keep: Path | None = None) -> list[Entry]:
         shutil.rmtree(e.path, ignore_errors=True)
         total -= e.bytes
         gone.append(e)
-    return gone
+    return gone, total

@@ -70,6 +70,9 @@ BAD_DIRS = {
     "malformed onnxruntime table": (lambda d: _edit_manifest(d, lambda m: m.update(onnxruntime={"requires": 1.2})),
                                     "has a malformed 'onnxruntime' table"),
     "manifest without io": (lambda d: _edit_manifest(d, lambda m: m.pop("io")), "lacks 'io'"),
+    # --overwrite would not recognize it as an export: the hint writes a new dir
+    "manifest without files table": (lambda d: _edit_manifest(d, lambda m: m.pop("files")),
+                                     "m-new --variant int8`"),
     "manifest without n_layer": (lambda d: _edit_manifest(d, lambda m: m["model"].pop("n_layer")),
                                  "lacks a valid model.n_layer"),
     "manifest with other heads": (lambda d: _edit_manifest(d, lambda m: m["model"].update(n_head=8, head_dim=8)),
