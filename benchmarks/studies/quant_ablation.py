@@ -89,29 +89,31 @@ def _gptq(model: onnx.ModelProto, bits: int, block: int, acc: int, windows: list
 
 
 def apply_spec(model: onnx.ModelProto, spec: str, windows: list[list[int]]) -> onnx.ModelProto:
+    from dialogpt_onnx.export.onnx_ops import GraphEditor
     from dialogpt_onnx.export.quantize import _nbits, matmuls_named, quantize_tied_head, quiet, rowwise_int8
 
+    ed = GraphEditor.edit(model)
     with quiet():
         for part in spec.split("+"):
             kind, *a = part.split(":")
             if kind in ("head", "headr"):
-                model = quantize_tied_head(model, int(a[0]), int(a[1]), int(a[2]), residual=kind == "headr")
+                ed = quantize_tied_head(ed, int(a[0]), int(a[1]), int(a[2]), residual=kind == "headr")
             elif kind.partition("@")[0] in ("rowwise7", "rowwise8", "rowwise7r", "rowwise8r"):
                 kind, at, name = kind.partition("@")
                 if at and not kind.endswith("r"):
                     raise ValueError(f"@NAME picks residual rows: {kind}r@{name}, not {part!r}")
                 residual = (name,) if kind.endswith("r") else ()
-                model = rowwise_int8(model, reduce_range=kind.startswith("rowwise7"), residual_layers=residual)
+                ed = rowwise_int8(ed, reduce_range=kind.startswith("rowwise7"), residual_layers=residual)
             elif kind == "nbits" and a[3:] == ["gptq"]:
-                model = _gptq(model, int(a[0]), int(a[1]), int(a[2]), windows)
+                ed = GraphEditor.edit(_gptq(ed.model(), int(a[0]), int(a[1]), int(a[2]), windows))
             elif kind == "nbits" and "@" in part:
                 acc, name = a[2].split("@", 1)
-                model = _nbits(model, int(a[0]), int(a[1]), int(acc), nodes=matmuls_named(model, (name,)))
+                ed = _nbits(ed, int(a[0]), int(a[1]), int(acc), nodes=matmuls_named(ed, (name,)))
             elif kind == "nbits":
-                model = _nbits(model, int(a[0]), int(a[1]), int(a[2]), algorithm=(a[3:] or ["rtn"])[0])
+                ed = _nbits(ed, int(a[0]), int(a[1]), int(a[2]), algorithm=(a[3:] or ["rtn"])[0])
             else:
                 raise ValueError(f"unknown part {part!r} in spec {spec!r}")
-    return model
+    return ed.model()
 
 
 def write_variant(fp32_dir: Path, model: onnx.ModelProto, out: Path) -> Path:

@@ -247,8 +247,13 @@ def torch_model(ckpt: Checkpoint):  # -> GPT2LMHeadModel (transformers imported 
     config = GPT2Config(**hf)
     # eager attention is GPT-2's reference math; transformers' SDPA path drops scale_attn_by_inverse_layer_idx
     config._attn_implementation = "eager"
-    model = GPT2LMHeadModel(config).eval()
+    from transformers.modeling_utils import no_init_weights
+
+    with no_init_weights():  # no random init: its pages are never touched, the checkpoint's arrays replace them
+        model = GPT2LMHeadModel(config).eval()
+    # the parameters are the checkpoint's own arrays (no second copy of the weights; training updates them)
     sd = {f"transformer.{k}": torch.from_numpy(v) for k, v in ckpt.weights.items() if k != "lm_head.weight"}
     sd["lm_head.weight"] = torch.from_numpy(ckpt.weights.get("lm_head.weight", ckpt.weights["wte.weight"]))
-    model.load_state_dict(sd, strict=False)
+    model.load_state_dict(sd, strict=False, assign=True)
+    model.tie_weights()  # assign replaced the tied head's parameter with its own
     return model

@@ -10,7 +10,6 @@ Quantization is a separate pass (quantize.py): this builder never branches on pr
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from dialogpt_onnx.runtime.graph_io import CONTRIB_IO
 
@@ -21,8 +20,9 @@ from .onnx_ops import FLOAT, INT32, INT64, MS_DOMAIN, GraphEditor
 IO = CONTRIB_IO  # the names this builder gives the graph's inputs and outputs (written to the manifest)
 
 
-def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
-    """
+def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> GraphEditor:
+    """The graph, its weights the checkpoint's own arrays (nothing copied until it is written):
+
     input_ids ─Gather(wte)─┐
     position_ids ─Gather(wpe)─SkipLN(ln_1) ─► [layer × n_layer] ─► SkipLN(ln_f) ─► last row ─► Gemm(wteᵀ) ─► logits
     """
@@ -50,7 +50,7 @@ def build_graph(ckpt: Checkpoint, all_logits: bool = False) -> onnx.ModelProto:
     if not all_logits:
         hidden = _last_real_position(g, hidden, pos, cfg.n_embd)
     _lm_head(g, cfg, ckpt, hidden, ids, wte)
-    return g.model("dialogpt", "dialogpt-onnx")
+    return g
 
 
 def _gqa_lengths(g: GraphEditor, mask: str) -> tuple[str, str]:

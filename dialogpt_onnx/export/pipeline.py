@@ -34,7 +34,7 @@ from dialogpt_onnx.runtime.text import encode_dialogue
 from .checkpoint import Checkpoint, check_source, load_checkpoint, torch_model
 from .errors import ExportError, ParityError
 from .graph import build_graph
-from .onnx_ops import model_bytes, save_model
+from .onnx_ops import GraphEditor
 from .outdir import TempDir, check_out_dir, disk_full, disk_full_error, publish
 from .parity import ParityReport, Thresholds, check_parity
 from .prompts import load_prompts
@@ -204,23 +204,23 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
             from .portable import build_portable
 
             ref = torch_model(ckpt)
-            model = build_portable(ckpt, ref, quant)  # traced and quantized with standard ops only
+            graph = GraphEditor.edit(build_portable(ckpt, ref, quant))  # traced and quantized with standard ops
         else:
-            model = build_graph(ckpt, all_logits=opts.all_logits)
+            graph = build_graph(ckpt, all_logits=opts.all_logits)
     if quant and opts.graph == "contrib":
         with stages.stage("quantize"):
-            model = quantize(model, quant)
+            graph = quantize(graph, quant)
     with stages.stage("write"):
-        tmp.expect(model_bytes(model) + 4_000_000)  # + tokenizer and manifest
-        save_model(model, tmp.path / MODEL_FILE)
-        requires = floor_of(n.op_type for n in model.graph.node)
-        del model
+        tmp.expect(graph.nbytes() + 4_000_000)  # + tokenizer and manifest
+        graph.save(tmp.path / MODEL_FILE)
+        requires = floor_of(n.op_type for n in graph.nodes)
+        del graph
         write_tokenizer(tok, ckpt.tokenizer_files, tmp.path / TOKENIZER_FILE, eos, ckpt.config.vocab_size)
         raw = _manifest(ckpt, opts, quant)
         write_runtime_configs(tmp.path, ckpt.config, GraphIO.from_manifest(raw["io"]))
         raw["onnxruntime"] = {"requires": requires}  # model.onnx's; model.ort's is its writer's (below)
     with stages.stage("verify"):
-        parity = check_parity(ref or torch_model(ckpt), tmp.path, Manifest.from_dict(raw), prompts,
+        parity = check_parity(lambda: ref or torch_model(ckpt), tmp.path, Manifest.from_dict(raw), prompts,
                               opts.parity_tokens, threads=opts.threads, progress=opts.progress)
     if opts.ort_format:
         with stages.stage("ort"):

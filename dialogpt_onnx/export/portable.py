@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -45,14 +46,14 @@ def trace_with_optimum(ref: GPT2LMHeadModel) -> onnx.ModelProto:
 def _find_head(ed: GraphEditor, vocab: int) -> onnx.NodeProto:
     for n in ed.nodes:
         if n.op_type in ("MatMul", "MatMulInteger") and n.input[1] in ed.initializers \
-                and list(ed.initializers[n.input[1]].dims)[-1] == vocab:
+                and ed.shape(n.input[1])[-1] == vocab:
             return n
     raise RuntimeError("optimum's graph has no lm_head MatMul with a [n_embd, vocab] weight")
 
 
 def _embedding_gather(ed: GraphEditor, vocab: int) -> onnx.NodeProto:
     for n in ed.find("Gather"):
-        if n.input[0] in ed.initializers and list(ed.initializers[n.input[0]].dims)[0] == vocab:
+        if n.input[0] in ed.initializers and ed.shape(n.input[0])[0] == vocab:
             return n
     raise RuntimeError("optimum's graph has no token-embedding Gather")
 
@@ -85,7 +86,7 @@ def _tie_embedding(model: onnx.ModelProto, vocab: int) -> onnx.ModelProto:
     n = "/model/embed_tokens"
     ed.remove(gather)
     cols = ed.op1("Gather", [head_w, gather.input[1]], f"{n}/Gather", axis=1)  # [n_embd, batch, seq]
-    if ed.initializers[head_w].data_type == onnx.TensorProto.FLOAT:
+    if ed.array(head_w).dtype == np.float32:
         ed.op("Transpose", [cols], f"{n}/Transpose", outputs=list(gather.output), perm=[1, 2, 0])
     else:  # int8 head from dynamic quantization: dequantize with its own per-tensor scale / zero point
         q = next(x for x in ed.find("MatMulInteger") if x.input[1] == head_w)

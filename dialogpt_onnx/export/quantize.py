@@ -5,6 +5,10 @@
 - both: the tied embedding / lm_head is quantized once (MatMulNBits, `tied_head_bits`) and the
   embedding lookup reads the same tensor through GatherBlockQuantized. Written by hand because
   onnxruntime's quantizers treat the Gather and the head as two tensors and would store them twice.
+
+The passes edit a GraphEditor in place, one weight at a time, with onnxruntime's own block quantizer for
+MatMulNBits (the kernel its MatMulNBitsQuantizer calls): that quantizer takes a whole ModelProto and
+copies it, which held every weight two and three times over at DialoGPT-large.
 """
 
 from __future__ import annotations
@@ -70,12 +74,13 @@ def quiet() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
+def quantize(ed: GraphEditor, qc: QuantConfig) -> GraphEditor:
+    """Quantize the fp32 graph in `ed` (edited in place, and returned)."""
     with quiet():
-        return _quantize(model, qc)
+        return _quantize(ed, qc)
 
 
-def _quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
+def _quantize(model: GraphEditor, qc: QuantConfig) -> GraphEditor:
     if qc.residual_layers and qc.layer_method != "rowwise":
         raise ValueError("residual_layers is for rowwise int8 layers")
     if qc.head_residual and qc.accuracy_level != 4:
@@ -85,7 +90,7 @@ def _quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
     if bits is None:
         raise ValueError(f"unknown quantized variant {qc.variant!r}")
     if qc.layer_method == "dynamic" and bits == 8:
-        return dynamic_int8(model, qc.per_channel, reduce_range=qc.reduce_range)
+        return GraphEditor.edit(dynamic_int8(model.model(), qc.per_channel, reduce_range=qc.reduce_range))
     if qc.layer_method == "rowwise" and bits == 8:
         return rowwise_int8(model, qc.reduce_range, qc.residual_layers)
     if qc.eight_bit_layers and bits < 8:  # these at 8 bits, then the rest at `bits`
@@ -93,42 +98,70 @@ def _quantize(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
     return _nbits(model, bits, qc.block_size, qc.accuracy_level, algorithm=qc.algorithm)
 
 
-def matmuls_named(model: onnx.ModelProto, parts: tuple[str, ...]) -> list[str]:
+def matmuls_named(ed: GraphEditor, parts: tuple[str, ...]) -> list[str]:
     """The layers' MatMul nodes whose name holds one of `parts` ("attn/qkv", "mlp/fc", ...)."""
-    names = [n.name for n in model.graph.node if n.op_type == "MatMul" and any(p in n.name for p in parts)]
+    names = [n.name for n in ed.find("MatMul") if any(p in n.name for p in parts)]
     if not names:
         raise ValueError(f"no layer MatMul is named like {', '.join(parts)}")
     return names
 
 
-def _nbits(model: onnx.ModelProto, bits: int, block_size: int, accuracy_level: int,
-           nodes: list[str] | None = None, algorithm: str = "rtn") -> onnx.ModelProto:
+def _nbits(ed: GraphEditor, bits: int, block_size: int, accuracy_level: int,
+           nodes: list[str] | None = None, algorithm: str = "rtn") -> GraphEditor:
+    """MatMul(x, W) -> MatMulNBits for every MatMul with a 2-D weight, or only `nodes`."""
+    if algorithm == "hqq":
+        return _hqq(ed, bits, block_size, accuracy_level, nodes)
+    if algorithm != "rtn":
+        raise ValueError(f"unknown MatMulNBits algorithm {algorithm!r}")
+    for node in ed.find("MatMul"):
+        w = node.input[1]
+        if (nodes is not None and node.name not in nodes) or w not in ed.initializers or len(ed.shape(w)) != 2:
+            continue
+        packed, scales, zeros = block_quantize(ed.array(w), bits, block_size)
+        k, n = ed.shape(w)
+        ed.remove(node)
+        inputs = [node.input[0], ed.weight(f"{w}_Q{bits}", packed), ed.weight(f"{w}_scales", scales),
+                  ed.weight(f"{w}_zero_points", zeros)]
+        ed.op("MatMulNBits", inputs, f"{node.name}_Q{bits}", outputs=list(node.output), domain=MS_DOMAIN,
+              **nbits_attributes(k, n, bits, block_size, accuracy_level))
+    return ed
+
+
+def nbits_attributes(k: int, n: int, bits: int, block_size: int, accuracy_level: int) -> dict[str, int]:
+    """MatMulNBits' attributes as onnxruntime's quantizer writes them (accuracy_level 0 left out: the default)."""
+    return {"K": k, "N": n, "bits": bits, "block_size": block_size,
+            **({"accuracy_level": accuracy_level} if accuracy_level else {})}
+
+
+def block_quantize(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[K, N] fp32 -> MatMulNBits' packed weight [N, K/block, block*bits/8], scales [N, K/block] and packed
+    zero points, asymmetric round-to-nearest, by onnxruntime's own kernel."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, bits=bits)
+    return DefaultWeightOnlyQuantizer(config).qbits_block_quant(np.ascontiguousarray(weight, np.float32))
+
+
+def _hqq(ed: GraphEditor, bits: int, block_size: int, accuracy_level: int, nodes: list[str] | None) -> GraphEditor:
+    """onnxruntime's HQQ quantizer fits scales and zero points (needs torch); it takes a whole model."""
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    # `nodes`: only these MatMuls. onnxruntime's nodes_to_include adds nodes to the op types quantized (it
-    # quantizes every MatMul anyway), so the others are excluded instead.
-    exclude = [] if nodes is None else [n.name for n in model.graph.node
-                                        if n.op_type == "MatMul" and n.name not in nodes]
-
-    if algorithm == "hqq":  # onnxruntime's HQQ quantizer fits scales and zero points (needs torch)
-        q = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, op_types_to_quantize=("MatMul",),
-                                 algo_config=HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits,
-                                                                      op_types_to_quantize=("MatMul",)))
-    elif algorithm == "rtn":
-        q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False,
-                                 accuracy_level=accuracy_level, nodes_to_exclude=exclude,
-                                 op_types_to_quantize=("MatMul",))
-    else:
-        raise ValueError(f"unknown MatMulNBits algorithm {algorithm!r}")
+    # onnxruntime's nodes_to_include adds nodes to the op types quantized (it quantizes every MatMul
+    # anyway), so the others are excluded instead
+    exclude = [] if nodes is None else [n.name for n in ed.find("MatMul") if n.name not in nodes]
+    q = MatMulNBitsQuantizer(ed.model(), nodes_to_exclude=exclude, op_types_to_quantize=("MatMul",),
+                             algo_config=HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits,
+                                                                  op_types_to_quantize=("MatMul",)))
     q.process()
-    if algorithm == "rtn":
-        return q.model.model
-    ed = GraphEditor.edit(q.model.model)
-    for node in ed.find("MatMulNBits"):  # HQQ leaves accuracy_level unset (fp32 compute)
+    out = GraphEditor.edit(q.model.model)
+    for node in out.find("MatMulNBits"):  # HQQ leaves accuracy_level unset (fp32 compute)
         kept = [a for a in node.attribute if a.name != "accuracy_level"]
         del node.attribute[:]
         node.attribute.extend([*kept, helper.make_attribute("accuracy_level", accuracy_level)])
-    return ed.model()
+    return out
 
 
 def dynamic_int8(model: onnx.ModelProto, per_channel: bool = False, op_types: tuple[str, ...] = ("MatMul",),
@@ -147,8 +180,8 @@ def dynamic_int8(model: onnx.ModelProto, per_channel: bool = False, op_types: tu
         return onnx.load(dst)
 
 
-def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True,
-                 residual_layers: tuple[str, ...] = ()) -> onnx.ModelProto:
+def rowwise_int8(ed: GraphEditor, reduce_range: bool = True,
+                 residual_layers: tuple[str, ...] = ()) -> GraphEditor:
     """int8 layers whose activations are quantized one token row at a time, so a row's result does not
     depend on the other rows of its batch or on how its history was chunked into the KV cache.
 
@@ -166,7 +199,6 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True,
     (one pass over the weights), their products summed in one fixed order: activations good to ~15 bits,
     still exact integer dot products.
     """
-    ed = GraphEditor.edit(model)
     ed.require_opset(21)  # QuantizeLinear's blocked form (block_size)
     inv127 = ed.weight("rowwise/inv127", np.asarray(1 / 127, np.float32))
     one = ed.weight("rowwise/one", np.asarray(1.0, np.float32))
@@ -177,7 +209,7 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True,
     zero_points = ed.op1("Unsqueeze", [ed.op1("Expand", [zero_point, rows], "rowwise/Expand"), last_axis],
                          "rowwise/Unsqueeze")
     levels = 63 if reduce_range else 127
-    residual = set(matmuls_named(model, residual_layers)) if residual_layers else set()
+    residual = set(matmuls_named(ed, residual_layers)) if residual_layers else set()
     if residual:
         inv254 = ed.weight("rowwise/inv254", np.asarray(1 / 254, np.float32))
         pair_weights = ed.weight("rowwise/pair_weights", np.asarray([[1.0], [1 / 254]], np.float32))
@@ -185,7 +217,7 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True,
         pair_shape = ed.const_i64("rowwise/pair_shape", [0, 0, 2, -1])
     for node in ed.find("MatMul"):
         w = node.input[1]
-        if w not in ed.initializers or len(ed.initializers[w].dims) != 2:
+        if w not in ed.initializers or len(ed.shape(w)) != 2:
             continue
         weight = ed.array(w)
         col_scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / levels
@@ -219,44 +251,33 @@ def rowwise_int8(model: onnx.ModelProto, reduce_range: bool = True,
             y = ed.op1("ReduceSum", [ed.op1("Mul", [y, pair_weights], f"{n}/rowwise/PairWeights"), pair_axis],
                        f"{n}/rowwise/ReduceSum", keepdims=0)
         ed.op("Mul", [y, row_scale], f"{n}/rowwise/Mul", outputs=list(node.output))
-    return ed.model()
+    return ed
 
 
-def quantize_tied_head(model: onnx.ModelProto, bits: int, block_size: int,
-                       accuracy_level: int, residual: bool = False) -> onnx.ModelProto:
+def quantize_tied_head(ed: GraphEditor, bits: int, block_size: int,
+                       accuracy_level: int, residual: bool = False) -> GraphEditor:
     """Gemm(h, W, transB=1) → MatMulNBits(h, Wq) and Gather(W, ids) → GatherBlockQuantized(Wq, ids).
 
     `residual` (with accuracy_level 4, which quantizes h to int8 per block inside MatMulNBits): h and what
     that int8 form misses go through MatMulNBits as two rows, their logits summed."""
-    ed = GraphEditor.edit(model)
     gemm, gather = ed.node(HEAD_GEMM), ed.node(EMBED_GATHER)
     head_name = gemm.input[1]
     head = ed.array(head_name)  # [vocab, n_embd]
     vocab, n_embd = head.shape
 
-    # Quantize with onnxruntime's own quantizer on a one-node model, then take its tensors.
-    one = GraphEditor()
-    one.input("x", onnx.TensorProto.FLOAT, ["n", n_embd])
-    one.output("y", onnx.TensorProto.FLOAT, ["n", vocab])
-    one.op("MatMul", ["x", one.weight("w", np.ascontiguousarray(head.T))], "head", outputs=["y"])
-    q = GraphEditor.edit(_nbits(one.model(), bits, block_size, accuracy_level))
-    qnode = q.find("MatMulNBits")[0]
-    packed, scales = q.array(qnode.input[1]), q.array(qnode.input[2])
-    zeros = q.array(qnode.input[3]) if len(qnode.input) > 3 and qnode.input[3] else None
+    packed, scales, zeros = block_quantize(head.T, bits, block_size)  # head.T: [n_embd, vocab], as MatMul's B
     k_blocks = packed.shape[1]
     # One quantized weight serves both ops; their scales and zero points (1/32 of it or less) are stored
     # once per op, in the shape each op takes. Reshaping one copy in the graph instead is wrong unless
     # onnxruntime folds that Reshape: without graph optimizations MatMulNBits pre-packs its weight before
     # the scales exist and multiplies by zeros (every int8 / int4 export decoded token 0 with ORT_DISABLE_ALL).
     qweight = ed.weight("lm_head.qweight", packed)
-    head_inputs = [gemm.input[0], qweight, ed.weight("lm_head.matmul_scales", scales)]
-    gather_inputs = [qweight, gather.input[1], ed.weight("lm_head.scales", scales.reshape(vocab, k_blocks, 1))]
-    if zeros is not None:
-        head_inputs.append(ed.weight("lm_head.matmul_zero_points", zeros))  # 4-bit: two a byte, as it packs them
-        unpacked = zeros if bits == 8 else _unpack4(zeros, k_blocks)
-        zp = ed.weight("lm_head.zero_points", unpacked.reshape(vocab, k_blocks, 1))
-        gather_inputs.append(zp)
-    attrs = {a.name: helper.get_attribute_value(a) for a in qnode.attribute}
+    head_inputs = [gemm.input[0], qweight, ed.weight("lm_head.matmul_scales", scales),
+                   ed.weight("lm_head.matmul_zero_points", zeros)]  # 4-bit: two a byte, as it packs them
+    unpacked = zeros if bits == 8 else _unpack4(zeros, k_blocks)
+    gather_inputs = [qweight, gather.input[1], ed.weight("lm_head.scales", scales.reshape(vocab, k_blocks, 1)),
+                     ed.weight("lm_head.zero_points", unpacked.reshape(vocab, k_blocks, 1))]
+    attrs = nbits_attributes(n_embd, vocab, bits, block_size, accuracy_level)
     ed.remove(gemm)
     if residual:
         head_inputs[0] = _with_block_residual(ed, gemm.input[0], n_embd, block_size)
@@ -272,7 +293,7 @@ def quantize_tied_head(model: onnx.ModelProto, bits: int, block_size: int,
                         domain=MS_DOMAIN, bits=bits, block_size=block_size, gather_axis=0, quantize_axis=2)
         ed.op("Reshape", [blocks, ed.const_i64("/model/embed_tokens/shape", [0, 0, n_embd])],
               "/model/embed_tokens/Reshape", outputs=list(gather.output))
-    return ed.model()  # the fp32 head, now unread, is dropped
+    return ed  # the fp32 head, now unread, is not written
 
 
 def _with_block_residual(ed: GraphEditor, h: str, n_embd: int, block_size: int) -> str:

@@ -414,7 +414,7 @@ def test_disk_full(small_disk, hf_dir, monkeypatch):
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pipeline, "save_model", full)
+    monkeypatch.setattr(pipeline.GraphEditor, "save", full)
     with pytest.raises(ExportError, match="disk full while writing"):
         export_model(hf_dir, out, ExportOptions(variant="fp32", progress=False, n_prompts=1, parity_tokens=4))
     assert list(mnt.iterdir()) == []

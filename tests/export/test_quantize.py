@@ -14,17 +14,17 @@ from dialogpt_onnx.export.quantize import QuantConfig, quantize, rowwise_int8
 K, N = 96, 40
 
 
-def _one_matmul(weight: np.ndarray) -> onnx.ModelProto:
+def _one_matmul(weight: np.ndarray) -> GraphEditor:
     ed = GraphEditor()
     ed.input("input_ids", onnx.TensorProto.INT64, ["b", "s"])  # the row-wise pass takes [batch, seq] from it
     ed.input("x", onnx.TensorProto.FLOAT, ["b", "s", K])
     ed.output("y", onnx.TensorProto.FLOAT, ["b", "s", N])
     ed.op("MatMul", ["x", ed.weight("w", weight)], "/model/layers.0/mlp/fc/MatMul", outputs=["y"])
-    return ed.model()
+    return ed
 
 
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+def _run(model: GraphEditor, x: np.ndarray) -> np.ndarray:
+    s = ort.InferenceSession(model.model().SerializeToString(), providers=["CPUExecutionProvider"])
     return s.run(None, {"input_ids": np.zeros(x.shape[:2], np.int64), "x": x})[0]
 
 
@@ -66,9 +66,9 @@ def test_a_rows_result_does_not_depend_on_its_neighbours(case):
 
 def test_residual_rows_are_refused_where_they_mean_nothing():
     with pytest.raises(ValueError, match="residual_layers is for rowwise"):
-        quantize(onnx.ModelProto(), QuantConfig("int8", "dynamic", residual_layers=("mlp/",)))
+        quantize(GraphEditor(), QuantConfig("int8", "dynamic", residual_layers=("mlp/",)))
     with pytest.raises(ValueError, match="head_residual is for accuracy_level 4"):
-        quantize(onnx.ModelProto(), QuantConfig("int8", "rowwise", accuracy_level=0, head_residual=True))
+        quantize(GraphEditor(), QuantConfig("int8", "rowwise", accuracy_level=0, head_residual=True))
 
 
 def test_precise_activations_export_passes_parity_and_says_so(tmp_path, hf_dir):
