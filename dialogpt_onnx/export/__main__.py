@@ -12,6 +12,7 @@ import sys
 
 from dialogpt_onnx.runtime.cli import OneLineParser, finite_float, positive_int, require_extra, run_command
 
+from .int4_mix import DEFAULT_KL_RATIO, MIXES
 from .parity import Thresholds
 from .pipeline import VARIANTS, ExportOptions, export_model
 from .signals import interruptible
@@ -44,6 +45,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precise-activations", action="store_true",
                    help="int8: quantize each activation of the MLP and the head twice (the value, then what int8 "
                         "missed): half the KL divergence from fp32, decode ~19%% slower (docs/quantization.md)")
+    p.add_argument("--int4-mix", default="auto", metavar="MIX",
+                   help=f"int4: auto (default: the smallest of {', '.join(reversed(MIXES))} whose KL divergence from "
+                        f"fp32 on the parity prompts is within --int4-kl-ratio of qkv8's; docs/quantization.md) or "
+                        "one of them")
+    p.add_argument("--int4-kl-ratio", type=finite_float, default=DEFAULT_KL_RATIO,
+                   help=f"int4 auto: the KL divergence allowed, as a multiple of qkv8's (default {DEFAULT_KL_RATIO})")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--format", choices=("onnx", "ort"), default="onnx",
                    help="ort: also write model.ort and required_operators.config, for onnxruntime's mobile and "
@@ -59,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer_dir=a.tokenizer, prompts=a.prompts, n_prompts=a.n_prompts, parity_tokens=a.parity_tokens,
         thresholds=Thresholds(a.max_logit_diff, a.min_top1, a.min_greedy), threads=a.threads,
         progress=not a.quiet, ort_format=a.format == "ort", precise_activations=a.precise_activations,
+        int4_mix=a.int4_mix, int4_kl_ratio=a.int4_kl_ratio,
     )
     return run_command(lambda: _export(a, opts), on_interrupt="nothing written")
 
@@ -72,6 +80,9 @@ def _export(a: argparse.Namespace, opts: ExportOptions) -> None:
     print(f"parity vs transformers fp32 on {res.parity.prompts} prompts x {res.parity.new_tokens} tokens: "
           f"{res.parity.summary()} [{status}]")
     print("export seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))
+    if res.int4_mix and res.int4_mix.get("tried"):
+        tried = ", ".join(f"{t['mix']} {t['weights_mb']} MB KL x{t['kl_ratio']}" for t in res.int4_mix["tried"])
+        print(f"int4 mix: {res.int4_mix['chosen']} ({res.int4_mix['rule']}; measured: {tried})")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from dialogpt_onnx.runtime.batched_graph import encode_varint
+
 MS_DOMAIN = "com.microsoft"
 OPSET = 17
 Tensor = np.ndarray | onnx.TensorProto  # an initializer: an array until written, or as read from a model
@@ -139,7 +141,7 @@ class GraphEditor:
         with open(path, "wb") as f, (open(path.parent / location, "wb") if external else nullcontext()) as data:
             pieces = [_TensorPiece(n, self.initializers[n], location, data) for n in names]
             f.write(skeleton.SerializeToString())
-            f.write(_GRAPH_TAG + _varint(len(graph) + sum(p.size for p in pieces)) + graph)
+            f.write(_GRAPH_TAG + encode_varint(len(graph) + sum(p.size for p in pieces)) + graph)
             for p in pieces:
                 p.write(f)
 
@@ -165,20 +167,15 @@ def _toposort(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
 
 
 PROTOBUF_LIMIT = 2_000_000_000  # bytes: larger models keep their weights in external data
+# an export keeps its weights in external data above this: onnxruntime then maps them, where an inline model
+# is read, copied by the loader's edit (runtime.batched_graph) and parsed (DialoGPT-medium fp32: export peak
+# 5966 MB inline, see docs/footprint.md)
+EXTERNAL_ABOVE = 1_000_000_000
 EXTERNAL_DATA_FILE = "model.onnx.data"
 # protobuf wire tags (field number << 3 | 2, length-delimited): ModelProto.graph, GraphProto.initializer,
 # TensorProto.raw_data. Fields may come in any order on the wire, so the initializers follow the rest.
 _GRAPH_TAG, _INITIALIZER_TAG, _RAW_DATA_TAG = b"\x3a", b"\x2a", b"\x4a"
 _ALIGN = 4096  # external tensors start on a page boundary, so onnxruntime can map them
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _nbytes(t: Tensor) -> int:
@@ -218,14 +215,14 @@ class _TensorPiece:
         self.header = header.SerializeToString()
         body = len(self.header)
         if self.raw is not None:
-            body += len(_RAW_DATA_TAG) + len(_varint(len(self.raw))) + len(self.raw)
-        self.prefix = _INITIALIZER_TAG + _varint(body)
+            body += len(_RAW_DATA_TAG) + len(encode_varint(len(self.raw))) + len(self.raw)
+        self.prefix = _INITIALIZER_TAG + encode_varint(body)
         self.size = len(self.prefix) + body  # the whole field, as the graph's length counts it
 
     def write(self, f: BinaryIO) -> None:
         f.write(self.prefix + self.header)
         if self.raw is not None:
-            f.write(_RAW_DATA_TAG + _varint(len(self.raw)))
+            f.write(_RAW_DATA_TAG + encode_varint(len(self.raw)))
             f.write(self.raw)
 
 

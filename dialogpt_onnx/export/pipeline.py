@@ -8,14 +8,17 @@ file, one manifest write.
 
 from __future__ import annotations
 
+import functools
 import platform
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from dialogpt_onnx.runtime.checks import integer, optional_integer
+from dialogpt_onnx.runtime.checks import integer, is_number, number, optional_integer
 from dialogpt_onnx.runtime.graph_io import PORTABLE_IO, GraphIO, contrib_io
 from dialogpt_onnx.runtime.manifest import (
     GRAPHS,
@@ -34,7 +37,8 @@ from dialogpt_onnx.runtime.text import encode_dialogue
 from .checkpoint import Checkpoint, check_source, load_checkpoint, torch_model
 from .errors import ExportError, ParityError
 from .graph import build_graph
-from .onnx_ops import GraphEditor
+from .int4_mix import DEFAULT_KL_RATIO, MIXES, Trial, choose, mix_config
+from .onnx_ops import EXTERNAL_ABOVE, GraphEditor
 from .outdir import TempDir, check_out_dir, disk_full, disk_full_error, publish
 from .parity import ParityReport, Thresholds, check_parity
 from .prompts import load_prompts
@@ -62,6 +66,10 @@ class ExportOptions:
     threads: int | None = None
     progress: bool = True
     ort_format: bool = False  # also write model.ort + required_operators.config (mobile and minimal builds)
+    # int4 without an explicit quant: "auto" measures the mixes and keeps the smallest within int4_kl_ratio x
+    # the most faithful one's KL divergence (int4_mix.py), or one of int4_mix.MIXES
+    int4_mix: str = "auto"
+    int4_kl_ratio: float = DEFAULT_KL_RATIO
 
 
 @dataclass
@@ -71,6 +79,7 @@ class ExportResult:
     failures: list[str]
     seconds: dict[str, float]
     bytes_on_disk: int
+    int4_mix: dict | None = None  # int4: which mix was written, and what was measured to choose it
 
 
 def default_quant(variant: str, precise_activations: bool = False) -> QuantConfig | None:
@@ -106,6 +115,10 @@ def _check_args(opts: ExportOptions) -> None:
     if opts.precise_activations and (opts.variant != "int8" or opts.graph != "contrib" or opts.quant):
         raise ExportError("precise activations are for the int8 variant of the contrib graph, without an explicit "
                           "quantization config: drop --precise-activations or use --variant int8 --graph contrib")
+    if opts.int4_mix != "auto" and opts.int4_mix not in MIXES:
+        raise ExportError(f"unknown int4 mix '{opts.int4_mix}': use auto or one of {', '.join(MIXES)}")
+    r = opts.int4_kl_ratio
+    number("int4_kl_ratio", r, "a number >= 1", is_number(r) and r >= 1, error=ExportError)
     integer("n_prompts", opts.n_prompts, 1, error=ExportError)
     integer("parity_tokens", opts.parity_tokens, 1, error=ExportError)
     optional_integer("threads", opts.threads, 1, "all cores", error=ExportError)
@@ -130,7 +143,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _manifest(ckpt: Checkpoint, opts: ExportOptions, quant: QuantConfig | None) -> dict:
+def _manifest(ckpt: Checkpoint, opts: ExportOptions, quant: QuantConfig | None, mix: dict | None = None) -> dict:
     cfg = ckpt.config
     if opts.graph == "portable":
         io = replace(PORTABLE_IO, max_kv_length=cfg.n_positions)
@@ -143,6 +156,7 @@ def _manifest(ckpt: Checkpoint, opts: ExportOptions, quant: QuantConfig | None) 
         "model": {**cfg.to_dict(), **cfg.shape.to_manifest(), "tied_embeddings": ckpt.tied},
         "io": io.to_manifest(),
         "quantization": asdict(quant) if quant else None,
+        "int4_mix": mix,
         "session": {"graph_optimization_level": "all"},  # what parity is checked at (every level is tested)
         "chat": chat_defaults(),  # for runtimes in other languages (dialogpt_onnx/web): the same defaults
         "tools": _versions(),
@@ -183,7 +197,9 @@ def chat_defaults() -> dict:
 
 def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) -> ExportResult:
     quantized = opts.variant != "fp32"
-    stages = _Stages(["load", "build"] + (["quantize"] if quantized and opts.graph == "contrib" else [])
+    mixed = opts.variant == "int4" and opts.graph == "contrib" and opts.quant is None
+    stages = _Stages(["load"] + (["int4 mix"] if mixed else []) + ["build"]
+                     + (["quantize"] if quantized and opts.graph == "contrib" else [])
                      + ["write", "verify"] + (["ort"] if opts.ort_format else []), opts.progress)
     with stages.stage("load"):
         ckpt = load_checkpoint(source, opts.tokenizer_dir)
@@ -198,13 +214,18 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
         stages.close()
         raise ExportError(f"parity prompts need {longest} positions, the model has {ckpt.config.n_positions}: "
                           "give shorter prompts or fewer --parity-tokens")
-    ref = None  # the checkpoint as transformers' model: built once, when first needed (it holds a copy of the weights)
+    # the checkpoint as transformers' model (the parity reference, the portable graph's source): made once,
+    # when first needed; it shares the checkpoint's arrays
+    reference = functools.cache(lambda: torch_model(ckpt))
+    mix = None
+    if mixed:
+        with stages.stage("int4 mix"):
+            mix, quant = _int4_mix(ckpt, tmp, opts, prompts, reference)
     with stages.stage("build"):
         if opts.graph == "portable":
             from .portable import build_portable
 
-            ref = torch_model(ckpt)
-            graph = GraphEditor.edit(build_portable(ckpt, ref, quant))  # traced and quantized with standard ops
+            graph = GraphEditor.edit(build_portable(ckpt, reference(), quant))  # traced and quantized with standard ops
         else:
             graph = build_graph(ckpt, all_logits=opts.all_logits)
     if quant and opts.graph == "contrib":
@@ -212,15 +233,15 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
             graph = quantize(graph, quant)
     with stages.stage("write"):
         tmp.expect(graph.nbytes() + 4_000_000)  # + tokenizer and manifest
-        graph.save(tmp.path / MODEL_FILE)
+        graph.save(tmp.path / MODEL_FILE, external=graph.nbytes() > EXTERNAL_ABOVE)
         requires = floor_of(n.op_type for n in graph.nodes)
         del graph
         write_tokenizer(tok, ckpt.tokenizer_files, tmp.path / TOKENIZER_FILE, eos, ckpt.config.vocab_size)
-        raw = _manifest(ckpt, opts, quant)
+        raw = _manifest(ckpt, opts, quant, mix)
         write_runtime_configs(tmp.path, ckpt.config, GraphIO.from_manifest(raw["io"]))
         raw["onnxruntime"] = {"requires": requires}  # model.onnx's; model.ort's is its writer's (below)
     with stages.stage("verify"):
-        parity = check_parity(lambda: ref or torch_model(ckpt), tmp.path, Manifest.from_dict(raw), prompts,
+        parity = check_parity(reference, tmp.path, Manifest.from_dict(raw), prompts,
                               opts.parity_tokens, threads=opts.threads, progress=opts.progress)
     if opts.ort_format:
         with stages.stage("ort"):
@@ -239,7 +260,36 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
                           "loosen the thresholds or use a more precise variant")
     size = sum(f.stat().st_size for f in tmp.path.iterdir())
     publish(tmp, out)
-    return ExportResult(out, parity, failures, seconds, size)
+    return ExportResult(out, parity, failures, seconds, size, mix)
+
+
+def _int4_mix(ckpt: Checkpoint, tmp: TempDir, opts: ExportOptions, prompts: list[list[int]],
+              reference: Callable[[], Any]) -> tuple[dict, QuantConfig]:
+    """The int4 mix to write (given, or measured: int4_mix.choose) and what the manifest says of it."""
+    base, fit = default_quant("int4"), lambda q: fit_to_model(q, ckpt.config.n_embd)
+    assert base is not None
+    mix = {"chosen": opts.int4_mix, "rule": "given (--int4-mix)"}
+    if opts.int4_mix == "auto":
+        _, mix = choose(base, opts.int4_kl_ratio, lambda n, q: _trial(ckpt, n, q, tmp, opts, prompts, reference), fit)
+    return mix, fit(mix_config(mix["chosen"], base))
+
+
+def _trial(ckpt: Checkpoint, name: str, quant: QuantConfig, tmp: TempDir, opts: ExportOptions,
+           prompts: list[list[int]], reference: Callable[[], Any]) -> Trial:
+    """One int4 mix built, written beside the export and parity-checked (its dir removed after)."""
+    work = tmp.path / f"mix-{name}"
+    work.mkdir()
+    try:
+        graph = quantize(build_graph(ckpt, all_logits=opts.all_logits), quant)
+        size = graph.nbytes()
+        graph.save(work / MODEL_FILE, external=size > EXTERNAL_ABOVE)
+        del graph
+        report = check_parity(reference, work, Manifest.from_dict(_manifest(ckpt, opts, quant)),
+                              prompts, opts.parity_tokens,
+                              threads=opts.threads, progress=False)
+        return Trial(name, size, report)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class _Stages:

@@ -38,7 +38,7 @@ def _varint(b: bytes | memoryview, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _encode_varint(v: int) -> bytes:
+def encode_varint(v: int) -> bytes:
     out = bytearray()
     while True:
         if v < 0x80:
@@ -48,8 +48,8 @@ def _encode_varint(v: int) -> bytes:
         v >>= 7
 
 
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+def len_field(number: int, payload: bytes) -> bytes:
+    return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload
 
 
 def _fields(b: memoryview) -> list[tuple[int, int, int, int]]:
@@ -85,15 +85,15 @@ def _gqa_node(node: memoryview) -> bytes | None:
     n_inputs = sum(1 for n, *_ in fields if n == _NODE_INPUT)
     if n_inputs >= GQA_INPUTS:
         return None  # already there
-    extra = b"".join(_len_field(_NODE_INPUT, b"") for _ in range(GQA_INPUTS - 1 - n_inputs))
-    return bytes(node) + extra + _len_field(_NODE_INPUT, QUERY_SEQLENS.encode())
+    extra = b"".join(len_field(_NODE_INPUT, b"") for _ in range(GQA_INPUTS - 1 - n_inputs))
+    return bytes(node) + extra + len_field(_NODE_INPUT, QUERY_SEQLENS.encode())
 
 
 def _query_seqlens_input() -> bytes:
     """ValueInfoProto: query_seqlens, int32 [batch]."""
-    dim = _len_field(1, _len_field(2, b"batch_size"))  # TensorShapeProto.dim { dim_param: "batch_size" }
-    tensor = _encode_varint(1 << 3) + _encode_varint(_INT32) + _len_field(2, dim)  # elem_type, shape
-    return _len_field(1, QUERY_SEQLENS.encode()) + _len_field(2, _len_field(1, tensor))  # name, type.tensor_type
+    dim = len_field(1, len_field(2, b"batch_size"))  # TensorShapeProto.dim { dim_param: "batch_size" }
+    tensor = encode_varint(1 << 3) + encode_varint(_INT32) + len_field(2, dim)  # elem_type, shape
+    return len_field(1, QUERY_SEQLENS.encode()) + len_field(2, len_field(1, tensor))  # name, type.tensor_type
 
 
 def with_query_seqlens(model: bytes) -> bytes | None:
@@ -113,11 +113,11 @@ def with_query_seqlens(model: bytes) -> bytes | None:
         node = _gqa_node(graph[start:end])
         if node is None:
             continue
-        parts += [graph[at:key], _len_field(_NODE, node)]
+        parts += [graph[at:key], len_field(_NODE, node)]
         at, changed = end, changed + 1
     if not changed:
         return None
-    parts += [graph[at:], _len_field(_GRAPH_INPUT, _query_seqlens_input())]
+    parts += [graph[at:], len_field(_GRAPH_INPUT, _query_seqlens_input())]
     size = sum(len(p) for p in parts)
-    head = _encode_varint(_GRAPH << 3 | 2) + _encode_varint(size)
+    head = encode_varint(_GRAPH << 3 | 2) + encode_varint(size)
     return b"".join([view[:g_key], head, *parts, view[g_end:]])  # one copy of the weights
