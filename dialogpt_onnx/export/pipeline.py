@@ -90,8 +90,9 @@ def default_quant(variant: str, precise_activations: bool = False) -> QuantConfi
     agreement 0.945 vs 0.911) but changed 1 of 20 chats' replies between cached and recomputed history. int4:
     block-32 4-bit layers (agreement 0.836 vs 0.766 at block 128, decode no slower on AVX-512 VNNI) with the
     tied head / embedding at 8 bits (at 4 bits it lost half the greedy tokens of trained models) and the QKV
-    projections at 8 bits (mean KL divergence from fp32 0.000160 vs 0.000250 all-4-bit, below llama.cpp Q4_K_M's
-    0.000227; decode +8% and +11 MB on DialoGPT-small, AVX2: docs/quantization.md)."""
+    projections at 8 bits, row-wise as the int8 variant's layers (mean KL divergence from fp32 0.000160 vs
+    0.000250 all-4-bit, below llama.cpp Q4_K_M's 0.000227: docs/quantization.md). That is the "qkv8" mix; an
+    export may write a smaller one where its own KL allows (int4_mix.py)."""
     if variant == "int8":
         # precise_activations: measured per layer kind (benchmarks.studies.quant_ablation), the residual rows pay off in
         # the MLP's two MatMuls and the head; in the attention's they changed nothing
@@ -100,7 +101,7 @@ def default_quant(variant: str, precise_activations: bool = False) -> QuantConfi
                            head_residual=precise_activations)
     if variant == "int4":
         return QuantConfig("int4", layer_method="nbits", block_size=32, head_bits=8, head_block_size=128,
-                           eight_bit_layers=("attn/qkv",))
+                           eight_bit_layers=("attn/qkv",), eight_bit_method="rowwise")
     return None
 
 

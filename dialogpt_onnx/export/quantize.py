@@ -48,6 +48,10 @@ class QuantConfig:
     # nbits layers kept at 8 bits (same block), by a part of their node name: "attn/qkv", "attn/o_proj",
     # "mlp/fc", "mlp/proj" (mixed precision, as llama.cpp's Q4_K_M keeps some tensors at 6 bits)
     eight_bit_layers: tuple[str, ...] = ()
+    # how those are quantized: "rowwise" (the int8 variant's layers, 7-bit weights) or "nbits" (MatMulNBits
+    # 8-bit, same block). Row-wise QKV on the bundled model: mean KL 1.27e-4 vs 1.37e-4, first token of a
+    # 64-token prompt 1.01x the int8 graph's vs 1.14x on DialoGPT-small, AVX2 (docs/quantization.md)
+    eight_bit_method: str = "nbits"
     # a second int8 row per token for what the first missed (~15-bit activations, one pass over the
     # weights): in the rowwise layers named like these parts, and in the tied head (accuracy_level 4)
     residual_layers: tuple[str, ...] = ()
@@ -93,6 +97,14 @@ def _quantize(model: GraphEditor, qc: QuantConfig) -> GraphEditor:
         return GraphEditor.edit(dynamic_int8(model.model(), qc.per_channel, reduce_range=qc.reduce_range))
     if qc.layer_method == "rowwise" and bits == 8:
         return rowwise_int8(model, qc.reduce_range, qc.residual_layers)
+    if qc.eight_bit_method not in ("rowwise", "nbits"):
+        raise ValueError(f"unknown eight_bit_method {qc.eight_bit_method!r}")
+    if qc.eight_bit_layers and bits < 8 and qc.eight_bit_method == "rowwise":
+        # the rest at `bits` first: the MatMuls left then are exactly the 8-bit ones
+        eight = set(matmuls_named(model, qc.eight_bit_layers))
+        rest = [n.name for n in model.find("MatMul") if n.name not in eight]
+        model = _nbits(model, bits, qc.block_size, qc.accuracy_level, nodes=rest, algorithm=qc.algorithm)
+        return rowwise_int8(model, reduce_range=True)  # 7-bit weights, as the int8 variant's (AVX2 saturation)
     if qc.eight_bit_layers and bits < 8:  # these at 8 bits, then the rest at `bits`
         model = _nbits(model, 8, qc.block_size, qc.accuracy_level, nodes=matmuls_named(model, qc.eight_bit_layers))
     return _nbits(model, bits, qc.block_size, qc.accuracy_level, algorithm=qc.algorithm)

@@ -92,16 +92,21 @@ def test_graph_uses_fused_contrib_ops(exported):
     assert ops.count("FastGelu") == 2
 
 
-def test_int4_uses_matmulnbits_accuracy_level_4(exported):
-    g = onnx.load(str(exported("int4") / "model.onnx")).graph
-    quant = json.loads((exported("int4") / "manifest.json").read_text())["quantization"]
+@pytest.mark.parametrize("mix", ["qkv8", "b32"])
+def test_int4_uses_matmulnbits_accuracy_level_4(tmp_path, hf_dir, mix):
+    out = tmp_path / mix
+    export_model(hf_dir, out, ExportOptions(variant="int4", int4_mix=mix, progress=False, n_prompts=1, parity_tokens=4))
+    g = onnx.load(str(out / "model.onnx")).graph
+    quant = json.loads((out / "manifest.json").read_text())["quantization"]
     nbits = [n for n in g.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == 2 * 4 + 1  # 4 matmuls per layer + lm_head
+    rowwise_qkv = [n for n in g.node if n.op_type == "MatMulIntegerToFloat" and "attn/qkv" in n.name]
+    eight = bool(quant["eight_bit_layers"])  # the qkv8 mix: QKV row-wise int8, as the int8 variant's layers
+    assert len(nbits) == 2 * (3 if eight else 4) + 1 and len(rowwise_qkv) == (2 if eight else 0)
     for n in nbits:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         # layers at 4 bits (but the QKV projections in the qkv8 mix); the tied head / embedding at 8 (a 4-bit
         # head loses half the greedy tokens)
-        wide = n.name == "/lm_head/MatMulNBits" or ("attn/qkv" in n.name and quant["eight_bit_layers"])
+        wide = n.name == "/lm_head/MatMulNBits"
         assert attrs["accuracy_level"] == 4 and attrs["bits"] == (8 if wide else 4), n.name
         if n.name != "/lm_head/MatMulNBits":
             assert attrs["block_size"] == quant["block_size"]  # the mix the export chose (test_int4_mix.py)
