@@ -37,7 +37,7 @@ from dialogpt_onnx.runtime.text import encode_dialogue
 from .checkpoint import Checkpoint, check_source, load_checkpoint, torch_model
 from .errors import ExportError, ParityError
 from .graph import build_graph
-from .int4_mix import DEFAULT_KL_RATIO, MIXES, Trial, choose, mix_config
+from .int4_mix import DEFAULT_KL_RATIO, MIX_PROMPTS, MIX_TOKENS, MIXES, Trial, choose, mix_config
 from .onnx_ops import EXTERNAL_ABOVE, GraphEditor
 from .outdir import TempDir, check_out_dir, disk_full, disk_full_error, publish
 from .parity import ParityReport, Thresholds, check_parity
@@ -221,7 +221,8 @@ def _export(source: str | Path, out: Path, tmp: TempDir, opts: ExportOptions) ->
     mix = None
     if mixed:
         with stages.stage("int4 mix"):
-            mix, quant = _int4_mix(ckpt, tmp, opts, prompts, reference)
+            mix, quant = _int4_mix(ckpt, tmp, opts, _mix_prompts(opts, tok, eos, prompts, ckpt.config.n_positions),
+                                   reference)
     with stages.stage("build"):
         if opts.graph == "portable":
             from .portable import build_portable
@@ -271,12 +272,24 @@ def _int4_mix(ckpt: Checkpoint, tmp: TempDir, opts: ExportOptions, prompts: list
     assert base is not None
     mix = {"chosen": opts.int4_mix, "rule": "given (--int4-mix)"}
     if opts.int4_mix == "auto":
-        _, mix = choose(base, opts.int4_kl_ratio, lambda n, q: _trial(ckpt, n, q, tmp, opts, prompts, reference), fit)
+        tokens = max(opts.parity_tokens, MIX_TOKENS) if max(map(len, prompts)) + MIX_TOKENS <= ckpt.config.n_positions \
+            else opts.parity_tokens
+        _, mix = choose(base, opts.int4_kl_ratio,
+                        lambda n, q: _trial(ckpt, n, q, tmp, opts, prompts, tokens, reference), fit)
     return mix, fit(mix_config(mix["chosen"], base))
 
 
+def _mix_prompts(opts: ExportOptions, tok: Any, eos: int, prompts: list[list[int]],
+                 n_positions: int) -> list[list[int]]:
+    """The parity prompts, at least MIX_PROMPTS of them (int4_mix: a choice measured on fewer is noise)."""
+    if len(prompts) >= MIX_PROMPTS:
+        return prompts
+    more = [encode_dialogue(tok, d, eos) for d in load_prompts(opts.prompts, MIX_PROMPTS)]
+    return [p for p in more if len(p) + opts.parity_tokens <= n_positions] or prompts
+
+
 def _trial(ckpt: Checkpoint, name: str, quant: QuantConfig, tmp: TempDir, opts: ExportOptions,
-           prompts: list[list[int]], reference: Callable[[], Any]) -> Trial:
+           prompts: list[list[int]], tokens: int, reference: Callable[[], Any]) -> Trial:
     """One int4 mix built, written beside the export and parity-checked (its dir removed after)."""
     work = tmp.path / f"mix-{name}"
     work.mkdir()
@@ -286,8 +299,7 @@ def _trial(ckpt: Checkpoint, name: str, quant: QuantConfig, tmp: TempDir, opts: 
         graph.save(work / MODEL_FILE, external=size > EXTERNAL_ABOVE)
         del graph
         report = check_parity(reference, work, Manifest.from_dict(_manifest(ckpt, opts, quant)),
-                              prompts, opts.parity_tokens,
-                              threads=opts.threads, progress=False)
+                              prompts, tokens, threads=opts.threads, progress=False)
         return Trial(name, size, report)
     finally:
         shutil.rmtree(work, ignore_errors=True)

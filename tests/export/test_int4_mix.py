@@ -83,3 +83,21 @@ def test_a_given_mix_is_written_without_trials(tmp_path, hf_dir):
 def test_bad_mix_options_are_refused(tmp_path, hf_dir, opts, phrase):
     with pytest.raises(ExportError, match=phrase):
         export_model(hf_dir, tmp_path / "x", ExportOptions(variant="int4", progress=False, **opts))
+
+
+def test_mixes_are_measured_on_enough_prompts_whatever_the_parity_settings(tmp_path, hf_dir, monkeypatch):
+    """--n-prompts 1 --parity-tokens 4 keeps the final parity check short, not the mix's measurement."""
+    import dialogpt_onnx.export.pipeline as pipeline
+    from dialogpt_onnx.export.int4_mix import MIX_PROMPTS, MIX_TOKENS
+
+    seen, real = [], pipeline.check_parity
+
+    def recording(reference, model_dir, manifest, prompts, new_tokens, **kw):
+        seen.append((model_dir.name, len(prompts), new_tokens))
+        return real(reference, model_dir, manifest, prompts, new_tokens, **kw)
+
+    monkeypatch.setattr(pipeline, "check_parity", recording)
+    export_model(hf_dir, tmp_path / "m", ExportOptions(variant="int4", progress=False, n_prompts=1, parity_tokens=4))
+    trials = [s for s in seen if s[0].startswith("mix-")]
+    assert trials and all(n == MIX_PROMPTS and t == MIX_TOKENS for _, n, t in trials)
+    assert [s[1:] for s in seen if not s[0].startswith("mix-")] == [(1, 4)]  # the written graph's own check
