@@ -17,10 +17,11 @@ from tqdm import tqdm
 
 from dialogpt_onnx.runtime.cli import OneLineParser, nonnegative_int, positive_int
 
-from .engines import Engine, all_engines, dir_size, greedy_agreement
+from .engines import Engine, dir_size, greedy_agreement
 from .machine import machine_info
 from .outdir import report_dir
 from .random_checkpoint import LABEL, make_random_checkpoint
+from .registry import all_engines
 from .report import write_report
 from .worker import Worker
 

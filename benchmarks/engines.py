@@ -382,18 +382,9 @@ def llama_cpp_converter(cache: Path) -> Path:
     return script
 
 
-def all_engines() -> list[Engine]:
-    from .openvino_engine import OpenVinoGenAI
-
-    return [PyTorch(), PyTorch(int8=True), Ours("fp32"), Ours("int8"), Ours("int4"), Ours("int8", "portable"),
-            Optimum(), Optimum(int8=True), CTranslate2(), CTranslate2(int8=True),
-            LlamaCpp("F32"), LlamaCpp("Q8_0"), LlamaCpp("Q4_0"), LlamaCpp("Q4_K_M"),
-            OpenVinoGenAI("fp32"), OpenVinoGenAI("int8"), OpenVinoGenAI("int4")]
-
-
 def greedy_agreement(a: list[int], b: list[int]) -> float:
     same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return same / max(len(a), 1)
 
 
-__all__ = ["EOS", "Engine", "all_engines", "dir_size", "greedy_agreement", "np"]
+__all__ = ["EOS", "Engine", "dir_size", "greedy_agreement", "np"]

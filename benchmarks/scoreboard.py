@@ -30,10 +30,11 @@ from dialogpt_onnx.runtime.cli import OneLineParser, positive_int
 from dialogpt_onnx.runtime.scoring import log_softmax
 
 from .__main__ import bench_model, spread
-from .engines import Engine, all_engines, dir_size
+from .engines import Engine, dir_size
 from .fidelity import prefix_agreement
 from .machine import machine_info
 from .outdir import report_dir
+from .registry import all_engines
 from .worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]

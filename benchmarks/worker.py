@@ -35,7 +35,7 @@ def peak_rss_mb() -> float:
 
 def worker_main(conn, engine_name: str, artifact: str, threads: int) -> None:  # noqa: ANN001 - a Pipe end
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .engines import all_engines
+    from .registry import all_engines
 
     try:
         engine = next(e for e in all_engines() if e.name == engine_name)
