@@ -24,7 +24,7 @@ def machine_info() -> dict:
         pass
     versions = {}
     for pkg in ("dialogpt-onnx", "onnxruntime", "onnx", "torch", "transformers", "optimum", "optimum-onnx",
-                "ctranslate2", "llama_cpp_python", "numpy", "tokenizers"):
+                "ctranslate2", "llama_cpp_python", "openvino", "openvino-genai", "numpy", "tokenizers"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

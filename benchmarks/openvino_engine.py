@@ -69,6 +69,7 @@ class OpenVinoGenAI(Engine):
             config["INFERENCE_PRECISION_HINT"] = "f32"
         self.pipe = ov_genai.LLMPipeline(str(artifact), "CPU", **config)
         self._genai = ov_genai
+        self._artifact, self._config, self._request = artifact, config, None
 
     def generate(self, ids: list[int], n: int) -> tuple[list[int], float]:
         import openvino as ov
@@ -95,3 +96,20 @@ class OpenVinoGenAI(Engine):
         inputs = g.TokenizedInputs(ov.Tensor(x), ov.Tensor(np.ones_like(x)))
         self.pipe.generate(inputs, cfg, Clock())
         return out[:n], first[0]
+
+    def logits(self, context: list[int], reply: list[int]) -> np.ndarray:
+        # The pipeline returns no logits: the same IR, compiled with the same hints, one stateful forward
+        # over context + reply (its KV state reset first), as hf_logits does for transformers.
+        if self._request is None:
+            import openvino as ov
+
+            hints = {k: v for k, v in self._config.items() if k != "scheduler_config"}
+            model = ov.Core().compile_model(str(self._artifact / "openvino_model.xml"), "CPU", hints)
+            self._request = model.create_infer_request()
+        ids = np.asarray([context + reply[:-1]], dtype=np.int64)
+        self._request.reset_state()
+        out = self._request.infer({"input_ids": ids, "attention_mask": np.ones_like(ids),
+                                   "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
+                                   "beam_idx": np.zeros(1, dtype=np.int32)})
+        return np.asarray(out["logits"])[0, len(context) - 1:].astype(np.float32)
+

@@ -32,7 +32,7 @@ def test_quick_run_writes_results_report_and_plots(tmp_path):
     assert "× vs PyTorch fp32" in report and "## Targets" in report
     for png in ("decode_ms_per_token.png", "first_token_tiny.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    for name in {"llama.cpp-Q8_0", "optimum-fp32", "ctranslate2-int8"} - set(engines):
+    for name in {"llama.cpp-Q8_0", "optimum-fp32", "ctranslate2-int8", "openvino-int4"} - set(engines):
         assert f"skipping {name}" in proc.stdout or name in proc.stderr
     # the targets name small models: the report says what this run measured instead, not that a peer is absent
     assert "not measured (this run's models: tiny)" in report and "not in this run" not in report
@@ -141,3 +141,18 @@ def test_runtime_profile_times_onnxruntime_apart_from_python(tmp_path, exported)
     decode, overhead = res["decode_ms_per_token"]["median"], res["python_overhead_ms_per_token"]["median"]
     assert 0 < overhead < decode  # the session's own time was counted and taken out
     assert res["chat_10_turns"]["cached"]["prefilled_tokens"] < res["chat_10_turns"]["recompute"]["prefilled_tokens"]
+
+
+def test_contention_study_decodes_beside_busy_processes(tmp_path, exported):
+    out = tmp_path / "contention"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.contention", str(exported("int8")), "--busy",
+                           "0,1", "--settings", "t2-nospin,t1", "--repeats", "2", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads((out / "contention.json").read_text())
+    assert list(run["results"]) == ["0", "1"] and run["settings"] == ["t2-nospin", "t1"]
+    assert all(len(ms) == 2 and min(ms) > 0 for r in run["results"].values() for ms in r.values())
+    assert "| t1 |" in (out / "report.md").read_text()
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.studies.contention", str(exported("int8")), "--settings",
+                          "fast", "--out", str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown setting 'fast'" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,141 @@
+"""Decode speed with other work on the CPU: onnxruntime's thread settings under contention.
+
+    python -m benchmarks.studies.contention EXPORT_DIR [--busy 0,1,2] [--settings ...] --out DIR
+
+Phones and laptops run other work beside a chat. onnxruntime's intra-op threads spin while they wait for
+work (`session.intra_op.allow_spinning`, on by default); on a busy CPU the spinning threads compete with
+the busy processes and with each other. For each count of busy processes (each a pure-Python loop pinned
+to nothing, as an app's own work would be), each setting decodes in a fresh process: the median ms/token
+of 32 greedy tokens after a 64-token dialogue history, over --repeats calls after one warm-up. Writes
+DIR/contention.json and DIR/report.md, and prints the table. With --openvino, OpenVINO GenAI's int8 export
+of the same model decodes beside them (2 threads, its own defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.machine import machine_info
+from benchmarks.outdir import report_dir
+
+# name -> (threads, session config entries); "default" is what runtime.load does today
+SETTINGS: dict[str, tuple[int, dict[str, str]]] = {
+    "t2-spin": (2, {}),  # runtime.load's default on 2 cores
+    "t2-nospin": (2, {"session.intra_op.allow_spinning": "0"}),
+    "t1": (1, {}),
+}
+
+_PROBE = r"""
+import json, statistics, sys, time
+from dialogpt_onnx.runtime import ort_graph
+threads, entries, path, repeats = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+base = ort_graph._options
+def options(t, optimization):
+    so = base(t, optimization)
+    for k, v in entries.items():
+        so.add_session_config_entry(k, v)
+    return so
+ort_graph._options = options  # the study's one lever: the session options the runtime builds
+from pathlib import Path
+from benchmarks.__main__ import dialogue_tokens
+if entries.pop("engine", "") == "openvino":
+    from benchmarks.openvino_engine import OpenVinoGenAI
+    e = OpenVinoGenAI("int8")
+else:
+    from benchmarks.engines import Ours
+    e = Ours("int8")
+e.load(Path(path), threads)
+ids, ms = dialogue_tokens(64), []
+for r in range(repeats + 1):
+    out, first = e.generate(ids, 33)
+    if r:
+        ms.append((time.perf_counter() - first) / 32 * 1e3)
+print(json.dumps(ms))
+"""
+
+
+def _busy() -> None:  # an app's own work: a core's worth of pure-Python arithmetic
+    x = 0
+    while True:
+        x = (x * 1103515245 + 12345) % 2147483648
+
+
+def measure(export: Path, settings: list[str], busy: int, repeats: int,
+            openvino: Path | None = None) -> dict[str, list[float]]:
+    procs = [mp.Process(target=_busy, daemon=True) for _ in range(busy)]
+    for p in procs:
+        p.start()
+    try:
+        time.sleep(0.5)
+        out = {}
+        runs = [(name, *SETTINGS[name], export) for name in settings]
+        if openvino:  # the peer beside them, same threads, its own defaults
+            runs.append(("openvino-t2", 2, {"engine": "openvino"}, openvino))
+        for name, threads, entries, model in runs:
+            proc = subprocess.run([sys.executable, "-c", _PROBE, str(threads), json.dumps(entries), str(model),
+                                   str(repeats)], capture_output=True, text=True, timeout=900)
+            if proc.returncode:
+                raise RuntimeError(f"{name}: {proc.stderr[-1500:]}")
+            out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"  busy {busy}: {name}: {statistics.median(out[name]):.2f} ms/token", file=sys.stderr)
+        return out
+    finally:
+        for p in procs:
+            p.terminate()
+            p.join()
+
+
+def report(run: dict) -> str:
+    busy = [str(b) for b in run["busy"]]
+    m = run["machine"]
+    lines = [f"# Decode under contention ({run['export']})", "",
+             f"{m['date']} · {m['cpu']} · {m['cores']} cores · flags: {' '.join(m['flags'])}", "",
+             "t2-spin: 2 intra-op threads, spinning (the default); t2-nospin: session.intra_op.allow_spinning 0;"
+             " t1: one thread", "",
+             "decode ms/token, median (min–max) of the calls; each setting a fresh process", "",
+             "| setting | " + " | ".join(f"{b} busy" for b in busy) + " |", "|---|" + "---|" * len(busy)]
+    for name in run["settings"]:
+        cells = []
+        for b in busy:
+            ms = run["results"][b][name]
+            cells.append(f"{statistics.median(ms):.2f} ({min(ms):.2f}–{max(ms):.2f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("export", type=Path)
+    p.add_argument("--busy", default="0,1,2", help="counts of busy processes beside the decode")
+    p.add_argument("--settings", default=",".join(SETTINGS), help="comma list of: " + ", ".join(SETTINGS))
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--openvino", type=Path, help="an OpenVINO int8 export of the same model, measured beside")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    settings = [s.strip() for s in a.settings.split(",") if s.strip()]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        p.error(f"unknown setting {unknown[0]!r}: choose from {', '.join(SETTINGS)}")
+    out = report_dir(p, a.out)
+    busy = [int(b) for b in a.busy.split(",")]
+    results = {str(b): measure(a.export, settings, b, a.repeats, a.openvino) for b in busy}
+    run = {"export": str(a.export), "machine": machine_info(), "busy": busy, "settings": settings,
+           "repeats": a.repeats, "results": results}
+    if a.openvino:
+        run["settings"].append("openvino-t2")
+    (out / "contention.json").write_text(json.dumps(run, indent=1))
+    text = report(run)
+    (out / "report.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
