@@ -6,7 +6,7 @@ conversion, which pins optimum 2.3 and torchvision: keep it in a venv of its own
 `optimum-cli` in $DIALOGPT_OPENVINO_CLI (else `optimum-cli` on PATH is used when it knows `export openvino`).
 Prefix caching is off (it is on by default on the CPU: a repeated prompt's first token would be a cache hit,
 and every other engine here reads each prompt afresh); fp32 is asked for strictly (INFERENCE_PRECISION_HINT
-f32: OpenVINO computes in bf16 by default where the CPU has it).
+f32: OpenVINO computes in bf16 by default where the CPU has it; openvino-bf16 is that default, measured beside).
 """
 
 from __future__ import annotations
@@ -38,17 +38,20 @@ class OpenVinoGenAI(Engine):
     family = "openvino"
     needs = ("openvino_genai",)
 
-    def __init__(self, weights: str) -> None:
+    def __init__(self, weights: str, compute: str = "f32") -> None:
         self.weights = weights  # "fp32" | "int8" | "int4": optimum-cli's --weight-format
-        self.quantized = weights != "fp32"
-        self.name = f"openvino-{weights}"
+        # fp32 weights: "f32" computes strictly in fp32; "bf16" is OpenVINO's own default on CPUs with
+        # avx512_bf16 / AMX (the fp32 export, bf16 matmuls): named openvino-bf16
+        self.compute = compute
+        self.quantized = weights != "fp32" or compute != "f32"
+        self.name = f"openvino-{weights if compute == 'f32' else compute}"
 
     def missing(self) -> list[str]:
         absent = super().missing()
         return absent + ([] if absent or converter() else ["optimum-intel's optimum-cli ($DIALOGPT_OPENVINO_CLI)"])
 
     def prepare(self, src: Path, work: Path, threads: int) -> Path:
-        out = work / self.name
+        out = work / f"openvino-{self.weights}"  # openvino-bf16 shares the fp32 conversion
         if (out / "openvino_model.xml").is_file():
             return out
         cli = converter()
@@ -66,7 +69,7 @@ class OpenVinoGenAI(Engine):
         scheduler.enable_prefix_caching = False
         config = {"INFERENCE_NUM_THREADS": threads, "scheduler_config": scheduler}
         if self.weights == "fp32":
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+            config["INFERENCE_PRECISION_HINT"] = self.compute
         self.pipe = ov_genai.LLMPipeline(str(artifact), "CPU", **config)
         self._genai = ov_genai
         self._artifact, self._config, self._request = artifact, config, None

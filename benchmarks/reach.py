@@ -107,7 +107,7 @@ def genai_run(model_dir: Path, p: dict) -> dict:
     from dialogpt_onnx.runtime.text import EOS_TOKEN_ID
 
     if not (Path(model_dir) / "genai_config.json").is_file():
-        return {"error": "no genai_config.json (written for the contrib graph only)"}
+        return {"error": "no genai_config.json (an export older than this package?)"}
     import onnxruntime_genai as og
 
     model = og.Model(str(model_dir))

@@ -1,6 +1,6 @@
 """The files other runtimes read beside model.onnx, so that one export runs in each of them as it is:
 
-- `genai_config.json` (the contrib graph): onnxruntime-genai (its C, C++, C#, Java, Objective-C and Python
+- `genai_config.json`: onnxruntime-genai (its C, C++, C#, Java, Objective-C and Python
   APIs, Android/iOS).
   Its model builder does not take GPT-2, so the exporter writes the config it would have: the decoder's
   inputs and outputs by name, the shape, and the chat defaults as its search options.
@@ -40,7 +40,10 @@ def genai_config(cfg: ModelConfig, io: GraphIO, shared_buffer: bool) -> dict[str
                                                                            "position_ids")}
     return {
         "model": {
-            "type": "decoder", "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos,
+            # DialoGPT has no pad token. genai takes a prompt's trailing pad tokens for padding: with pad = EOS
+            # it read a turn's closing <|endoftext|> as padding and answered from the logits before it (seen
+            # on the portable graph, whose logits cover every position: its first greedy token was EOS)
+            "type": "decoder", "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": -1,
             "vocab_size": cfg.vocab_size, "context_length": cfg.n_positions,
             "decoder": {
                 "filename": MODEL_FILE,
@@ -76,11 +79,11 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def write_runtime_configs(out: Path, cfg: ModelConfig, io: GraphIO) -> None:
-    """The contrib graph's genai_config (onnxruntime-genai replies as this runtime, tested); the portable graph
-    gets none: genai answered it with other tokens (its first greedy token <|endoftext|>, docs/reach.md)."""
+    """Every graph's genai_config (onnxruntime-genai replies as this runtime, tested): the contrib graph's KV is
+    one buffer bound as past and present (genai's past_present_share_buffer), the portable graph's present
+    is past + new, fed back."""
     contrib = io.kv_buffer.startswith("in place")
-    files = [(TOKENIZER_CONFIG, tokenizer_config(cfg)), (HF_CONFIG, hf_config(cfg))]
-    if contrib:
-        files.append((GENAI_CONFIG, genai_config(cfg, io, shared_buffer=True)))
+    files = [(TOKENIZER_CONFIG, tokenizer_config(cfg)), (HF_CONFIG, hf_config(cfg)),
+             (GENAI_CONFIG, genai_config(cfg, io, shared_buffer=contrib))]
     for name, content in files:
         (out / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
