@@ -27,7 +27,7 @@ from .worker import Worker
 
 REFERENCE = "pytorch-fp32"
 # --quick: ours, the reference and one peer of each family, so every code path runs in about a minute
-QUICK_ENGINES = "pytorch-fp32,ours-fp32,ours-int8,ours-int4,ctranslate2-int8,optimum-fp32,llama.cpp-Q8_0"
+QUICK_ENGINES = "pytorch-fp32,ours-fp32,ours-int8,ours-int4,ctranslate2-int8,optimum-fp32,llama.cpp-Q8_0,openvino-int4"
 
 
 def dialogue_tokens(n_tokens: int, offset: int = 0) -> list[int]:
