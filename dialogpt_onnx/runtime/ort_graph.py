@@ -41,10 +41,18 @@ _LEVELS = dict(zip(OPTIMIZATION_LEVELS, (ort.GraphOptimizationLevel.ORT_DISABLE_
                                          ort.GraphOptimizationLevel.ORT_ENABLE_ALL), strict=True))
 
 
+# How long an idle intra-op thread spins before it sleeps (onnxruntime's own default spins by iteration
+# count): 30 µs decoded as fast as unbounded spinning on a quiet CPU and 1.3-1.5x faster beside 1-2 busy
+# processes (benchmarks/studies/contention.py, docs/benchmarks.md); None = onnxruntime's default.
+SPIN_DURATION_US: int | None = 30
+
+
 def _options(threads: int | None, optimization: str) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or os.cpu_count() or 1
     so.inter_op_num_threads = 1
+    if SPIN_DURATION_US is not None:
+        so.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_DURATION_US))
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = _LEVELS[optimization]
     so.log_severity_level = 3

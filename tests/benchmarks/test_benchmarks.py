@@ -146,13 +146,14 @@ def test_runtime_profile_times_onnxruntime_apart_from_python(tmp_path, exported)
 def test_contention_study_decodes_beside_busy_processes(tmp_path, exported):
     out = tmp_path / "contention"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.contention", str(exported("int8")), "--busy",
-                           "0,1", "--settings", "t2-nospin,t1", "--repeats", "2", "--out", str(out)], cwd=ROOT,
+                           "0,1", "--settings", "t2-spin30us,t1", "--repeats", "2", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = json.loads((out / "contention.json").read_text())
-    assert list(run["results"]) == ["0", "1"] and run["settings"] == ["t2-nospin", "t1"]
+    assert list(run["results"]) == ["0", "1"] and run["settings"] == ["t2-spin30us", "t1"]
     assert all(len(ms) == 2 and min(ms) > 0 for r in run["results"].values() for ms in r.values())
     assert "| t1 |" in (out / "report.md").read_text()
+    assert (out / "contention.png").read_bytes()[:4] == b"\x89PNG"
     bad = subprocess.run([sys.executable, "-m", "benchmarks.studies.contention", str(exported("int8")), "--settings",
                           "fast", "--out", str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown setting 'fast'" in bad.stderr and "Traceback" not in bad.stderr

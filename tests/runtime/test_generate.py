@@ -189,3 +189,15 @@ def test_the_python_chat_uses_the_chat_defaults(exported):
     assert runtime.chat_options()["do_sample"] and runtime.chat_options(greedy=True)["do_sample"] is False
     shipped = json.loads((ROOT / "models" / "chat-8x256" / "generation_config.json").read_text())
     assert {k: shipped[k] for k in runtime.CHAT_DEFAULTS} == runtime.CHAT_DEFAULTS
+
+
+def test_sessions_bound_their_spinning(exported):
+    """Idle intra-op threads spin at most ort_graph.SPIN_DURATION_US (decode beside busy processes,
+    docs/benchmarks.md): the loaded session carries it, whatever path loaded it."""
+    from dialogpt_onnx.runtime import ort_graph
+
+    model = runtime.load(exported("int8"), threads=2)
+    so = model.graph.ort_session.get_session_options()
+    assert ort_graph.SPIN_DURATION_US is not None
+    assert so.get_session_config_entry("session.intra_op.spin_duration_us") == str(ort_graph.SPIN_DURATION_US)
+    assert so.intra_op_num_threads == 2
