@@ -27,21 +27,16 @@ from pathlib import Path
 from benchmarks.machine import machine_info
 from benchmarks.outdir import report_dir
 
-# name -> (threads, session config entries), each on onnxruntime's own defaults
-SETTINGS: dict[str, tuple[int, dict[str, str]]] = {
-    "t2-spin": (2, {}),  # onnxruntime's default: spin by iteration count
-    "t2-nospin": (2, {"session.intra_op.allow_spinning": "0"}),
-    "t2-spin1ms": (2, {"session.intra_op.spin_duration_us": "1000", "session.intra_op.spin_backoff_max": "8"}),
-    "t2-spin100us": (2, {"session.intra_op.spin_duration_us": "100"}),
-    "t2-spin30us": (2, {"session.intra_op.spin_duration_us": "30"}),  # the runtime's default
-    "t1": (1, {}),
+# name -> (threads, session config entries on onnxruntime's own defaults, what it is for the report)
+SETTINGS: dict[str, tuple[int, dict[str, str], str]] = {
+    "t2-spin": (2, {}, "2 intra-op threads, spinning by iteration count (onnxruntime's default)"),
+    "t2-nospin": (2, {"session.intra_op.allow_spinning": "0"}, "session.intra_op.allow_spinning 0"),
+    "t2-spin1ms": (2, {"session.intra_op.spin_duration_us": "1000", "session.intra_op.spin_backoff_max": "8"},
+                   "spin at most 1000 µs (session.intra_op.spin_duration_us), backoff max 8"),
+    "t2-spin100us": (2, {"session.intra_op.spin_duration_us": "100"}, "spin at most 100 µs"),
+    "t2-spin30us": (2, {"session.intra_op.spin_duration_us": "30"}, "spin at most 30 µs (the runtime's default)"),
+    "t1": (1, {}, "one thread"),
 }
-# what each setting is, for the report
-MEANING = {"t2-spin": "2 intra-op threads, spinning (onnxruntime's default)",
-           "t2-nospin": "session.intra_op.allow_spinning 0",
-           "t2-spin1ms": "spin at most 1000 µs (session.intra_op.spin_duration_us), backoff max 8",
-           "t2-spin100us": "spin at most 100 µs", "t2-spin30us": "spin at most 30 µs (the runtime's default)",
-           "t1": "one thread"}
 
 _PROBE = r"""
 import json, statistics, sys, time
@@ -87,7 +82,7 @@ def measure(export: Path, settings: list[str], busy: int, repeats: int,
     try:
         time.sleep(0.5)
         out = {}
-        runs = [(name, *SETTINGS[name], export) for name in settings]
+        runs = [(name, *SETTINGS[name][:2], export) for name in settings]
         if openvino:  # the peer beside them, same threads, its own defaults
             runs.append(("openvino-t2", 2, {"engine": "openvino"}, openvino))
         for name, threads, entries, model in runs:
@@ -109,7 +104,7 @@ def report(run: dict) -> str:
     m = run["machine"]
     lines = [f"# Decode under contention ({run['export']})", "",
              f"{m['date']} · {m['cpu']} · {m['cores']} cores · flags: {' '.join(m['flags'])}", "",
-             "; ".join(f"{k}: {v}" for k, v in MEANING.items() if k in run["settings"]), "",
+             "; ".join(f"{k}: {SETTINGS[k][2]}" for k in run["settings"] if k in SETTINGS), "",
              "decode ms/token, median (min–max) of the calls; each setting a fresh process", "",
              "| setting | " + " | ".join(f"{b} busy" for b in busy) + " |", "|---|" + "---|" * len(busy)]
     for name in run["settings"]:
