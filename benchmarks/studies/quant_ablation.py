@@ -90,7 +90,7 @@ def _gptq(model: onnx.ModelProto, bits: int, block: int, acc: int, windows: list
 
 def apply_spec(model: onnx.ModelProto, spec: str, windows: list[list[int]]) -> onnx.ModelProto:
     from dialogpt_onnx.export.onnx_ops import GraphEditor
-    from dialogpt_onnx.export.quantize import _nbits, matmuls_named, quantize_tied_head, quiet, rowwise_int8
+    from dialogpt_onnx.export.quantize import matmuls_named, nbits_layers, quantize_tied_head, quiet, rowwise_int8
 
     ed = GraphEditor.edit(model)
     with quiet():
@@ -108,9 +108,9 @@ def apply_spec(model: onnx.ModelProto, spec: str, windows: list[list[int]]) -> o
                 ed = GraphEditor.edit(_gptq(ed.model(), int(a[0]), int(a[1]), int(a[2]), windows))
             elif kind == "nbits" and "@" in part:
                 acc, name = a[2].split("@", 1)
-                ed = _nbits(ed, int(a[0]), int(a[1]), int(acc), nodes=matmuls_named(ed, (name,)))
+                ed = nbits_layers(ed, int(a[0]), int(a[1]), int(acc), nodes=matmuls_named(ed, (name,)))
             elif kind == "nbits":
-                ed = _nbits(ed, int(a[0]), int(a[1]), int(a[2]), algorithm=(a[3:] or ["rtn"])[0])
+                ed = nbits_layers(ed, int(a[0]), int(a[1]), int(a[2]), algorithm=(a[3:] or ["rtn"])[0])
             else:
                 raise ValueError(f"unknown part {part!r} in spec {spec!r}")
     return ed.model()

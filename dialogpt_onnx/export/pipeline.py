@@ -101,7 +101,7 @@ def default_quant(variant: str, precise_activations: bool = False) -> QuantConfi
                            head_residual=precise_activations)
     if variant == "int4":
         return QuantConfig("int4", layer_method="nbits", block_size=32, head_bits=8, head_block_size=128,
-                           eight_bit_layers=("attn/qkv",), eight_bit_method="rowwise")
+                           eight_bit_layers=("attn/qkv",), eight_bit_method="rowwise", scale_dtype="float16")
     return None
 
 
@@ -158,7 +158,9 @@ def _manifest(ckpt: Checkpoint, opts: ExportOptions, quant: QuantConfig | None, 
         "io": io.to_manifest(),
         "quantization": asdict(quant) if quant else None,
         "int4_mix": mix,
-        "session": {"graph_optimization_level": "all"},  # what parity is checked at (every level is tested)
+        # what parity is checked at, and the lowest level that runs the graph right (each is tested)
+        "session": {"graph_optimization_level": "all",
+                    **({"min_graph_optimization_level": "basic"} if quant and quant.scale_dtype == "float16" else {})},
         "chat": chat_defaults(),  # for runtimes in other languages (dialogpt_onnx/web): the same defaults
         "tools": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -56,6 +56,11 @@ class QuantConfig:
     # weights): in the rowwise layers named like these parts, and in the tied head (accuracy_level 4)
     residual_layers: tuple[str, ...] = ()
     head_residual: bool = False
+    # the block scales on disk (4-bit layers, tied head): "float16" (a Cast to float32 that onnxruntime folds at
+    # load, as llama.cpp's Q4_0 stores them: 0.5625 instead of 0.625 bytes a weight at block 32) or "float32".
+    # float16 needs graph optimizations (level basic or above): unfolded, MatMulNBits packs its weight
+    # before the scales exist and multiplies by zeros (onnxruntime 1.32; runtime.manifest refuses "off")
+    scale_dtype: str = "float32"
 
 
 def fit_to_model(qc: QuantConfig, n_embd: int) -> QuantConfig:
@@ -89,7 +94,8 @@ def _quantize(model: GraphEditor, qc: QuantConfig) -> GraphEditor:
         raise ValueError("residual_layers is for rowwise int8 layers")
     if qc.head_residual and qc.accuracy_level != 4:
         raise ValueError("head_residual is for accuracy_level 4 (int8 activations in the head)")
-    model = quantize_tied_head(model, qc.head_bits, qc.head_block_size, qc.accuracy_level, qc.head_residual)
+    model = quantize_tied_head(model, qc.head_bits, qc.head_block_size, qc.accuracy_level, qc.head_residual,
+                               qc.scale_dtype)
     bits = {"int8": 8, "int4": 4}.get(qc.variant)
     if bits is None:
         raise ValueError(f"unknown quantized variant {qc.variant!r}")
@@ -103,11 +109,14 @@ def _quantize(model: GraphEditor, qc: QuantConfig) -> GraphEditor:
         # the rest at `bits` first: the MatMuls left then are exactly the 8-bit ones
         eight = set(matmuls_named(model, qc.eight_bit_layers))
         rest = [n.name for n in model.find("MatMul") if n.name not in eight]
-        model = _nbits(model, bits, qc.block_size, qc.accuracy_level, nodes=rest, algorithm=qc.algorithm)
+        model = nbits_layers(model, bits, qc.block_size, qc.accuracy_level, nodes=rest, algorithm=qc.algorithm,
+                       scale_dtype=qc.scale_dtype)
         return rowwise_int8(model, reduce_range=True)  # 7-bit weights, as the int8 variant's (AVX2 saturation)
     if qc.eight_bit_layers and bits < 8:  # these at 8 bits, then the rest at `bits`
-        model = _nbits(model, 8, qc.block_size, qc.accuracy_level, nodes=matmuls_named(model, qc.eight_bit_layers))
-    return _nbits(model, bits, qc.block_size, qc.accuracy_level, algorithm=qc.algorithm)
+        model = nbits_layers(model, 8, qc.block_size, qc.accuracy_level,
+                             nodes=matmuls_named(model, qc.eight_bit_layers))
+    return nbits_layers(model, bits, qc.block_size, qc.accuracy_level, algorithm=qc.algorithm,
+                        scale_dtype=qc.scale_dtype)
 
 
 def matmuls_named(ed: GraphEditor, parts: tuple[str, ...]) -> list[str]:
@@ -118,8 +127,8 @@ def matmuls_named(ed: GraphEditor, parts: tuple[str, ...]) -> list[str]:
     return names
 
 
-def _nbits(ed: GraphEditor, bits: int, block_size: int, accuracy_level: int,
-           nodes: list[str] | None = None, algorithm: str = "rtn") -> GraphEditor:
+def nbits_layers(ed: GraphEditor, bits: int, block_size: int, accuracy_level: int,
+           nodes: list[str] | None = None, algorithm: str = "rtn", scale_dtype: str = "float32") -> GraphEditor:
     """MatMul(x, W) -> MatMulNBits for every MatMul with a 2-D weight, or only `nodes`."""
     if algorithm == "hqq":
         return _hqq(ed, bits, block_size, accuracy_level, nodes)
@@ -132,11 +141,23 @@ def _nbits(ed: GraphEditor, bits: int, block_size: int, accuracy_level: int,
         packed, scales, zeros = block_quantize(ed.array(w), bits, block_size)
         k, n = ed.shape(w)
         ed.remove(node)
-        inputs = [node.input[0], ed.weight(f"{w}_Q{bits}", packed), ed.weight(f"{w}_scales", scales),
+        inputs = [node.input[0], ed.weight(f"{w}_Q{bits}", packed), _scales(ed, f"{w}_scales", scales, scale_dtype),
                   ed.weight(f"{w}_zero_points", zeros)]
         ed.op("MatMulNBits", inputs, f"{node.name}_Q{bits}", outputs=list(node.output), domain=MS_DOMAIN,
               **nbits_attributes(k, n, bits, block_size, accuracy_level))
     return ed
+
+
+def _scales(ed: GraphEditor, name: str, scales: np.ndarray, dtype: str) -> str:
+    """The scales input of a MatMulNBits: the fp32 array, or (`dtype` float16, where every scale survives
+    the rounding: none overflows, none nonzero becomes zero) an fp16 copy and the Cast that restores it."""
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"unknown scale_dtype {dtype!r}")
+    with np.errstate(over="ignore"):  # an overflow is found below and keeps fp32
+        half = scales.astype(np.float16)
+    if dtype == "float32" or not np.isfinite(half).all() or ((half == 0) & (scales != 0)).any():
+        return ed.weight(name, scales)
+    return ed.op1("Cast", [ed.weight(f"{name}_fp16", half)], f"{name}/Cast", to=onnx.TensorProto.FLOAT)
 
 
 def nbits_attributes(k: int, n: int, bits: int, block_size: int, accuracy_level: int) -> dict[str, int]:
@@ -267,11 +288,12 @@ def rowwise_int8(ed: GraphEditor, reduce_range: bool = True,
 
 
 def quantize_tied_head(ed: GraphEditor, bits: int, block_size: int,
-                       accuracy_level: int, residual: bool = False) -> GraphEditor:
+                       accuracy_level: int, residual: bool = False, scale_dtype: str = "float32") -> GraphEditor:
     """Gemm(h, W, transB=1) → MatMulNBits(h, Wq) and Gather(W, ids) → GatherBlockQuantized(Wq, ids).
 
     `residual` (with accuracy_level 4, which quantizes h to int8 per block inside MatMulNBits): h and what
-    that int8 form misses go through MatMulNBits as two rows, their logits summed."""
+    that int8 form misses go through MatMulNBits as two rows, their logits summed. `scale_dtype`: as
+    QuantConfig's (float16: one fp16 copy of the scales, cast and reshaped for each op at load)."""
     gemm, gather = ed.node(HEAD_GEMM), ed.node(EMBED_GATHER)
     head_name = gemm.input[1]
     head = ed.array(head_name)  # [vocab, n_embd]
@@ -279,15 +301,21 @@ def quantize_tied_head(ed: GraphEditor, bits: int, block_size: int,
 
     packed, scales, zeros = block_quantize(head.T, bits, block_size)  # head.T: [n_embd, vocab], as MatMul's B
     k_blocks = packed.shape[1]
-    # One quantized weight serves both ops; their scales and zero points (1/32 of it or less) are stored
-    # once per op, in the shape each op takes. Reshaping one copy in the graph instead is wrong unless
-    # onnxruntime folds that Reshape: without graph optimizations MatMulNBits pre-packs its weight before
-    # the scales exist and multiplies by zeros (every int8 / int4 export decoded token 0 with ORT_DISABLE_ALL).
+    # One quantized weight serves both ops. With fp32 scales, their scales and zero points (1/32 of it or
+    # less) are stored once per op, in the shape each op takes: reshaping one copy in the graph is wrong unless
+    # onnxruntime folds that Reshape (without graph optimizations MatMulNBits pre-packs its weight before the
+    # scales exist and multiplies by zeros). fp16 scales need that folding anyway: one copy serves both.
     qweight = ed.weight("lm_head.qweight", packed)
-    head_inputs = [gemm.input[0], qweight, ed.weight("lm_head.matmul_scales", scales),
+    matmul_scales = _scales(ed, "lm_head.matmul_scales", scales, scale_dtype)
+    if matmul_scales in ed.initializers:
+        gather_scales = ed.weight("lm_head.scales", scales.reshape(vocab, k_blocks, 1))
+    else:
+        gather_scales = ed.op1("Reshape", [matmul_scales, ed.const_i64("/lm_head/scales_shape", [vocab, k_blocks, 1])],
+                               "/lm_head/scales/Reshape")
+    head_inputs = [gemm.input[0], qweight, matmul_scales,
                    ed.weight("lm_head.matmul_zero_points", zeros)]  # 4-bit: two a byte, as it packs them
     unpacked = zeros if bits == 8 else _unpack4(zeros, k_blocks)
-    gather_inputs = [qweight, gather.input[1], ed.weight("lm_head.scales", scales.reshape(vocab, k_blocks, 1)),
+    gather_inputs = [qweight, gather.input[1], gather_scales,
                      ed.weight("lm_head.zero_points", unpacked.reshape(vocab, k_blocks, 1))]
     attrs = nbits_attributes(n_embd, vocab, bits, block_size, accuracy_level)
     ed.remove(gemm)

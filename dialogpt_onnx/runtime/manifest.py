@@ -17,7 +17,8 @@ from .graph_io import GraphIO
 
 FORMAT_VERSION = 2  # 2: GroupQueryAttention without query_seqlens; padding's position id is -1
 # onnxruntime's graph optimization levels (ORT_DISABLE_ALL ... ORT_ENABLE_ALL) by the names the manifest uses;
-# every exported graph is correct at each (tested), "all" is the fastest and what parity is checked at
+# every exported graph is correct at each from its manifest's lowest level up (tested), "all" is the fastest
+# and what parity is checked at
 Optimization = Literal["off", "basic", "extended", "all"]
 OPTIMIZATION_LEVELS: tuple[Optimization, ...] = get_args(Optimization)
 MANIFEST = "manifest.json"
@@ -115,6 +116,12 @@ class Manifest:
         """The graph optimization level the export was verified with (manifests before it: "all")."""
         return str((self.raw.get("session") or {}).get("graph_optimization_level", "all"))
 
+    @property
+    def lowest_optimization(self) -> str:
+        """The lowest level that runs the graph right: "basic" where it stores constants onnxruntime must fold
+        (int4's fp16 scales, export.quantize), else "off"."""
+        return str((self.raw.get("session") or {}).get("min_graph_optimization_level", "off"))
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: Path | str = MANIFEST) -> Manifest:
         """Check the structure the runtime reads (model shape, I/O table, variant) and type it."""
@@ -122,9 +129,10 @@ class Manifest:
             if not isinstance(raw.get("variant"), str):
                 raise TypeError("lacks 'variant'")
             session = raw.get("session", {})
-            level = session.get("graph_optimization_level", "all") if isinstance(session, dict) else None
-            if level not in OPTIMIZATION_LEVELS:
-                raise TypeError(f"has a session.graph_optimization_level other than {', '.join(OPTIMIZATION_LEVELS)}")
+            for key, default in (("graph_optimization_level", "all"), ("min_graph_optimization_level", "off")):
+                level = session.get(key, default) if isinstance(session, dict) else None
+                if level not in OPTIMIZATION_LEVELS:
+                    raise TypeError(f"has a session.{key} other than {', '.join(OPTIMIZATION_LEVELS)}")
             versions = raw.get("onnxruntime", {})
             if not isinstance(versions, dict) or not all(isinstance(v, str) and _VERSION.fullmatch(v)
                                                          for v in versions.values()):

@@ -56,6 +56,11 @@ class DialogModel:
             raise UsageError(f"{self.dir} holds no model.{model_format} (its formats: "
                              f"{', '.join(self.manifest.formats)}): {reexport(self.dir, '--format', 'ort')}",
                              "model_format")
+        lowest = self.manifest.lowest_optimization
+        if model_format == "onnx" and optimization is not None and \
+                OPTIMIZATION_LEVELS.index(optimization) < OPTIMIZATION_LEVELS.index(lowest):
+            raise UsageError(f"{self.dir} needs optimization {lowest} or above (its graph stores constants that "
+                             f"onnxruntime folds at load: int4's fp16 scales), not {optimization!r}", "optimization")
         # a tokenizer of its own (13-16 MB): a tokenizers object can be changed (add_tokens, padding), so models of
         # one export share only their read-only onnxruntime session
         self.tokenizer = load_tokenizer(self.dir / TOKENIZER_FILE)

@@ -1,5 +1,6 @@
-"""Row-wise int8 layers on one MatMul, against the fp32 product: the residual row recovers what int8
-activations lose, and every row's result stays independent of the rows beside it."""
+"""Quantized layers on one MatMul, against the fp32 product: the residual row recovers what int8
+activations lose, every row's result stays independent of the rows beside it, and 4-bit scales stored in
+fp16 give the fp32-scale graph's result at half their bytes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from dialogpt_onnx.export.onnx_ops import GraphEditor
-from dialogpt_onnx.export.quantize import QuantConfig, quantize, rowwise_int8
+from dialogpt_onnx.export.quantize import QuantConfig, nbits_layers, quantize, rowwise_int8
 
 K, N = 96, 40
 
@@ -90,3 +91,37 @@ def test_precise_activations_export_passes_parity_and_says_so(tmp_path, hf_dir):
     assert sum(n.endswith("mlp/fc/rowwise/Pair") or n.endswith("mlp/proj/rowwise/Pair") for n in ops) == 2 * 2
     assert not any("attn" in n and n.endswith("rowwise/Pair") for n in ops)
     assert "/lm_head/ReduceSum" in ops
+
+
+def _scales_of(model: onnx.ModelProto) -> tuple[str, dict[str, onnx.TensorProto]]:
+    """The MatMulNBits' scales input and the model's initializers by name."""
+    (node,) = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    return node.input[2], {i.name: i for i in model.graph.initializer}
+
+
+def test_4bit_scales_stored_in_fp16_give_the_fp32_scales_result(case):
+    weight, x, _ = case
+    outs, sizes = {}, {}
+    for dtype in ("float32", "float16"):
+        ed = nbits_layers(_one_matmul(weight), 4, 32, 4, scale_dtype=dtype)
+        model = ed.model()
+        scales, inits = _scales_of(model)
+        if dtype == "float16":  # a Cast of an fp16 initializer feeds MatMulNBits (folded by onnxruntime at load)
+            (cast,) = [n for n in model.graph.node if n.output[0] == scales]
+            assert cast.op_type == "Cast" and inits[cast.input[0]].data_type == onnx.TensorProto.FLOAT16
+        else:
+            assert inits[scales].data_type == onnx.TensorProto.FLOAT
+        sizes[dtype] = sum(len(t.raw_data) for t in model.graph.initializer)
+        outs[dtype] = _run(ed, x)
+    assert sizes["float16"] < sizes["float32"] - K // 32 * N * 2 + 1  # every scale's two bytes saved
+    scale = np.abs(outs["float32"]).max()
+    assert np.abs(outs["float16"] - outs["float32"]).max() < 1e-3 * scale
+
+
+def test_scales_fp16_cannot_hold_stay_fp32():
+    rng = np.random.default_rng(1)
+    for factor in (1e9, 1e-12):  # scales above fp16's range, or below its smallest subnormal
+        ed = nbits_layers(_one_matmul((rng.normal(size=(K, N)) * factor).astype(np.float32)), 4, 32, 4,
+                          scale_dtype="float16")
+        scales, inits = _scales_of(ed.model())
+        assert inits[scales].data_type == onnx.TensorProto.FLOAT, factor
