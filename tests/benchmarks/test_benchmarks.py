@@ -157,3 +157,20 @@ def test_contention_study_decodes_beside_busy_processes(tmp_path, exported):
     bad = subprocess.run([sys.executable, "-m", "benchmarks.studies.contention", str(exported("int8")), "--settings",
                           "fast", "--out", str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown setting 'fast'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_int4_prefill_study_times_each_kernel_by_prompt_rows(tmp_path):
+    out = tmp_path / "prefill"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.int4_prefill", "--rows", "1,4",
+                           "--shapes", "256x128", "--rounds", "1", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "int4_prefill.json").read_text())["results"]
+    assert {(r["kernel"], r["rows"]) for r in results} == {(k, m) for k in ("int8 row-wise", "int4 b32", "int4 b128")
+                                                           for m in (1, 4)}
+    assert all(r["us"] > 0 for r in results)
+    assert "| 256×128 | int4 b32 |" in (out / "report.md").read_text()
+    assert (out / "int4_prefill.png").read_bytes()[:4] == b"\x89PNG"
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.studies.int4_prefill", "--shapes", "100x7",
+                          "--out", str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "multiple of 128" in bad.stderr and "Traceback" not in bad.stderr
