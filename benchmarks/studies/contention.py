@@ -10,7 +10,9 @@ processes (each a pure-Python loop pinned to nothing, as an app's own work would
 decodes in a fresh process: the median ms/token of 32 greedy tokens after a 64-token dialogue history,
 over --repeats calls after one warm-up. Writes
 DIR/contention.json and DIR/report.md, and prints the table. With --openvino, OpenVINO GenAI's int8 export
-of the same model decodes beside them (2 threads, its own defaults).
+of the same model decodes beside them (2 threads, its own defaults). With --node, each setting also runs in
+onnxruntime-node through dialogpt_onnx/web/dialogpt.mjs (its entries as the session's `extra` options, which
+replace the JS runtime's own; needs node and npm), as `node-SETTING`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,6 +71,31 @@ print(json.dumps(ms))
 """
 
 
+_NODE_PROBE = """
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { DialoGPT } from "./dialogpt.mjs";
+import { measure } from "./measure.mjs";
+const [dir, npmDir, threads, extra, repeats] = process.argv.slice(2);
+const ort = createRequire(join(npmDir, "/"))("onnxruntime-node");
+const json = (f) => JSON.parse(readFileSync(join(dir, f), "utf8"));
+const m = await DialoGPT.load(ort, { model: join(dir, "model.onnx"), manifest: json("manifest.json"),
+  tokenizer: json("tokenizer.json"),
+  sessionOptions: { intraOpNumThreads: Number(threads), interOpNumThreads: 1, extra: JSON.parse(extra) } });
+const { decode } = await measure(m, [], Number(repeats) + 1, 32, 1);  // 64-token history, 32 tokens
+console.log(JSON.stringify(decode.slice(1)));
+"""
+
+
+def _node_command(work: Path, npm: Path, threads: int, entries: dict, model: Path, repeats: int) -> list[str]:
+    from benchmarks.reach import js_files
+
+    js_files(work)
+    (work / "probe.mjs").write_text(_NODE_PROBE)
+    return ["node", str(work / "probe.mjs"), str(model), str(npm), str(threads), json.dumps(entries), str(repeats)]
+
+
 def _busy() -> None:  # an app's own work: a core's worth of pure-Python arithmetic
     x = 0
     while True:
@@ -75,7 +103,8 @@ def _busy() -> None:  # an app's own work: a core's worth of pure-Python arithme
 
 
 def measure(export: Path, settings: list[str], busy: int, repeats: int,
-            openvino: Path | None = None) -> dict[str, list[float]]:
+            openvino: Path | None = None, node: tuple[Path, Path] | None = None) -> dict[str, list[float]]:
+    """Decode ms/token per setting beside `busy` busy processes; `node`: (a work dir, the npm packages' dir)."""
     procs = [mp.Process(target=_busy, daemon=True) for _ in range(busy)]
     for p in procs:
         p.start()
@@ -85,9 +114,13 @@ def measure(export: Path, settings: list[str], busy: int, repeats: int,
         runs = [(name, *SETTINGS[name][:2], export) for name in settings]
         if openvino:  # the peer beside them, same threads, its own defaults
             runs.append(("openvino-t2", 2, {"engine": "openvino"}, openvino))
+        if node:
+            runs += [(f"node-{name}", *SETTINGS[name][:2], export) for name in settings]
         for name, threads, entries, model in runs:
-            proc = subprocess.run([sys.executable, "-c", _PROBE, str(threads), json.dumps(entries), str(model),
-                                   str(repeats)], capture_output=True, text=True, timeout=900)
+            command = [sys.executable, "-c", _PROBE, str(threads), json.dumps(entries), str(model), str(repeats)]
+            if node and name.startswith("node-"):
+                command = _node_command(*node, threads, entries, model, repeats)
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
             if proc.returncode:
                 raise RuntimeError(f"{name}: {proc.stderr[-1500:]}")
             out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -147,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma list of: " + ", ".join(SETTINGS))
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--openvino", type=Path, help="an OpenVINO int8 export of the same model, measured beside")
+    p.add_argument("--node", action="store_true", help="each setting in onnxruntime-node too (node, npm)")
+    p.add_argument("--npm-dir", default=str(Path.home() / ".cache" / "dialogpt-onnx" / "reach-npm"),
+                   help="where onnxruntime-node is installed from npm (once), as benchmarks.reach")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     settings = [s.strip() for s in a.settings.split(",") if s.strip()]
@@ -155,11 +191,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown setting {unknown[0]!r}: choose from {', '.join(SETTINGS)}")
     out = report_dir(p, a.out)
     busy = [int(b) for b in a.busy.split(",")]
-    results = {str(b): measure(a.export, settings, b, a.repeats, a.openvino) for b in busy}
+    node = None
+    if a.node:
+        from benchmarks.reach import npm_packages
+
+        (out / "node").mkdir(exist_ok=True)
+        node = (out / "node", npm_packages(Path(a.npm_dir)))
+    results = {str(b): measure(a.export, settings, b, a.repeats, a.openvino, node) for b in busy}
     run = {"export": str(a.export), "machine": machine_info(), "busy": busy, "settings": settings,
            "repeats": a.repeats, "results": results}
     if a.openvino:
         run["settings"].append("openvino-t2")
+    if node:
+        run["settings"] += [f"node-{name}" for name in settings]
+        shutil.rmtree(out / "node")
     (out / "contention.json").write_text(json.dumps(run, indent=1))
     text = report(run)
     (out / "report.md").write_text(text + "\n![decode under contention](contention.png)\n")

@@ -144,10 +144,18 @@ function choose(logits, history, generated, o, eos, random) {
 }
 
 // -- the model --------------------------------------------------------------------------------------------
+// What every session starts from; a caller's sessionOptions replace it key by key (their `extra`, this one).
+// Idle intra-op threads spin at most 30 µs, as the Python runtime's (runtime/ort_graph.py SPIN_DURATION_US;
+// tests/web keep the two equal): onnxruntime's own default spins by iteration count, which slowed decode
+// beside busy processes in onnxruntime-node too (benchmarks/studies/contention.py --node, docs/benchmarks.md).
+export const SESSION_DEFAULTS = Object.freeze({
+  graphOptimizationLevel: "all", extra: { session: { intra_op: { spin_duration_us: "30" } } },
+});
+
 export class DialoGPT {
   /** model: the model file's bytes (Uint8Array) or, in Node, its path; manifest, tokenizer: parsed JSON. */
   static async load(ort, { model, manifest, tokenizer, sessionOptions = {} }) {
-    const session = await ort.InferenceSession.create(model, { graphOptimizationLevel: "all", ...sessionOptions });
+    const session = await ort.InferenceSession.create(model, { ...SESSION_DEFAULTS, ...sessionOptions });
     return new DialoGPT(ort, session, manifest, new Tokenizer(tokenizer));
   }
 

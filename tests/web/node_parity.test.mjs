@@ -6,7 +6,7 @@ import { createRequire } from "node:module";
 import { join } from "node:path";
 import { test } from "node:test";
 
-import { DialoGPT } from "../../dialogpt_onnx/web/dialogpt.mjs";
+import { DialoGPT, SESSION_DEFAULTS } from "../../dialogpt_onnx/web/dialogpt.mjs";
 
 const ort = createRequire(join(process.env.NPM_DIR, "/"))("onnxruntime-node");
 const expected = JSON.parse(readFileSync(process.env.EXPECTED, "utf8"));
@@ -31,8 +31,9 @@ for (const [variant, dir] of Object.entries(expected.models)) {
     }
   });
 
-  test(`${variant}: the chat defaults are the manifest's`, async () => {
+  test(`${variant}: the chat defaults are the manifest's, the session's spin bound the Python runtime's`, async () => {
     const m = await load();
     assert.deepEqual(m.chat().opts, { ...m.defaults, ...expected.chat_defaults });
+    assert.equal(SESSION_DEFAULTS.extra.session.intra_op.spin_duration_us, String(expected.spin_duration_us));
   });
 }

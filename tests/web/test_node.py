@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from checkpoints import ROOT
 
 from dialogpt_onnx import runtime
+from dialogpt_onnx.runtime import ort_graph
 
 pytestmark = pytest.mark.slow  # installs onnxruntime-node from npm
 
@@ -26,6 +28,7 @@ def expectations(models: dict) -> dict:
     first = runtime.load(next(iter(models.values())))
     out["tokens"] = [[t, first.encode_turn(t)] for t in TEXTS]
     out["chat_defaults"] = json.loads((next(iter(models.values())) / "manifest.json").read_text())["chat"]
+    out["spin_duration_us"] = ort_graph.SPIN_DURATION_US
     for variant, d in models.items():
         m = runtime.load(d)
         gen = []
@@ -47,3 +50,16 @@ def test_node_and_transformers_js_run_every_variant_as_python_does(bundled_expor
                            capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
         assert "# fail 0" in r.stdout and f"# pass {per_model * len(bundled_exports)}" in r.stdout, r.stdout[-2000:]
+
+
+def test_the_contention_study_runs_each_setting_in_node_too(bundled_exports, npm_dir, tmp_path):
+    out = tmp_path / "contention"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.studies.contention", str(bundled_exports["int8"]),
+                        "--busy", "0", "--settings", "t2-spin30us", "--repeats", "1", "--node",
+                        "--npm-dir", str(npm_dir), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = json.loads((out / "contention.json").read_text())
+    assert run["settings"] == ["t2-spin30us", "node-t2-spin30us"]
+    assert all(len(ms) == 1 and ms[0] > 0 for ms in run["results"]["0"].values())
+    assert "| node-t2-spin30us |" in (out / "report.md").read_text() and not (out / "node").exists()
