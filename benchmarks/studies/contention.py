@@ -88,12 +88,13 @@ console.log(JSON.stringify(decode.slice(1)));
 """
 
 
-def _node_command(work: Path, npm: Path, threads: int, entries: dict, model: Path, repeats: int) -> list[str]:
+def _node_probe(work: Path) -> Path:
+    """The JS runtime and the probe in `work`, written once for every node run."""
     from benchmarks.reach import js_files
 
     js_files(work)
     (work / "probe.mjs").write_text(_NODE_PROBE)
-    return ["node", str(work / "probe.mjs"), str(model), str(npm), str(threads), json.dumps(entries), str(repeats)]
+    return work / "probe.mjs"
 
 
 def _busy() -> None:  # an app's own work: a core's worth of pure-Python arithmetic
@@ -104,7 +105,7 @@ def _busy() -> None:  # an app's own work: a core's worth of pure-Python arithme
 
 def measure(export: Path, settings: list[str], busy: int, repeats: int,
             openvino: Path | None = None, node: tuple[Path, Path] | None = None) -> dict[str, list[float]]:
-    """Decode ms/token per setting beside `busy` busy processes; `node`: (a work dir, the npm packages' dir)."""
+    """Decode ms/token per setting beside `busy` busy processes; `node`: (the node probe, the npm packages' dir)."""
     procs = [mp.Process(target=_busy, daemon=True) for _ in range(busy)]
     for p in procs:
         p.start()
@@ -119,7 +120,8 @@ def measure(export: Path, settings: list[str], busy: int, repeats: int,
         for name, threads, entries, model in runs:
             command = [sys.executable, "-c", _PROBE, str(threads), json.dumps(entries), str(model), str(repeats)]
             if node and name.startswith("node-"):
-                command = _node_command(*node, threads, entries, model, repeats)
+                probe, npm = node
+                command = ["node", str(probe), str(model), str(npm), str(threads), json.dumps(entries), str(repeats)]
             proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
             if proc.returncode:
                 raise RuntimeError(f"{name}: {proc.stderr[-1500:]}")
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.reach import npm_packages
 
         (out / "node").mkdir(exist_ok=True)
-        node = (out / "node", npm_packages(Path(a.npm_dir)))
+        node = (_node_probe(out / "node"), npm_packages(Path(a.npm_dir)))
     results = {str(b): measure(a.export, settings, b, a.repeats, a.openvino, node) for b in busy}
     run = {"export": str(a.export), "machine": machine_info(), "busy": busy, "settings": settings,
            "repeats": a.repeats, "results": results}

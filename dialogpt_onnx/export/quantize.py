@@ -110,7 +110,7 @@ def _quantize(model: GraphEditor, qc: QuantConfig) -> GraphEditor:
         eight = set(matmuls_named(model, qc.eight_bit_layers))
         rest = [n.name for n in model.find("MatMul") if n.name not in eight]
         model = nbits_layers(model, bits, qc.block_size, qc.accuracy_level, nodes=rest, algorithm=qc.algorithm,
-                       scale_dtype=qc.scale_dtype)
+                             scale_dtype=qc.scale_dtype)
         return rowwise_int8(model, reduce_range=True)  # 7-bit weights, as the int8 variant's (AVX2 saturation)
     if qc.eight_bit_layers and bits < 8:  # these at 8 bits, then the rest at `bits`
         model = nbits_layers(model, 8, qc.block_size, qc.accuracy_level,
@@ -128,7 +128,7 @@ def matmuls_named(ed: GraphEditor, parts: tuple[str, ...]) -> list[str]:
 
 
 def nbits_layers(ed: GraphEditor, bits: int, block_size: int, accuracy_level: int,
-           nodes: list[str] | None = None, algorithm: str = "rtn", scale_dtype: str = "float32") -> GraphEditor:
+                 nodes: list[str] | None = None, algorithm: str = "rtn", scale_dtype: str = "float32") -> GraphEditor:
     """MatMul(x, W) -> MatMulNBits for every MatMul with a 2-D weight, or only `nodes`."""
     if algorithm == "hqq":
         return _hqq(ed, bits, block_size, accuracy_level, nodes)
